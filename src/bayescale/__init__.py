@@ -1,0 +1,39 @@
+"""bayescale: Bayesian fits of neural scaling laws with JAX and NumPyro.
+
+Units throughout: N in parameters, D in tokens, C in FLOPs, loss in nats.
+
+Typical use::
+
+    import bayescale as bs
+    data = bs.ScalingData.from_table("runs.csv", params="N", tokens="D", loss="loss")
+    result = bs.fit(data, law="chinchilla")
+    result.summary()
+"""
+
+import warnings as _warnings
+
+_warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")
+
+from . import laws, likelihoods  # noqa: E402
+from .data import DataError, DataWarning, ScalingData  # noqa: E402
+from .inference import MapResult, fit, fit_map  # noqa: E402
+from .laws import Law  # noqa: E402
+from .results import ConvergenceWarning, Diagnostics, FitResult, load  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConvergenceWarning",
+    "DataError",
+    "DataWarning",
+    "Diagnostics",
+    "FitResult",
+    "Law",
+    "MapResult",
+    "ScalingData",
+    "fit",
+    "fit_map",
+    "laws",
+    "likelihoods",
+    "load",
+]

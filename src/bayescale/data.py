@@ -1,0 +1,356 @@
+"""Training-run tables: loading, validation and derived columns.
+
+A :class:`ScalingData` holds one validated table of training runs as float64
+NumPy arrays. Units: ``N`` in parameters, ``D`` in tokens, ``C`` in FLOPs and
+``loss`` in nats (or, for the ``power`` law, any positive target quantity).
+Nothing is ever dropped silently: every problem raises :class:`DataError`
+naming the column and the rows at fault.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["DataError", "DataWarning", "ScalingData", "COVARIATES", "fill_covariates"]
+
+COVARIATES = ("N", "D", "C")
+"""Names of the covariates a law can use: parameters, tokens and FLOPs."""
+
+_DEFAULT_COLUMNS = {"N": ("N", "params"), "D": ("D", "tokens"), "C": ("C", "compute", "flops"), "loss": ("loss",)}
+_COMPUTE_RTOL = 0.25
+_MAX_ROWS_LISTED = 5
+
+
+class DataError(ValueError):
+    """Raised when a table of runs cannot be used as given."""
+
+
+class DataWarning(UserWarning):
+    """Emitted for data that is valid but looks suspicious (e.g. C far from 6·N·D)."""
+
+
+def _rows(labels: Sequence[Any]) -> str:
+    shown = ", ".join(repr(x) for x in list(labels)[:_MAX_ROWS_LISTED])
+    more = len(labels) - _MAX_ROWS_LISTED
+    return f"{shown}{f' and {more} more' if more > 0 else ''}"
+
+
+def _numeric_column(frame: pd.DataFrame, column: str, role: str) -> np.ndarray:
+    """Return ``frame[column]`` as float64, or raise naming the first bad rows."""
+    series = frame[column]
+    if pd.api.types.is_bool_dtype(series.dtype):
+        raise DataError(f"column {column!r} ({role}) holds booleans; expected positive numbers")
+    values = pd.to_numeric(series, errors="coerce")
+    bad = series.index[values.isna() & series.notna()]
+    if len(bad):
+        raise DataError(
+            f"column {column!r} ({role}) has non-numeric values at rows {_rows(bad)}"
+            f" (first: {series.loc[bad[0]]!r})"
+        )
+    if any(isinstance(v, (bool, np.bool_)) for v in series):
+        raise DataError(f"column {column!r} ({role}) holds booleans; expected positive numbers")
+    return _check_positive(values.to_numpy(dtype=float), series.index, column, role)
+
+
+def _check_positive(values: np.ndarray, index: Sequence[Any], column: str, role: str) -> np.ndarray:
+    labels = np.asarray(index, dtype=object)
+    nan = np.isnan(values)
+    if nan.any():
+        raise DataError(f"column {column!r} ({role}) is missing values (NaN) at rows {_rows(labels[nan])}")
+    inf = np.isinf(values)
+    if inf.any():
+        raise DataError(f"column {column!r} ({role}) has infinite values at rows {_rows(labels[inf])}")
+    nonpos = values <= 0
+    if nonpos.any():
+        raise DataError(
+            f"column {column!r} ({role}) must be > 0; rows {_rows(labels[nonpos])}"
+            f" hold {values[nonpos][0]!r}"
+        )
+    return values
+
+
+def fill_covariates(
+    N: np.ndarray | None, D: np.ndarray | None, C: np.ndarray | None, flops_per_token: np.ndarray | None = None
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """Derive missing covariates from the compute rule ``C = 6·N·D`` (or ``C = M·D``).
+
+    Args:
+        N: parameters, or ``None``.
+        D: tokens, or ``None``.
+        C: FLOPs, or ``None``.
+        flops_per_token: FLOPs per token M, or ``None`` for ``6·N``.
+
+    Returns:
+        ``(N, D, C)`` with whatever can be derived filled in (missing D as
+        ``C/(6N)`` or ``C/M``, missing C as ``6·N·D`` or ``M·D``, missing N as
+        ``C/(6D)`` when no M is given); the rest stays ``None``.
+    """
+    per_token = flops_per_token if flops_per_token is not None else (None if N is None else 6.0 * N)
+    if D is None and C is not None and per_token is not None:
+        D = C / per_token
+    if C is None and D is not None and per_token is not None:
+        C = per_token * D
+    if N is None and flops_per_token is None and C is not None and D is not None:
+        N = C / (6.0 * D)
+    return N, D, C
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ScalingData:
+    """A validated table of training runs.
+
+    Build it with :meth:`from_table` (DataFrame or CSV path) or
+    :meth:`from_arrays`; the constructor itself does no validation.
+
+    Attributes:
+        loss: final loss of each run, shape ``(n,)``, nats (any positive target
+            for the ``power`` law).
+        N: parameters per model, shape ``(n,)``, or ``None``.
+        D: training tokens, shape ``(n,)``, or ``None``.
+        C: training compute in FLOPs, shape ``(n,)``, or ``None``.
+        group: group label per run (e.g. architecture), shape ``(n,)``, or ``None``.
+        flops_per_token: FLOPs per token ``M`` per run when compute is ``C = M·D``
+            (DeepSeek's non-embedding FLOPs/token), or ``None`` for ``C = 6·N·D``.
+        counts_embeddings: whether ``N`` includes embedding parameters (``None``:
+            not stated).
+        index: the row labels of the source table, for error messages.
+        target: name of the modelled quantity (the source column name).
+        source: where the table came from.
+    """
+
+    loss: np.ndarray
+    N: np.ndarray | None = None
+    D: np.ndarray | None = None
+    C: np.ndarray | None = None
+    group: np.ndarray | None = None
+    flops_per_token: np.ndarray | None = None
+    counts_embeddings: bool | None = None
+    index: np.ndarray | None = None
+    target: str = "loss"
+    source: str = "arrays"
+
+    @property
+    def n(self) -> int:
+        """Number of runs."""
+        return int(self.loss.shape[0])
+
+    def covariate(self, name: str) -> np.ndarray:
+        """Return covariate ``name`` (``"N"``, ``"D"`` or ``"C"``) or raise if absent."""
+        if name not in COVARIATES:
+            raise DataError(f"unknown covariate {name!r}; expected one of {COVARIATES}")
+        value = getattr(self, name)
+        if value is None:
+            raise DataError(
+                f"this law needs covariate {name!r} but the table gives none and it cannot be"
+                f" derived (give two of N, D, C, or C and flops_per_token)"
+            )
+        return value
+
+    def available(self) -> tuple[str, ...]:
+        """Covariates present (given or derived)."""
+        return tuple(c for c in COVARIATES if getattr(self, c) is not None)
+
+    def to_frame(self) -> pd.DataFrame:
+        """The runs as a DataFrame with columns N, D, C, loss (and group, M when set)."""
+        columns: dict[str, Any] = {c: getattr(self, c) for c in self.available()}
+        columns[self.target] = self.loss
+        if self.group is not None:
+            columns["group"] = self.group
+        if self.flops_per_token is not None:
+            columns["M"] = self.flops_per_token
+        return pd.DataFrame(columns, index=self.index)
+
+    def subset(self, mask: np.ndarray) -> ScalingData:
+        """Rows where boolean ``mask`` is true, keeping all metadata."""
+        pick = lambda a: None if a is None else np.asarray(a)[mask]  # noqa: E731
+        return dataclasses.replace(
+            self,
+            loss=self.loss[mask],
+            N=pick(self.N),
+            D=pick(self.D),
+            C=pick(self.C),
+            group=pick(self.group),
+            flops_per_token=pick(self.flops_per_token),
+            index=pick(self.index),
+        )
+
+    def groups(self) -> dict[Any, ScalingData]:
+        """Split by the group column, in order of first appearance."""
+        if self.group is None:
+            raise DataError("no group column was given; pass group='column' when loading")
+        labels = pd.unique(pd.Series(self.group))
+        return {label: self.subset(self.group == label) for label in labels}
+
+    @classmethod
+    def from_arrays(
+        cls,
+        loss: Sequence[float] | np.ndarray,
+        N: Sequence[float] | np.ndarray | None = None,
+        D: Sequence[float] | np.ndarray | None = None,
+        C: Sequence[float] | np.ndarray | None = None,
+        *,
+        group: Sequence[Any] | np.ndarray | None = None,
+        flops_per_token: float | Sequence[float] | np.ndarray | None = None,
+        counts_embeddings: bool | None = None,
+        compute_rtol: float = _COMPUTE_RTOL,
+    ) -> ScalingData:
+        """Validate arrays of runs; see :meth:`from_table` for the rules."""
+        columns: dict[str, Any] = {"loss": loss, "N": N, "D": D, "C": C}
+        frame = pd.DataFrame({k: np.asarray(v) for k, v in columns.items() if v is not None})
+        if group is not None:
+            frame["group"] = np.asarray(group)
+        return cls.from_table(
+            frame,
+            params="N" if N is not None else None,
+            tokens="D" if D is not None else None,
+            compute="C" if C is not None else None,
+            group="group" if group is not None else None,
+            flops_per_token=flops_per_token,
+            counts_embeddings=counts_embeddings,
+            compute_rtol=compute_rtol,
+            source="arrays",
+        )
+
+    @classmethod
+    def from_table(
+        cls,
+        table: pd.DataFrame | str | os.PathLike[str],
+        *,
+        params: str | None = None,
+        tokens: str | None = None,
+        compute: str | None = None,
+        loss: str = "loss",
+        group: str | None = None,
+        flops_per_token: str | float | Sequence[float] | np.ndarray | None = None,
+        counts_embeddings: bool | None = None,
+        compute_rtol: float = _COMPUTE_RTOL,
+        source: str | None = None,
+    ) -> ScalingData:
+        """Load and validate a table of training runs.
+
+        Args:
+            table: a DataFrame, or a path to a CSV file.
+            params: column of parameter counts N. Default: ``"N"`` or ``"params"``
+                if such a column exists.
+            tokens: column of training tokens D. Default: ``"D"`` or ``"tokens"``.
+            compute: column of training FLOPs C. Default: ``"C"``, ``"compute"``
+                or ``"flops"``.
+            loss: column of final losses (nats), or of any positive target.
+            group: optional column of group labels (kept as given).
+            flops_per_token: FLOPs per token M, as a column name or a number or
+                array; compute is then ``C = M·D`` instead of ``C = 6·N·D``.
+            counts_embeddings: whether N includes embedding parameters; recorded
+                in results.
+            compute_rtol: relative tolerance for the consistency check of a given
+                C against ``6·N·D`` (or ``M·D``); beyond it a :class:`DataWarning`
+                names the rows.
+            source: description of the source (defaults to the path or
+                ``"DataFrame"``).
+
+        Returns:
+            The validated :class:`ScalingData`. Missing D is derived as
+            ``C/(6N)`` (or ``C/M``), missing C as ``6·N·D`` (or ``M·D``), missing N
+            as ``C/(6D)``.
+
+        Raises:
+            DataError: empty table, duplicated or missing columns, non-numeric,
+                boolean, NaN, infinite or non-positive values, naming column and
+                rows.
+        """
+        if isinstance(table, (str, os.PathLike)):
+            if not os.path.exists(table):
+                raise DataError(f"no such file: {os.fspath(table)!r}")
+            source = source or os.fspath(table)
+            table = pd.read_csv(table)
+        if not isinstance(table, pd.DataFrame):
+            raise DataError(f"table must be a pandas DataFrame or a CSV path, got {type(table).__name__}")
+        source = source or "DataFrame"
+        duplicated = table.columns[table.columns.duplicated()].unique().tolist()
+        if duplicated:
+            raise DataError(f"duplicated column names: {duplicated}")
+        if table.shape[0] == 0:
+            raise DataError("the table has no rows")
+
+        def resolve(role: str, given: str | None) -> str | None:
+            if given is not None:
+                if given not in table.columns:
+                    raise DataError(
+                        f"column {given!r} (for {role}) not found; columns are {list(map(str, table.columns))}"
+                    )
+                return given
+            return next((c for c in _DEFAULT_COLUMNS[role] if c in table.columns), None)
+
+        names = {
+            "N": resolve("N", params),
+            "D": resolve("D", tokens),
+            "C": resolve("C", compute),
+            "loss": resolve("loss", loss),
+        }
+        if names["loss"] is None:
+            raise DataError(f"column {loss!r} (for loss) not found; columns are {list(map(str, table.columns))}")
+        roles = {"N": "parameters", "D": "tokens", "C": "FLOPs", "loss": "loss"}
+        values = {k: None if c is None else _numeric_column(table, c, roles[k]) for k, c in names.items()}
+
+        m = None
+        if isinstance(flops_per_token, str):
+            if flops_per_token not in table.columns:
+                raise DataError(f"column {flops_per_token!r} (for flops_per_token) not found")
+            m = _numeric_column(table, flops_per_token, "FLOPs per token")
+        elif flops_per_token is not None:
+            m = np.broadcast_to(np.asarray(flops_per_token, dtype=float), (table.shape[0],)).copy()
+            m = _check_positive(m, table.index, "flops_per_token", "FLOPs per token")
+
+        N, D, C = values["N"], values["D"], values["C"]
+        per_token = m if m is not None else (None if N is None else 6.0 * N)
+        if C is not None and D is not None and per_token is not None:
+            ratio = C / (per_token * D)
+            off = np.abs(np.log(ratio)) > np.log1p(compute_rtol)
+            if off.any():
+                rule = "M·D" if m is not None else "6·N·D"
+                warnings.warn(
+                    f"column {names['C']!r}: compute differs from {rule} by more than"
+                    f" {compute_rtol:.0%} at rows {_rows(table.index[off])} (ratio {ratio[off][0]:.3g});"
+                    " the given C is kept",
+                    DataWarning,
+                    stacklevel=2,
+                )
+        N, D, C = fill_covariates(N, D, C, m)
+
+        groups = None
+        if group is not None:
+            if group not in table.columns:
+                raise DataError(f"column {group!r} (for group) not found; columns are {list(map(str, table.columns))}")
+            if table[group].isna().any():
+                bad = table.index[table[group].isna()]
+                raise DataError(f"column {group!r} (group) is missing labels at rows {_rows(bad)}")
+            groups = table[group].to_numpy()
+
+        return cls(
+            loss=values["loss"],
+            N=N,
+            D=D,
+            C=C,
+            group=groups,
+            flops_per_token=m,
+            counts_embeddings=counts_embeddings,
+            index=np.asarray(table.index),
+            target=str(names["loss"]),
+            source=source,
+        )
+
+
+def as_data(data: ScalingData | pd.DataFrame | str | os.PathLike[str], **columns: Any) -> ScalingData:
+    """Return ``data`` as :class:`ScalingData`, loading a table with ``columns`` if needed."""
+    if isinstance(data, ScalingData):
+        if columns:
+            raise DataError(f"column options {sorted(columns)} only apply when loading a table")
+        return data
+    return ScalingData.from_table(data, **columns)
+

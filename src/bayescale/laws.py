@@ -1,0 +1,319 @@
+"""Parametric scaling laws: parameters, covariates, priors and log-space means.
+
+A :class:`Law` says what is fitted. Its ``log_mean`` maps natural parameters and
+log covariates to the log of the predicted loss and is a pure, JIT-able JAX
+function. Priors are stated on the natural parameters (E, A, B, alpha, beta,
+...). The sampler does not move in those coordinates, though: each amplitude
+listed in ``centred`` is sampled as the log of its term *at the data centre*
+(the geometric mean of the covariate), which removes the near-collinearity of
+``log A`` and ``alpha`` that otherwise slows NUTS about threefold. The change of
+variables is exact (its Jacobian enters the prior), so the posterior is the one
+the priors and likelihood define.
+
+Units: N in parameters, D in tokens, C in FLOPs, loss in nats.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax.numpy as jnp
+import numpyro.distributions as dist
+
+from .data import COVARIATES
+
+__all__ = [
+    "Law",
+    "chinchilla",
+    "kaplan",
+    "kaplan_nd",
+    "offset_power",
+    "power",
+    "custom",
+    "get_law",
+    "list_laws",
+]
+
+Array = Any
+Params = Mapping[str, Array]
+LogMean = Callable[[Params, Params], Array]
+Centring = Callable[[Array, Params, Params], Array]
+"""``(u, params_so_far, log_centre) -> natural value`` for a centred amplitude."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Law:
+    """A parametric scaling law.
+
+    Attributes:
+        name: registry name (e.g. ``"chinchilla"``).
+        params: natural parameter names, in sampling order (a centred amplitude
+            comes after the exponent it depends on).
+        covariates: the covariates it reads, a subset of ``("N", "D", "C")``.
+        priors: default prior per natural parameter (scalar NumPyro distributions).
+        log_mean: ``log_mean(params, log_x) -> log prediction``, where ``log_x``
+            maps each covariate to the natural log of its values (any shape).
+        centred: for amplitudes sampled in centred form, a function
+            ``(u, params, log_centre) -> value`` with ``u`` real and
+            ``log_centre`` the mean log covariates of the data.
+        noise_prior: prior of ``sigma``, the noise scale on the log target.
+        formula: the law in words, for tables and reports.
+        options: keyword arguments that rebuild the law with :func:`get_law`.
+    """
+
+    name: str
+    params: tuple[str, ...]
+    covariates: tuple[str, ...]
+    priors: Mapping[str, dist.Distribution]
+    log_mean: LogMean
+    centred: Mapping[str, Centring] = dataclasses.field(default_factory=dict)
+    noise_prior: dist.Distribution = dataclasses.field(default_factory=lambda: dist.HalfNormal(0.1))
+    formula: str = ""
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = [c for c in self.covariates if c not in COVARIATES]
+        if unknown:
+            raise ValueError(f"law {self.name!r}: unknown covariates {unknown}; expected some of {COVARIATES}")
+        missing = [p for p in self.params if p not in self.priors]
+        if missing:
+            raise ValueError(f"law {self.name!r}: no prior for parameters {missing}")
+        extra = [p for p in self.priors if p not in self.params]
+        if extra:
+            raise ValueError(f"law {self.name!r}: priors given for unknown parameters {extra}")
+        for p in self.centred:
+            if p not in self.params:
+                raise ValueError(f"law {self.name!r}: centred amplitude {p!r} is not a parameter")
+        object.__setattr__(self, "priors", types.MappingProxyType(dict(self.priors)))
+        object.__setattr__(self, "centred", types.MappingProxyType(dict(self.centred)))
+        object.__setattr__(self, "options", types.MappingProxyType(dict(self.options)))
+
+    def __repr__(self) -> str:
+        return f"Law({self.name!r}: {self.formula})"
+
+
+# Default priors, all on natural parameters. They are weakly informative for
+# language-model losses in nats: E has median exp(0.5) = 1.65 nats and a 95%
+# range of 0.23-12 nats; exponents have median 0.3 and a 95% range of 0.04-2.1;
+# amplitudes are nearly flat over many orders of magnitude.
+def _exponent_prior(median: float = 0.3) -> dist.Distribution:
+    return dist.LogNormal(jnp.log(median), 1.0)
+
+
+def _e_prior() -> dist.Distribution:
+    return dist.LogNormal(0.5, 1.0)
+
+
+def _amplitude_prior(log_median: float = 5.0) -> dist.Distribution:
+    return dist.LogNormal(log_median, 5.0)
+
+
+def _term_at_centre(exponent: str, covariate: str) -> Centring:
+    """Amplitude A of ``A·X^-exponent`` from ``u = log(A·X0^-exponent)``."""
+    return lambda u, p, c: jnp.exp(u + p[exponent] * c[covariate])
+
+
+def chinchilla() -> Law:
+    """Chinchilla's additive law ``L = E + A/N^alpha + B/D^beta`` (Hoffmann et al., 2022).
+
+    Priors: ``E ~ LogNormal(0.5, 1)``, ``A, B ~ LogNormal(5, 5)``,
+    ``alpha, beta ~ LogNormal(log 0.3, 1)``. Published values: E=1.69,
+    A=406.4, B=410.7, alpha=0.34, beta=0.28.
+    """
+
+    def log_mean(p: Params, x: Params) -> Array:
+        n_term = jnp.log(p["A"]) - p["alpha"] * x["N"]
+        d_term = jnp.log(p["B"]) - p["beta"] * x["D"]
+        return jnp.logaddexp(jnp.log(p["E"]), jnp.logaddexp(n_term, d_term))
+
+    return Law(
+        name="chinchilla",
+        params=("E", "alpha", "beta", "A", "B"),
+        covariates=("N", "D"),
+        priors={
+            "E": _e_prior(),
+            "alpha": _exponent_prior(),
+            "beta": _exponent_prior(),
+            "A": _amplitude_prior(),
+            "B": _amplitude_prior(),
+        },
+        log_mean=log_mean,
+        centred={"A": _term_at_centre("alpha", "N"), "B": _term_at_centre("beta", "D")},
+        formula="L = E + A/N^alpha + B/D^beta",
+    )
+
+
+def kaplan(covariate: str = "N") -> Law:
+    """Kaplan's single-variable law ``L = (X_c/X)^alpha_X`` for X = N, D or C.
+
+    Parameters ``alpha_X`` and ``X_c``. Priors: ``alpha_X ~ LogNormal(log 0.1, 1)``,
+    ``X_c ~ LogNormal(30, 10)``. Kaplan et al. (2020): alpha_N=0.076,
+    N_c=8.8e13; alpha_D=0.095, D_c=5.4e13; alpha_C=0.050, C_c=3.1e8.
+    The registry names are ``kaplan_n``, ``kaplan_d`` and ``kaplan_c``.
+    """
+    if covariate not in COVARIATES:
+        raise ValueError(f"kaplan: covariate must be one of {COVARIATES}, got {covariate!r}")
+    alpha, scale = f"alpha_{covariate}", f"{covariate}_c"
+
+    def log_mean(p: Params, x: Params) -> Array:
+        return p[alpha] * (jnp.log(p[scale]) - x[covariate])
+
+    return Law(
+        name=f"kaplan_{covariate.lower()}",
+        params=(alpha, scale),
+        covariates=(covariate,),
+        priors={alpha: _exponent_prior(0.1), scale: dist.LogNormal(30.0, 10.0)},
+        log_mean=log_mean,
+        # u = log L at the centre: X_c = X0 · exp(u / alpha).
+        centred={scale: lambda u, p, c: jnp.exp(u / p[alpha] + c[covariate])},
+        formula=f"L = ({scale}/{covariate})^{alpha}",
+    )
+
+
+def kaplan_nd() -> Law:
+    """Kaplan's joint law ``L = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D``.
+
+    Priors as for :func:`kaplan`. Kaplan et al. (2020): alpha_N=0.076,
+    alpha_D=0.095, N_c=8.8e13, D_c=5.4e13.
+    """
+
+    def log_mean(p: Params, x: Params) -> Array:
+        ratio = p["alpha_N"] / p["alpha_D"]
+        n_term = ratio * (jnp.log(p["N_c"]) - x["N"])
+        d_term = jnp.log(p["D_c"]) - x["D"]
+        return p["alpha_D"] * jnp.logaddexp(n_term, d_term)
+
+    return Law(
+        name="kaplan_nd",
+        params=("alpha_N", "alpha_D", "N_c", "D_c"),
+        covariates=("N", "D"),
+        priors={
+            "alpha_N": _exponent_prior(0.1),
+            "alpha_D": _exponent_prior(0.1),
+            "N_c": dist.LogNormal(30.0, 10.0),
+            "D_c": dist.LogNormal(30.0, 10.0),
+        },
+        log_mean=log_mean,
+        # u = log of the N-only (D-only) Kaplan loss at the data centre.
+        centred={
+            "N_c": lambda u, p, c: jnp.exp(u / p["alpha_N"] + c["N"]),
+            "D_c": lambda u, p, c: jnp.exp(u / p["alpha_D"] + c["D"]),
+        },
+        formula="L = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D",
+    )
+
+
+def offset_power(covariate: str = "C") -> Law:
+    """Power law with offset ``L = E + A·X^-alpha`` in one covariate X (N, D or C).
+
+    Priors as for :func:`chinchilla` (E, A, alpha).
+    """
+    if covariate not in COVARIATES:
+        raise ValueError(f"offset_power: covariate must be one of {COVARIATES}, got {covariate!r}")
+
+    def log_mean(p: Params, x: Params) -> Array:
+        return jnp.logaddexp(jnp.log(p["E"]), jnp.log(p["A"]) - p["alpha"] * x[covariate])
+
+    return Law(
+        name="offset_power",
+        params=("E", "alpha", "A"),
+        covariates=(covariate,),
+        priors={"E": _e_prior(), "alpha": _exponent_prior(), "A": _amplitude_prior()},
+        log_mean=log_mean,
+        centred={"A": _term_at_centre("alpha", covariate)},
+        formula=f"L = E + A·{covariate}^-alpha",
+        options={"covariate": covariate},
+    )
+
+
+def power(covariate: str = "C") -> Law:
+    """Pure power law ``Y = K·X^a`` for any positive target Y (batch size, learning rate...).
+
+    The exponent ``a`` may be negative. Priors: ``a ~ Normal(0, 1)``,
+    ``K ~ LogNormal(0, 10)``, noise ``sigma ~ HalfNormal(0.5)`` on log Y.
+    """
+    if covariate not in COVARIATES:
+        raise ValueError(f"power: covariate must be one of {COVARIATES}, got {covariate!r}")
+
+    def log_mean(p: Params, x: Params) -> Array:
+        return jnp.log(p["K"]) + p["a"] * x[covariate]
+
+    return Law(
+        name="power",
+        params=("a", "K"),
+        covariates=(covariate,),
+        priors={"a": dist.Normal(0.0, 1.0), "K": dist.LogNormal(0.0, 10.0)},
+        log_mean=log_mean,
+        # u = log Y at the centre: K = exp(u - a·log X0).
+        centred={"K": lambda u, p, c: jnp.exp(u - p["a"] * c[covariate])},
+        noise_prior=dist.HalfNormal(0.5),
+        formula=f"Y = K·{covariate}^a",
+        options={"covariate": covariate},
+    )
+
+
+def custom(
+    name: str,
+    params: tuple[str, ...],
+    covariates: tuple[str, ...],
+    log_mean: LogMean,
+    priors: Mapping[str, dist.Distribution],
+    *,
+    centred: Mapping[str, Centring] | None = None,
+    noise_prior: dist.Distribution | None = None,
+    formula: str = "",
+) -> Law:
+    """A user's own law, fitted with the same machinery as the built-in ones.
+
+    Args:
+        name: a name for tables and saved results.
+        params: natural parameter names.
+        covariates: covariates used, among ``"N"``, ``"D"``, ``"C"``.
+        log_mean: ``log_mean(params, log_x) -> log prediction``, pure JAX; ``params``
+            maps names to scalars, ``log_x`` maps covariates to log values.
+        priors: a scalar NumPyro distribution for every parameter.
+        centred: optional centred amplitudes (see :class:`Law`).
+        noise_prior: prior of the log-scale noise; default ``HalfNormal(0.1)``.
+        formula: the law in words.
+
+    Returns:
+        A :class:`Law`. Saved results of a custom law load with ``bs.load(path, law=...)``.
+    """
+    return Law(
+        name=name,
+        params=tuple(params),
+        covariates=tuple(covariates),
+        priors=dict(priors),
+        log_mean=log_mean,
+        centred=dict(centred or {}),
+        noise_prior=noise_prior if noise_prior is not None else dist.HalfNormal(0.1),
+        formula=formula,
+    )
+
+
+_REGISTRY: dict[str, Callable[..., Law]] = {
+    "chinchilla": chinchilla,
+    "kaplan_n": lambda: kaplan("N"),
+    "kaplan_d": lambda: kaplan("D"),
+    "kaplan_c": lambda: kaplan("C"),
+    "kaplan_nd": kaplan_nd,
+    "offset_power": offset_power,
+    "power": power,
+}
+
+
+def list_laws() -> list[str]:
+    """Names of the built-in laws."""
+    return list(_REGISTRY)
+
+
+def get_law(law: str | Law, **options: Any) -> Law:
+    """Return a built-in law by name (with ``options`` such as ``covariate="N"``), or ``law`` itself."""
+    if isinstance(law, Law):
+        return law
+    if law not in _REGISTRY:
+        raise ValueError(f"unknown law {law!r}; built-in laws are {list_laws()} (or pass a Law from bs.laws.custom)")
+    return _REGISTRY[law](**options)
