@@ -14,11 +14,20 @@ import warnings as _warnings
 
 _warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")
 
-from . import laws, likelihoods  # noqa: E402
+from . import datasets, laws, likelihoods  # noqa: E402
+from .allocation import (  # noqa: E402
+    allocation_exponents,
+    compute_for_loss,
+    compute_optimal,
+    compute_optimal_draws,
+    inference_optimal,
+    loss_at,
+)
 from .data import DataError, DataWarning, ScalingData  # noqa: E402
 from .inference import MapResult, fit, fit_map  # noqa: E402
 from .laws import Law  # noqa: E402
 from .results import ConvergenceWarning, Diagnostics, FitResult, load  # noqa: E402
+from .simulate import chinchilla_design, simulate  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -29,11 +38,20 @@ __all__ = [
     "Diagnostics",
     "FitResult",
     "Law",
+    "allocation_exponents",
+    "compute_for_loss",
+    "compute_optimal",
+    "compute_optimal_draws",
+    "datasets",
+    "inference_optimal",
+    "loss_at",
     "MapResult",
     "ScalingData",
+    "chinchilla_design",
     "fit",
     "fit_map",
     "laws",
     "likelihoods",
     "load",
+    "simulate",
 ]

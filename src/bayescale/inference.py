@@ -7,7 +7,9 @@ Huber loss on log-loss residuals, minimised from a spread of starting points.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import arviz as az
@@ -24,12 +26,13 @@ from .laws import Law, get_law
 from .likelihoods import Likelihood, get_likelihood
 from .model import OBSERVED, ModelData, Spec, build_model, make_spec, model_data, to_natural
 from .results import FitResult
-from .sampling import Draws, NUTSConfig, sample_lanes
+from .sampling import Draws, NUTSConfig, compile_ahead, sample_lanes
 
 __all__ = ["fit", "fit_map", "MapResult"]
 
 _JITTER = 0.1
 _NU_INIT = 4.0
+_MAP_ITERATIONS = 100
 
 
 class MapResult(NamedTuple):
@@ -86,30 +89,58 @@ def _start_points(spec: Spec, md: ModelData, num_starts: int, key: jax.Array) ->
 
 
 def _map_point(spec: Spec, md: ModelData, key: jax.Array, loss: str, delta: float, num_starts: int):  # noqa: ANN202
-    """Minimise the point-fit loss from ``num_starts`` starts; pure JAX, vmappable over ``md``."""
+    """Minimise the point-fit loss from ``num_starts`` starts; pure JAX, vmappable over ``md``.
 
-    def objective(z: jax.Array) -> jax.Array:
+    Each start runs Levenberg-Marquardt on iteratively reweighted least squares
+    (Huber weights ``min(1, delta/|r|)``), accepting only steps that lower the
+    objective, for a fixed number of iterations.
+    """
+
+    def residuals(z: jax.Array) -> jax.Array:
         params, _ = to_natural(spec, z, md.centre)
-        r = spec.law.log_mean(params, md.log_x) - md.log_y
-        if loss == "huber":
-            per_run = jnp.where(jnp.abs(r) <= delta, 0.5 * r**2, delta * (jnp.abs(r) - 0.5 * delta))
-        else:
-            per_run = 0.5 * r**2
-        return jnp.sum(jnp.where(md.mask, per_run, 0.0))
+        return jnp.where(md.mask, spec.law.log_mean(params, md.log_x) - md.log_y, 0.0)
 
-    starts = _start_points(spec, md, num_starts, key)
-    solve = lambda z0: jax.scipy.optimize.minimize(objective, z0, method="BFGS", options={"maxiter": 500})  # noqa: E731
-    out = jax.vmap(solve)(starts)
-    value = jnp.where(jnp.isfinite(out.fun), out.fun, jnp.inf)
-    best = jnp.argmin(value)
-    z = out.x[best]
-    params, _ = to_natural(spec, z, md.centre)
-    r = spec.law.log_mean(params, md.log_x) - md.log_y
+    def objective(r: jax.Array) -> jax.Array:
+        if loss == "squared":
+            return 0.5 * jnp.sum(r**2)
+        a = jnp.abs(r)
+        return jnp.sum(jnp.where(a <= delta, 0.5 * r**2, delta * (a - 0.5 * delta)))
+
+    def solve(z0: jax.Array):  # noqa: ANN202
+        def step(carry: tuple, _: None) -> tuple:
+            z, lam, f, change = carry
+            r, jac = residuals(z), jax.jacfwd(residuals)(z)
+            w = jnp.minimum(1.0, delta / jnp.maximum(jnp.abs(r), 1e-300)) if loss == "huber" else jnp.ones_like(r)
+            jtw = jac.T * w
+            hess, grad = jtw @ jac, jtw @ r
+            damping = lam * (jnp.diag(hess) + 1e-12)
+            z_new = z - jnp.linalg.solve(hess + jnp.diag(damping), grad)
+            f_new = objective(residuals(z_new))
+            better = jnp.isfinite(f_new) & (f_new < f)
+            return (
+                jnp.where(better, z_new, z),
+                jnp.where(better, lam * 0.3, lam * 10.0),
+                jnp.where(better, f_new, f),
+                jnp.where(better, (f - f_new) / (jnp.abs(f) + 1e-30), 0.0),
+            ), None
+
+        f0 = objective(residuals(z0))
+        init = (z0, jnp.asarray(1e-2, z0.dtype), jnp.where(jnp.isfinite(f0), f0, jnp.inf), jnp.asarray(1.0, z0.dtype))
+        (z, lam, f, change), _ = jax.lax.scan(step, init, None, length=_MAP_ITERATIONS)
+        return z, f, jnp.isfinite(f) & ((change < 1e-8) | (lam > 1e8))
+
+    z_all, f_all, ok_all = jax.vmap(solve)(_start_points(spec, md, num_starts, key))
+    best = jnp.argmin(f_all)
+    z = z_all[best]
+    r = residuals(z)
     n = jnp.sum(md.mask)
     abs_r = jnp.where(md.mask, jnp.abs(r), jnp.inf)
     # Robust noise scale: 1.4826 x median absolute residual, floored to avoid log(0).
     sigma = jnp.maximum(1.4826 * jnp.sort(abs_r)[(n - 1) // 2], 1e-4)
-    return z, value[best], out.success[best], sigma
+    return z, f_all[best], ok_all[best], sigma
+
+
+_map_point_jit = jax.jit(_map_point, static_argnums=(0, 3, 4, 5))
 
 
 def fit_map(
@@ -149,15 +180,14 @@ def fit_map(
     _check_fit_inputs(data, spec)
     with jax.enable_x64(_precision(precision)):
         md = model_data(data, spec.law)
-        z, value, ok, sigma = jax.jit(_map_point, static_argnums=(0, 3, 5))(
-            spec, md, jax.random.PRNGKey(seed), loss, delta, num_starts
-        )
+        z, value, ok, sigma = _map_point_jit(spec, md, jax.random.PRNGKey(seed), loss, delta, num_starts)
         params, _ = to_natural(spec, z, md.centre)
     out = {k: float(v) for k, v in params.items()}
     out["sigma"] = float(sigma)
     return MapResult(params=out, objective=float(value), converged=bool(ok), z=np.asarray(z))
 
 
+@functools.partial(jax.jit, static_argnums=(0, 3))
 def initial_points(spec: Spec, md: ModelData, key: jax.Array, num_chains: int) -> jax.Array:
     """Per-chain starting coordinates ``(num_chains, k)``: the Huber point fit plus jitter."""
     map_key, jitter_key = jax.random.split(key)
@@ -169,10 +199,20 @@ def initial_points(spec: Spec, md: ModelData, key: jax.Array, num_chains: int) -
     return z0 + _JITTER * jax.random.normal(jitter_key, (num_chains, z0.shape[0]), z0.dtype)
 
 
+@functools.lru_cache(maxsize=64)
 def potential_fn(spec: Spec):  # noqa: ANN201
-    """``potential(z, data) -> -log density`` of ``spec``'s model, pure JAX."""
+    """``potential(z, data) -> -log density`` of ``spec``'s model, pure JAX (one per model)."""
     model = build_model(spec)
     return lambda z, md: potential_energy(model, (md,), {}, {"z": z})
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _pointwise(spec: Spec, flat: dict[str, jax.Array], md: ModelData, key: jax.Array):  # noqa: ANN202
+    """Natural parameters, posterior predictive and pointwise log-likelihood for every draw."""
+    model = build_model(spec)
+    sites = list(spec.latents) + [OBSERVED]
+    pred = Predictive(model, posterior_samples=flat, return_sites=sites, parallel=True)(key, md._replace(log_y=None))
+    return pred, log_likelihood(model, flat, md, parallel=True)[OBSERVED]
 
 
 def make_idata(spec: Spec, data: ScalingData, md: ModelData, draws: Draws, key: jax.Array) -> az.InferenceData:
@@ -182,11 +222,8 @@ def make_idata(spec: Spec, data: ScalingData, md: ModelData, draws: Draws, key: 
     """
     chains, samples, k = draws.z.shape
     n = data.n
-    model = build_model(spec)
     flat = {"z": jnp.asarray(draws.z.reshape(chains * samples, k), dtype=md.log_y.dtype)}
-    sites = list(spec.latents) + [OBSERVED]
-    pred = Predictive(model, posterior_samples=flat, return_sites=sites)(key, md._replace(log_y=None))
-    loglik = log_likelihood(model, flat, md)[OBSERVED]
+    pred, loglik = _pointwise(spec, flat, md, key)
     shape = lambda a: np.asarray(a).reshape(chains, samples, *np.shape(a)[1:])  # noqa: E731
     constant = {"loss": data.loss}
     constant.update({c: getattr(data, c) for c in data.available()})
@@ -273,19 +310,27 @@ def fit(
     _check_fit_inputs(data, spec)
     config = NUTSConfig(num_warmup, num_samples, target_accept_prob, max_tree_depth, dense_mass)
     init_key, sample_key, predictive_key = jax.random.split(jax.random.PRNGKey(seed), 3)
-    with jax.enable_x64(_precision(precision)):
+    x64 = _precision(precision)
+    with jax.enable_x64(x64):
         md = model_data(data, spec.law)
-        inits = jax.jit(initial_points, static_argnums=(0, 3))(spec, md, init_key, num_chains)
         lanes = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (num_chains, *a.shape)), md)
+        keys = jax.random.split(sample_key, num_chains)
+        potential = potential_fn(spec)
+        k = len(spec.latents)
+        z_shape = jax.ShapeDtypeStruct((num_chains, k), md.log_y.dtype)
+        flat_shape = {"z": jax.ShapeDtypeStruct((num_chains * num_samples, k), md.log_y.dtype)}
+
+        def compile_rest() -> None:  # overlaps compilation with the point fit (2+ cores)
+            with jax.enable_x64(x64):
+                compile_ahead(potential, z_shape, lanes, keys, config, strategy=strategy, progress=progress)
+                _pointwise.lower(spec, flat_shape, md, predictive_key).compile()
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            compiled = pool.submit(compile_rest)
+            inits = initial_points(spec, md, init_key, num_chains)
+            compiled.result()
         draws = sample_lanes(
-            potential_fn(spec),
-            inits,
-            lanes,
-            jax.random.split(sample_key, num_chains),
-            config,
-            strategy=strategy,
-            progress=progress,
-            desc=f"fit {spec.law.name}",
+            potential, inits, lanes, keys, config, strategy=strategy, progress=progress, desc=f"fit {spec.law.name}"
         )
         idata = make_idata(spec, data, md, draws, predictive_key)
     result = FitResult(idata=idata, spec=spec, data=data, config=config, seed=seed)

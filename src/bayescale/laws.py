@@ -62,6 +62,8 @@ class Law:
         noise_prior: prior of ``sigma``, the noise scale on the log target.
         formula: the law in words, for tables and reports.
         options: keyword arguments that rebuild the law with :func:`get_law`.
+        builtin: true for registry laws, whose compiled programs are shared by
+            every law of the same name and options.
     """
 
     name: str
@@ -73,6 +75,7 @@ class Law:
     noise_prior: dist.Distribution = dataclasses.field(default_factory=lambda: dist.HalfNormal(0.1))
     formula: str = ""
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    builtin: bool = False
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.covariates if c not in COVARIATES]
@@ -316,4 +319,4 @@ def get_law(law: str | Law, **options: Any) -> Law:
         return law
     if law not in _REGISTRY:
         raise ValueError(f"unknown law {law!r}; built-in laws are {list_laws()} (or pass a Law from bs.laws.custom)")
-    return _REGISTRY[law](**options)
+    return dataclasses.replace(_REGISTRY[law](**options), builtin=True)

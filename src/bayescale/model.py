@@ -10,6 +10,7 @@ well-conditioned one. Natural parameters are recorded as deterministic sites.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -63,6 +64,22 @@ class Spec:
     law: Law
     likelihood: Likelihood
     priors: Mapping[str, dist.Distribution]
+
+    @functools.cached_property
+    def key(self) -> tuple:
+        """Value identity: equal keys define the same model (compiled programs are reused)."""
+        law = (self.law.name, tuple(sorted(self.law.options.items()))) if self.law.builtin else (id(self.law),)
+        priors = tuple(
+            (name, type(p).__name__, tuple(np.asarray(getattr(p, a), dtype=float).tobytes() for a in p.arg_constraints))
+            for name, p in sorted(self.priors.items())
+        )
+        return (law, self.likelihood, priors)
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Spec) and self.key == other.key
 
     @property
     def latents(self) -> tuple[str, ...]:

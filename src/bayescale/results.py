@@ -214,9 +214,9 @@ class FitResult:
         Returns:
             Array ``(draws, points)`` in the target's units (nats).
         """
-        log_x = self._log_covariates(N, D, C, flops_per_token)
-        params = {k: jnp.asarray(v) for k, v in self.draws().items()}
         with jax.enable_x64(True):
+            log_x = self._log_covariates(N, D, C, flops_per_token)
+            params = {k: jnp.asarray(v) for k, v in self.draws().items()}
             loc = jax.vmap(lambda p: self.law.log_mean(p, log_x))(params)
             if noise:
                 nu = params["nu"][:, None] if self.spec.likelihood.learns_nu else None

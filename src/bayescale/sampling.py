@@ -19,6 +19,7 @@ Two execution strategies sit behind :func:`sample_lanes`:
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from numpyro.infer.hmc import hmc
 from tqdm.auto import tqdm
 
-__all__ = ["NUTSConfig", "Draws", "sample_lanes", "default_strategy"]
+__all__ = ["NUTSConfig", "Draws", "sample_lanes", "compile_ahead", "default_strategy"]
 
 Potential = Callable[[jax.Array, Any], jax.Array]
 
@@ -44,7 +45,7 @@ class NUTSConfig(NamedTuple):
     num_samples: int = 1000
     target_accept_prob: float = 0.8
     max_tree_depth: int = 10
-    dense_mass: bool = False
+    dense_mass: bool = True
 
 
 class Draws(NamedTuple):
@@ -82,7 +83,9 @@ def _segment(total: int, progress: bool) -> int:
     return total
 
 
+@functools.lru_cache(maxsize=64)
 def _kernels(potential: Potential, config: NUTSConfig):  # noqa: ANN202
+    """Compiled ``init``/``advance`` for one lane and their vmapped versions (cached)."""
     init_kernel, sample_kernel = hmc(potential_fn_gen=lambda data: lambda z: potential(z, data), algo="NUTS")
 
     def init(z0: jax.Array, data: Any, key: jax.Array):  # noqa: ANN202
@@ -103,7 +106,12 @@ def _kernels(potential: Potential, config: NUTSConfig):  # noqa: ANN202
 
         return jax.lax.scan(body, state, None, length=length)
 
-    return init, advance
+    return (
+        jax.jit(init),
+        jax.jit(advance, static_argnums=2),
+        jax.jit(jax.vmap(init)),
+        jax.jit(jax.vmap(advance, in_axes=(0, 0, None)), static_argnums=2),
+    )
 
 
 def _collect(chunks: list[tuple[np.ndarray, ...]], num_warmup: int, axis: int) -> Draws:
@@ -120,6 +128,41 @@ def _lane_mesh(lanes: int) -> Mesh | None:
     if len(devices) < 2 or lanes % len(devices):
         return None
     return Mesh(np.asarray(devices), ("lanes",))
+
+
+def _resolve(strategy: str) -> str:
+    strategy = default_strategy() if strategy == "auto" else strategy
+    if strategy not in ("vmap", "loop"):
+        raise ValueError(f"strategy must be 'auto', 'vmap' or 'loop', got {strategy!r}")
+    return strategy
+
+
+def compile_ahead(
+    potential: Potential,
+    init_z: Any,
+    data: Any,
+    keys: Any,
+    config: NUTSConfig = NUTSConfig(),
+    *,
+    strategy: str = "auto",
+    progress: bool = False,
+) -> None:
+    """Compile the programs :func:`sample_lanes` will run for these shapes, without running them.
+
+    Arguments are as for :func:`sample_lanes` (arrays or ``jax.ShapeDtypeStruct``).
+    Useful from a background thread while the caller prepares initial points.
+    """
+    strategy = _resolve(strategy)
+    seg = _segment(config.num_warmup + config.num_samples, progress)
+    init_j, advance_j, init_v, advance_v = _kernels(potential, config)
+    if strategy == "loop":
+        init_z, data, keys = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), (init_z, data, keys))
+        init, advance = init_j, advance_j
+    else:
+        init, advance = init_v, advance_v
+    state = jax.eval_shape(init, init_z, data, keys)
+    init.lower(init_z, data, keys).compile()
+    advance.lower(state, data, seg).compile()
 
 
 def sample_lanes(
@@ -152,13 +195,11 @@ def sample_lanes(
         :class:`Draws` with the post-warmup iterations of every lane, in lane order.
         Lane ``i`` depends only on ``init_z[i]``, ``data[i]`` and ``keys[i]``.
     """
-    strategy = default_strategy() if strategy == "auto" else strategy
-    if strategy not in ("vmap", "loop"):
-        raise ValueError(f"strategy must be 'auto', 'vmap' or 'loop', got {strategy!r}")
+    strategy = _resolve(strategy)
     lanes = int(init_z.shape[0])
     total = config.num_warmup + config.num_samples
     seg = _segment(total, progress)
-    init, advance = _kernels(potential, config)
+    init_j, advance_j, init_v, advance_v = _kernels(potential, config)
     bar = tqdm(total=total * lanes, desc=desc, disable=not progress, unit="it", leave=False)
     try:
         if strategy == "vmap":
@@ -166,8 +207,6 @@ def sample_lanes(
             if mesh is not None:
                 sharding = NamedSharding(mesh, PartitionSpec("lanes"))
                 init_z, data, keys = jax.device_put((init_z, data, keys), sharding)
-            init_v = jax.jit(jax.vmap(init))
-            advance_v = jax.jit(jax.vmap(advance, in_axes=(0, 0, None)), static_argnums=2)
             state = init_v(init_z, data, keys)
             chunks = []
             for _ in range(total // seg):
@@ -176,8 +215,6 @@ def sample_lanes(
                 bar.update(seg * lanes)
             return _collect(chunks, config.num_warmup, axis=1)
 
-        init_j = jax.jit(init)
-        advance_j = jax.jit(advance, static_argnums=2)
         x64 = bool(jax.config.jax_enable_x64)  # config contexts are thread-local
 
         def run(lane: int) -> Draws:

@@ -1,0 +1,344 @@
+"""Compute-optimal allocation, propagated from the posterior draw by draw.
+
+Every answer here is a distribution: each posterior draw of the law's
+parameters gives its own optimum, and tables report the median and an
+equal-tailed interval. Compute is ``C = k·N·D`` with ``k = flops_per_token``
+FLOPs per parameter per token (6 for dense transformers; use ``k = 1`` when the
+fit's N column holds DeepSeek's non-embedding FLOPs per token M, so C = M·D).
+
+Units: N in parameters, D in tokens, C in FLOPs, loss in nats.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from .laws import Law
+from .results import LEVEL, FitResult, describe_draws
+
+__all__ = [
+    "compute_optimal",
+    "compute_optimal_draws",
+    "allocation_exponents",
+    "compute_for_loss",
+    "loss_at",
+    "inference_optimal",
+]
+
+_GRID = 256
+_REFINE = 80
+_LOG_C_RANGE = (math.log(1e6), math.log(1e60))
+_GOLDEN = (math.sqrt(5.0) - 1) / 2
+
+
+def _check_nd(fit: FitResult) -> Law:
+    law = fit.law
+    if set(law.covariates) != {"N", "D"}:
+        raise ValueError(f"allocation needs a law in N and D; {law.name!r} uses {law.covariates}")
+    return law
+
+
+def _check_k(k: float) -> float:
+    if not (isinstance(k, (int, float)) and k > 0):
+        raise ValueError(f"flops_per_token must be a positive number, got {k!r}")
+    return float(k)
+
+
+def _budgets(compute: Any, name: str = "compute") -> np.ndarray:
+    c = np.atleast_1d(np.asarray(compute, dtype=float))
+    if c.ndim != 1 or c.size == 0 or not np.all(np.isfinite(c)) or np.any(c <= 0):
+        raise ValueError(f"{name} must be positive finite numbers (FLOPs), got {compute!r}")
+    return c
+
+
+def _params(fit: FitResult) -> dict[str, jax.Array]:
+    return {k: jnp.asarray(v, dtype=jnp.float64) for k, v in fit.draws().items()}
+
+
+def _minimise_1d(f: Any, lo: jax.Array, hi: jax.Array) -> jax.Array:
+    """Minimiser of a unimodal ``f`` on ``[lo, hi]``: grid search, then golden section around the best point."""
+    grid = jnp.linspace(lo, hi, _GRID)
+    i = jnp.argmin(jax.vmap(f)(grid))
+    a, b = grid[jnp.maximum(i - 1, 0)], grid[jnp.minimum(i + 1, _GRID - 1)]
+
+    def step(carry: tuple, _: None) -> tuple:
+        a, b = carry
+        c, d = b - _GOLDEN * (b - a), a + _GOLDEN * (b - a)
+        left = f(c) < f(d)
+        return (jnp.where(left, a, c), jnp.where(left, d, b)), None
+
+    (a, b), _ = jax.lax.scan(step, (a, b), None, length=_REFINE)
+    return (a + b) / 2
+
+
+def _optimum(law: Law, p: dict, log_c: jax.Array, log_k: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(log N_opt, log D_opt, log L_opt)`` for one draw and one budget."""
+    if law.name == "chinchilla" and law.builtin:
+        s = p["alpha"] + p["beta"]
+        log_g = (jnp.log(p["alpha"] * p["A"]) - jnp.log(p["beta"] * p["B"])) / s
+        log_n = log_g + p["beta"] / s * (log_c - log_k)
+    else:
+        loss = lambda x: law.log_mean(p, {"N": x, "D": log_c - log_k - x})  # noqa: E731
+        log_n = _minimise_1d(loss, jnp.asarray(0.0), log_c - log_k)
+    log_d = log_c - log_k - log_n
+    return log_n, log_d, law.log_mean(p, {"N": log_n, "D": log_d})
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _optimum_draws(law: Law, p: dict, log_c: jax.Array, log_k: float) -> tuple[jax.Array, ...]:
+    per_draw = jax.vmap(lambda q: jax.vmap(lambda c: _optimum(law, q, c, log_k))(log_c))
+    return per_draw(p)
+
+
+def compute_optimal_draws(fit: FitResult, compute: Any, flops_per_token: float = 6.0) -> dict[str, np.ndarray]:
+    """Posterior draws of the compute-optimal allocation.
+
+    For the Chinchilla law the closed form ``N_opt = G·(C/k)^a``,
+    ``D_opt = (C/k)^b / G`` with ``a = beta/(alpha+beta)``, ``b = alpha/(alpha+beta)``,
+    ``G = (alpha·A/(beta·B))^(1/(alpha+beta))``; for any other law in N and D a
+    numerical minimisation along the iso-FLOP line, vectorised over draws.
+
+    Args:
+        fit: a fit of a law in N and D.
+        compute: budgets in FLOPs, shape ``(b,)``.
+        flops_per_token: k in ``C = k·N·D``.
+
+    Returns:
+        ``{"N_opt", "D_opt", "tokens_per_param", "loss_opt"}``, each ``(draws, b)``.
+    """
+    law = _check_nd(fit)
+    k = _check_k(flops_per_token)
+    c = _budgets(compute)
+    with jax.enable_x64(True):
+        log_n, log_d, log_l = _optimum_draws(law, _params(fit), jnp.log(c), float(np.log(k)))
+    n, d = np.exp(np.asarray(log_n)), np.exp(np.asarray(log_d))
+    return {"N_opt": n, "D_opt": d, "tokens_per_param": d / n, "loss_opt": np.exp(np.asarray(log_l))}
+
+
+def _table(draws: dict[str, np.ndarray], index: pd.Index, level: float) -> pd.DataFrame:
+    parts = []
+    for name, values in draws.items():
+        rows = [describe_draws({name: values[:, j]}, level).iloc[0] for j in range(values.shape[1])]
+        part = pd.DataFrame(rows, index=index).drop(columns=["mean", "sd"])
+        part.columns = pd.MultiIndex.from_product([[name], part.columns])
+        parts.append(part)
+    return pd.concat(parts, axis=1)
+
+
+def compute_optimal(
+    fit: FitResult, compute: Sequence[float] | np.ndarray, flops_per_token: float = 6.0, level: float = LEVEL
+) -> pd.DataFrame:
+    """Planning table: compute-optimal N, D, tokens per parameter and loss, with intervals.
+
+    Args:
+        fit: a fit of a law in N and D.
+        compute: budgets in FLOPs.
+        flops_per_token: k in ``C = k·N·D`` (6 by default).
+        level: credible level of the intervals.
+
+    Returns:
+        DataFrame indexed by compute (FLOPs), with column groups ``N_opt``
+        (parameters), ``D_opt`` (tokens), ``tokens_per_param`` and ``loss_opt``
+        (nats), each with ``median`` and the interval bounds. The draws are in
+        :func:`compute_optimal_draws`.
+    """
+    draws = compute_optimal_draws(fit, compute, flops_per_token)
+    return _table(draws, pd.Index(_budgets(compute), name="compute"), level)
+
+
+def allocation_exponents(fit: FitResult, level: float = LEVEL, compute: float = 1e22) -> pd.DataFrame:
+    """Exponents a and b of ``N_opt ∝ C^a`` and ``D_opt ∝ C^b``, with intervals.
+
+    Closed form ``a = beta/(alpha+beta)``, ``b = alpha/(alpha+beta)`` for the
+    Chinchilla law; for other laws the local slopes ``d log N_opt / d log C`` at
+    ``compute`` FLOPs (by a central difference over a factor of 10).
+
+    Returns:
+        DataFrame with rows ``a`` and ``b``: mean, sd, median and interval.
+    """
+    law = _check_nd(fit)
+    if law.name == "chinchilla" and law.builtin:
+        alpha, beta = fit.draws("alpha"), fit.draws("beta")
+        a = beta / (alpha + beta)
+    else:
+        budgets = compute * np.array([10**-0.5, 10**0.5])
+        n = compute_optimal_draws(fit, budgets)["N_opt"]
+        a = np.log(n[:, 1] / n[:, 0]) / np.log(budgets[1] / budgets[0])
+    return describe_draws({"a": a, "b": 1.0 - a}, level)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _compute_for_loss_draws(law: Law, p: dict, log_target: jax.Array, log_k: float) -> tuple[jax.Array, jax.Array]:
+    def one(q: dict, target: jax.Array) -> tuple[jax.Array, jax.Array]:
+        best = lambda log_c: _optimum(law, q, log_c, log_k)[2]  # noqa: E731
+        lo, hi = jnp.asarray(_LOG_C_RANGE[0]), jnp.asarray(_LOG_C_RANGE[1])
+        reachable = best(hi) < target
+
+        def step(carry: tuple, _: None) -> tuple:
+            lo, hi = carry
+            mid = (lo + hi) / 2
+            above = best(mid) > target
+            return (jnp.where(above, mid, lo), jnp.where(above, hi, mid)), None
+
+        (lo, hi), _ = jax.lax.scan(step, (lo, hi), None, length=100)
+        return (lo + hi) / 2, reachable
+
+    return jax.vmap(lambda q: jax.vmap(lambda t: one(q, t))(log_target))(p)
+
+
+def compute_for_loss(
+    fit: FitResult, target_loss: float | Sequence[float], flops_per_token: float = 6.0, level: float = LEVEL
+) -> pd.DataFrame:
+    """Compute needed to reach a target loss at the compute-optimal allocation.
+
+    A target at or below what a draw can ever reach (for the Chinchilla law,
+    the irreducible loss E) is unreachable for that draw; the table reports the
+    probability that the target is reachable, and the compute, N and D
+    intervals over the draws that reach it.
+
+    Returns:
+        DataFrame indexed by target loss (nats): ``p_reachable``, and column
+        groups ``C`` (FLOPs), ``N_opt``, ``D_opt`` with median and interval
+        (conditional on reachable; absent values where no draw reaches it).
+    """
+    law = _check_nd(fit)
+    k = _check_k(flops_per_token)
+    targets = _budgets(target_loss, "target_loss")
+    with jax.enable_x64(True):
+        log_c, ok = _compute_for_loss_draws(law, _params(fit), jnp.log(targets), float(np.log(k)))
+    log_c, ok = np.asarray(log_c), np.asarray(ok)
+    rows = []
+    for j, target in enumerate(targets):
+        row: dict[tuple[str, str], float] = {("p_reachable", ""): float(ok[:, j].mean())}
+        if ok[:, j].any():
+            c = np.exp(log_c[ok[:, j], j])
+            sub = _optimum_at(fit, c, k, ok[:, j])
+            for name, values in {"C": c, **sub}.items():
+                stats = describe_draws({name: values}, level).iloc[0].drop(["mean", "sd"])
+                row.update({(name, s): float(v) for s, v in stats.items()})
+        else:
+            warnings.warn(f"target loss {target} nats is not reachable under any posterior draw", stacklevel=2)
+        rows.append(row)
+    table = pd.DataFrame(rows, index=pd.Index(targets, name="target_loss"))
+    table.columns = pd.MultiIndex.from_tuples(table.columns)
+    return table
+
+
+def _optimum_at(fit: FitResult, compute: np.ndarray, k: float, mask: np.ndarray) -> dict[str, np.ndarray]:
+    """N_opt and D_opt of the selected draws (``mask``), each at its own budget ``compute``."""
+    law = fit.law
+    p = {name: jnp.asarray(v[mask]) for name, v in fit.draws().items()}
+    with jax.enable_x64(True):
+        log_n, log_d, _ = jax.vmap(lambda q, c: _optimum(law, q, c, float(np.log(k))))(p, jnp.log(compute))
+    return {"N_opt": np.exp(np.asarray(log_n)), "D_opt": np.exp(np.asarray(log_d))}
+
+
+def loss_at(
+    fit: FitResult,
+    N: float | Sequence[float],
+    C: float | Sequence[float],
+    flops_per_token: float = 6.0,
+    level: float = LEVEL,
+) -> pd.DataFrame:
+    """Loss of training N parameters with C FLOPs, and its penalty against the optimum.
+
+    For example a 7e9-parameter model trained on 1e12 tokens (C = 6·7e9·1e12),
+    as LLaMA did, against the compute-optimal model at that budget.
+
+    Returns:
+        DataFrame, one row per (N, C) pair: column groups ``loss`` (nats), ``loss_opt``
+        and ``penalty`` (loss - loss_opt, nats), with median and interval.
+    """
+    _check_nd(fit)
+    k = _check_k(flops_per_token)
+    n, c = np.broadcast_arrays(_budgets(N, "N"), _budgets(C, "C"))
+    loss = fit.predict_draws(N=n, D=c / (k * n))
+    best = compute_optimal_draws(fit, c, k)["loss_opt"]
+    table = _table({"loss": loss, "loss_opt": best, "penalty": loss - best}, pd.RangeIndex(len(n)), level)
+    table.insert(0, ("C", ""), c)
+    table.insert(0, ("N", ""), n)
+    return table
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _inference_optimal_draws(law: Law, p: dict, log_target: jax.Array, log_tokens: jax.Array, k: float) -> tuple:
+    def log_d_for(q: dict, log_n: jax.Array) -> jax.Array:
+        """Smallest log D reaching the target at this N (inf when unreachable)."""
+        loss = lambda log_d: law.log_mean(q, {"N": log_n, "D": log_d})  # noqa: E731
+        lo, hi = jnp.asarray(0.0), jnp.asarray(120.0)
+
+        def step(carry: tuple, _: None) -> tuple:
+            lo, hi = carry
+            mid = (lo + hi) / 2
+            above = loss(mid) > log_target
+            return (jnp.where(above, mid, lo), jnp.where(above, hi, mid)), None
+
+        (lo, hi), _ = jax.lax.scan(step, (lo, hi), None, length=80)
+        return jnp.where(loss(120.0) < log_target, hi, jnp.inf)
+
+    def one(q: dict) -> tuple:
+        def total(log_n: jax.Array, inference: bool) -> jax.Array:
+            log_d = log_d_for(q, log_n)
+            train = jnp.log(k) + log_n + log_d
+            return jnp.logaddexp(train, jnp.log(2.0) + log_n + log_tokens) if inference else train
+
+        aware = _minimise_1d(lambda x: total(x, True), jnp.asarray(0.0), jnp.asarray(40.0))
+        plain = _minimise_1d(lambda x: total(x, False), jnp.asarray(0.0), jnp.asarray(40.0))
+        return aware, log_d_for(q, aware), total(aware, True), total(plain, True), plain
+
+    return jax.vmap(one)(p)
+
+
+def inference_optimal(
+    fit: FitResult,
+    target_loss: float,
+    inference_tokens: float,
+    flops_per_token: float = 6.0,
+    level: float = LEVEL,
+) -> pd.DataFrame:
+    """Minimise training plus inference compute for a target loss (Sardana et al. 2023).
+
+    Training costs ``k·N·D`` FLOPs and inference ``2·N`` FLOPs per token over
+    ``inference_tokens`` tokens. Compared with the training-compute-optimal
+    model for the same loss, the result is a smaller model trained longer.
+
+    Returns:
+        DataFrame with rows ``N`` (parameters), ``D`` (tokens), ``tokens_per_param``,
+        ``total_compute`` (FLOPs), ``N_train_optimal`` and ``saving`` (fraction of
+        total compute saved against the training-optimal model), each with mean, sd,
+        median and interval, over the draws that can reach the target (their share
+        is the ``p_reachable`` attribute of the table).
+    """
+    law = _check_nd(fit)
+    k = _check_k(flops_per_token)
+    (target,) = _budgets(target_loss, "target_loss")
+    (tokens,) = _budgets(inference_tokens, "inference_tokens")
+    with jax.enable_x64(True):
+        out = _inference_optimal_draws(law, _params(fit), jnp.log(target), jnp.log(tokens), k)
+    log_n, log_d, log_total, log_plain_total, log_plain_n = (np.asarray(v) for v in out)
+    ok = np.isfinite(log_total) & np.isfinite(log_plain_total)
+    if not ok.any():
+        raise ValueError(f"target loss {target} nats is not reachable under any posterior draw")
+    n, d = np.exp(log_n[ok]), np.exp(log_d[ok])
+    table = describe_draws(
+        {
+            "N": n,
+            "D": d,
+            "tokens_per_param": d / n,
+            "total_compute": np.exp(log_total[ok]),
+            "N_train_optimal": np.exp(log_plain_n[ok]),
+            "saving": 1.0 - np.exp(log_total[ok] - log_plain_total[ok]),
+        },
+        level,
+    )
+    table.attrs["p_reachable"] = float(ok.mean())
+    return table

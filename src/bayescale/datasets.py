@@ -1,0 +1,70 @@
+"""Bundled datasets, shipped as package data (no downloads).
+
+- ``palm2``: the PaLM 2 iso-FLOP table (Anil et al. 2023, Table 1), as given in
+  the course notes in ``shared/seeds``: three budgets (1e20, 1e21, 1e22 FLOPs),
+  four models each with total parameters, tokens and final loss. The report's
+  compute-optimal sizes are in :data:`PALM2_OPTIMAL_PARAMS`.
+- ``chinchilla_synthetic``: 240 runs simulated from the published Chinchilla law
+  (E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28), N log-uniform in
+  7e7-1.6e10, C log-uniform in 6e18-3e21, D = C/(6N), 2% log-normal noise
+  (design seed 0, noise seed 1).
+- ``kaplan_synthetic``: 120 runs from Kaplan's joint law (alpha_N=0.076,
+  alpha_D=0.095, N_c=8.8e13, D_c=5.4e13), same design, 1% log-noise (seeds 2, 3).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import pandas as pd
+
+from .data import ScalingData
+from .simulate import chinchilla_design, simulate
+
+__all__ = ["load", "load_frame", "list", "PALM2_OPTIMAL_PARAMS", "CHINCHILLA_PARAMS", "KAPLAN_PARAMS"]
+
+PALM2_OPTIMAL_PARAMS = {1e20: 1.04e9, 1e21: 3.35e9, 1e22: 10.7e9}
+"""Compute-optimal parameters reported by PaLM 2 per budget (FLOPs -> parameters)."""
+CHINCHILLA_PARAMS = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
+"""Published Chinchilla fit (Hoffmann et al. 2022, approach 3)."""
+KAPLAN_PARAMS = {"alpha_N": 0.076, "alpha_D": 0.095, "N_c": 8.8e13, "D_c": 5.4e13}
+"""Kaplan et al. (2020) joint-law constants."""
+
+_DATASETS = {
+    "palm2": "PaLM 2 iso-FLOP table: 12 runs at 1e20, 1e21, 1e22 FLOPs (Anil et al. 2023); group column 'budget'.",
+    "chinchilla_synthetic": "240 runs simulated from the published Chinchilla law, 2% log-noise.",
+    "kaplan_synthetic": "120 runs simulated from Kaplan's joint law L(N, D), 1% log-noise.",
+}
+
+
+def list() -> pd.DataFrame:  # noqa: A001 - mirrors `bs.datasets.list()` in the docs
+    """Name and description of each bundled dataset."""
+    return pd.DataFrame({"name": [*_DATASETS], "description": [*_DATASETS.values()]})
+
+
+def make(name: str) -> pd.DataFrame:
+    """Regenerate a synthetic dataset from its documented recipe (the shipped CSV is this, rounded)."""
+    if name == "chinchilla_synthetic":
+        N, D = chinchilla_design(240, seed=0)
+        data = simulate("chinchilla", CHINCHILLA_PARAMS, N=N, D=D, noise=0.02, seed=1)
+    elif name == "kaplan_synthetic":
+        N, D = chinchilla_design(120, seed=2)
+        data = simulate("kaplan_nd", KAPLAN_PARAMS, N=N, D=D, noise=0.01, seed=3)
+    else:
+        raise ValueError(f"no recipe for {name!r}; synthetic datasets are chinchilla_synthetic, kaplan_synthetic")
+    return data.to_frame()[["N", "D", "C", "loss"]]
+
+
+def load_frame(name: str) -> pd.DataFrame:
+    """The raw table of a bundled dataset."""
+    if name not in _DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; bundled datasets are {[*_DATASETS]}")
+    with resources.files("bayescale").joinpath("data", f"{name}.csv").open() as handle:
+        return pd.read_csv(handle)
+
+
+def load(name: str) -> ScalingData:
+    """A bundled dataset as :class:`~bayescale.data.ScalingData` (see ``list()``)."""
+    frame = load_frame(name)
+    group = "budget" if "budget" in frame.columns else None
+    return ScalingData.from_table(frame, group=group, source=f"bayescale.datasets:{name}")

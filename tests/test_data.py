@@ -1,0 +1,105 @@
+"""ScalingData: loading, derived columns and validation errors."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import bayescale as bs
+from bayescale.data import DataError, DataWarning, fill_covariates
+
+
+def table(**overrides: object) -> pd.DataFrame:
+    base = {"N": [1e8, 2e8, 4e8, 8e8], "D": [2e9, 4e9, 8e9, 1.6e10], "loss": [3.2, 3.0, 2.8, 2.7]}
+    base.update(overrides)
+    return pd.DataFrame(base)
+
+
+def test_loads_and_derives_compute() -> None:
+    data = bs.ScalingData.from_table(table())
+    np.testing.assert_allclose(data.C, 6 * data.N * data.D)
+    assert data.n == 4 and data.available() == ("N", "D", "C")
+
+
+def test_derives_tokens_from_compute_and_params() -> None:
+    frame = table()
+    frame["C"] = 6 * frame["N"] * frame["D"]
+    data = bs.ScalingData.from_table(frame.drop(columns="D"))
+    np.testing.assert_allclose(data.D, frame["D"])
+
+
+def test_flops_per_token_column_gives_c_equals_m_d() -> None:
+    frame = table(M=[5e8, 1e9, 2e9, 4e9]).drop(columns="D")
+    frame["C"] = frame["M"] * np.array([2e9, 4e9, 8e9, 1.6e10])
+    data = bs.ScalingData.from_table(frame, flops_per_token="M")
+    np.testing.assert_allclose(data.D, [2e9, 4e9, 8e9, 1.6e10])
+
+
+def test_custom_column_names_and_csv(tmp_path) -> None:  # noqa: ANN001
+    frame = table().rename(columns={"N": "params_total", "D": "tok", "loss": "val_loss"})
+    path = tmp_path / "runs.csv"
+    frame.to_csv(path, index=False)
+    data = bs.ScalingData.from_table(path, params="params_total", tokens="tok", loss="val_loss", counts_embeddings=True)
+    assert data.source == str(path) and data.target == "val_loss" and data.counts_embeddings is True
+
+
+def test_group_column_splits() -> None:
+    data = bs.ScalingData.from_table(table(arch=["a", "b", "a", "b"]), group="arch")
+    parts = data.groups()
+    assert list(parts) == ["a", "b"] and parts["a"].n == 2
+    np.testing.assert_allclose(parts["b"].N, [2e8, 8e8])
+
+
+@pytest.mark.parametrize(
+    "frame, match",
+    [
+        (table().iloc[:0], "no rows"),
+        (table(loss=[3.2, np.nan, 2.8, 2.7]), r"'loss'.*NaN.*rows 1"),
+        (table(N=[1e8, np.inf, 4e8, 8e8]), r"'N'.*infinite.*rows 1"),
+        (table(D=[2e9, 4e9, 0.0, 1.6e10]), r"'D'.*must be > 0.*rows 2"),
+        (table(loss=[3.2, 3.0, -2.8, 2.7]), r"'loss'.*must be > 0.*rows 2"),
+        (table(N=["1e8", "big", 4e8, 8e8]), r"'N'.*non-numeric.*rows 1.*'big'"),
+        (table(loss=[True, False, True, True]), r"'loss'.*booleans"),
+    ],
+)
+def test_bad_values_name_column_and_row(frame: pd.DataFrame, match: str) -> None:
+    with pytest.raises(DataError, match=match):
+        bs.ScalingData.from_table(frame)
+
+
+def test_missing_and_duplicated_columns() -> None:
+    with pytest.raises(DataError, match=r"column 'tokens_seen' \(for D\) not found"):
+        bs.ScalingData.from_table(table(), tokens="tokens_seen")
+    with pytest.raises(DataError, match="'loss'.*not found"):
+        bs.ScalingData.from_table(table().drop(columns="loss"))
+    dup = pd.concat([table(), table()[["N"]]], axis=1)
+    with pytest.raises(DataError, match="duplicated column names: \\['N'\\]"):
+        bs.ScalingData.from_table(dup)
+    with pytest.raises(DataError, match="no such file"):
+        bs.ScalingData.from_table("/nonexistent/runs.csv")
+
+
+def test_inconsistent_compute_warns_and_keeps_given_c() -> None:
+    frame = table()
+    frame["C"] = 6 * frame["N"] * frame["D"]
+    frame.loc[3, "C"] *= 3
+    with pytest.warns(DataWarning, match=r"rows 3"):
+        data = bs.ScalingData.from_table(frame)
+    assert data.C[3] == frame.loc[3, "C"]
+
+
+def test_law_needing_absent_covariate_raises() -> None:
+    data = bs.ScalingData.from_table(table().drop(columns="D"))
+    with pytest.raises(DataError, match="needs covariate 'D'"):
+        bs.fit(data, law="chinchilla", num_warmup=5, num_samples=5)
+
+
+def test_too_few_rows_for_law() -> None:
+    with pytest.raises(DataError, match="4 runs are too few.*6 parameters"):
+        bs.fit(table(), law="chinchilla", num_warmup=5, num_samples=5)
+
+
+def test_fill_covariates_round_trip() -> None:
+    n, d = np.array([1e9]), np.array([2e10])
+    _, _, c = fill_covariates(n, d, None)
+    n2, _, _ = fill_covariates(None, d, c)
+    np.testing.assert_allclose(n2, n)
