@@ -23,6 +23,7 @@ from .allocation import (  # noqa: E402
     inference_optimal,
     loss_at,
 )
+from .batch import BatchResult, fit_batch, load_batch  # noqa: E402
 from .data import DataError, DataWarning, ScalingData  # noqa: E402
 from .inference import MapResult, fit, fit_map  # noqa: E402
 from .laws import Law  # noqa: E402
@@ -32,6 +33,7 @@ from .simulate import chinchilla_design, simulate  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchResult",
     "ConvergenceWarning",
     "DataError",
     "DataWarning",
@@ -49,9 +51,11 @@ __all__ = [
     "ScalingData",
     "chinchilla_design",
     "fit",
+    "fit_batch",
     "fit_map",
     "laws",
     "likelihoods",
     "load",
+    "load_batch",
     "simulate",
 ]
