@@ -80,6 +80,19 @@ def _minimise_1d(f: Any, lo: jax.Array, hi: jax.Array) -> jax.Array:
     return (a + b) / 2
 
 
+def _crossing(f: Any, target: jax.Array, lo: jax.Array, hi: jax.Array, steps: int) -> tuple[jax.Array, jax.Array]:
+    """Bracket ``(lo, hi)`` of where a decreasing ``f`` falls to ``target``, by bisection."""
+
+    def step(carry: tuple, _: None) -> tuple:
+        lo, hi = carry
+        mid = (lo + hi) / 2
+        above = f(mid) > target
+        return (jnp.where(above, mid, lo), jnp.where(above, hi, mid)), None
+
+    (lo, hi), _ = jax.lax.scan(step, (lo, hi), None, length=steps)
+    return lo, hi
+
+
 def _optimum(law: Law, p: dict, log_c: jax.Array, log_k: float) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``(log N_opt, log D_opt, log L_opt)`` for one draw and one budget."""
     if law.name == "chinchilla" and law.builtin:
@@ -180,17 +193,8 @@ def allocation_exponents(fit: FitResult, level: float = LEVEL, compute: float = 
 def _compute_for_loss_draws(law: Law, p: dict, log_target: jax.Array, log_k: float) -> tuple[jax.Array, jax.Array]:
     def one(q: dict, target: jax.Array) -> tuple[jax.Array, jax.Array]:
         best = lambda log_c: _optimum(law, q, log_c, log_k)[2]  # noqa: E731
-        lo, hi = jnp.asarray(_LOG_C_RANGE[0]), jnp.asarray(_LOG_C_RANGE[1])
-        reachable = best(hi) < target
-
-        def step(carry: tuple, _: None) -> tuple:
-            lo, hi = carry
-            mid = (lo + hi) / 2
-            above = best(mid) > target
-            return (jnp.where(above, mid, lo), jnp.where(above, hi, mid)), None
-
-        (lo, hi), _ = jax.lax.scan(step, (lo, hi), None, length=100)
-        return (lo + hi) / 2, reachable
+        lo, hi = _crossing(best, target, jnp.asarray(_LOG_C_RANGE[0]), jnp.asarray(_LOG_C_RANGE[1]), 100)
+        return (lo + hi) / 2, best(jnp.asarray(_LOG_C_RANGE[1])) < target
 
     return jax.vmap(lambda q: jax.vmap(lambda t: one(q, t))(log_target))(p)
 
@@ -274,15 +278,7 @@ def _inference_optimal_draws(law: Law, p: dict, log_target: jax.Array, log_token
     def log_d_for(q: dict, log_n: jax.Array) -> jax.Array:
         """Smallest log D reaching the target at this N (inf when unreachable)."""
         loss = lambda log_d: law.log_mean(q, {"N": log_n, "D": log_d})  # noqa: E731
-        lo, hi = jnp.asarray(0.0), jnp.asarray(120.0)
-
-        def step(carry: tuple, _: None) -> tuple:
-            lo, hi = carry
-            mid = (lo + hi) / 2
-            above = loss(mid) > log_target
-            return (jnp.where(above, mid, lo), jnp.where(above, hi, mid)), None
-
-        (lo, hi), _ = jax.lax.scan(step, (lo, hi), None, length=80)
+        _, hi = _crossing(loss, log_target, jnp.asarray(0.0), jnp.asarray(120.0), 80)
         return jnp.where(loss(120.0) < log_target, hi, jnp.inf)
 
     def one(q: dict) -> tuple:
