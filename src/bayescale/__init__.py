@@ -26,6 +26,7 @@ from .allocation import (  # noqa: E402
 from .batch import BatchResult, fit_batch, load_batch  # noqa: E402
 from .data import DataError, DataWarning, ScalingData  # noqa: E402
 from .inference import MapResult, fit, fit_map  # noqa: E402
+from .isoflop import IsoFlopResult, fit_isoflop  # noqa: E402
 from .laws import Law  # noqa: E402
 from .results import ConvergenceWarning, Diagnostics, FitResult, load  # noqa: E402
 from .simulate import chinchilla_design, simulate  # noqa: E402
@@ -39,6 +40,7 @@ __all__ = [
     "DataWarning",
     "Diagnostics",
     "FitResult",
+    "IsoFlopResult",
     "Law",
     "allocation_exponents",
     "compute_for_loss",
@@ -52,6 +54,7 @@ __all__ = [
     "chinchilla_design",
     "fit",
     "fit_batch",
+    "fit_isoflop",
     "fit_map",
     "laws",
     "likelihoods",

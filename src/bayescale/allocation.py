@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .laws import Law
-from .results import LEVEL, FitResult, describe_draws
+from .results import LEVEL, FitResult, describe_draws, table_of_draws
 
 __all__ = [
     "compute_optimal",
@@ -137,16 +137,6 @@ def compute_optimal_draws(fit: FitResult, compute: Any, flops_per_token: float =
     return {"N_opt": n, "D_opt": d, "tokens_per_param": d / n, "loss_opt": np.exp(np.asarray(log_l))}
 
 
-def _table(draws: dict[str, np.ndarray], index: pd.Index, level: float) -> pd.DataFrame:
-    parts = []
-    for name, values in draws.items():
-        rows = [describe_draws({name: values[:, j]}, level).iloc[0] for j in range(values.shape[1])]
-        part = pd.DataFrame(rows, index=index).drop(columns=["mean", "sd"])
-        part.columns = pd.MultiIndex.from_product([[name], part.columns])
-        parts.append(part)
-    return pd.concat(parts, axis=1)
-
-
 def compute_optimal(
     fit: FitResult, compute: Sequence[float] | np.ndarray, flops_per_token: float = 6.0, level: float = LEVEL
 ) -> pd.DataFrame:
@@ -165,7 +155,7 @@ def compute_optimal(
         :func:`compute_optimal_draws`.
     """
     draws = compute_optimal_draws(fit, compute, flops_per_token)
-    return _table(draws, pd.Index(_budgets(compute), name="compute"), level)
+    return table_of_draws(draws, pd.Index(_budgets(compute), name="compute"), level)
 
 
 def allocation_exponents(fit: FitResult, level: float = LEVEL, compute: float = 1e22) -> pd.DataFrame:
@@ -267,7 +257,7 @@ def loss_at(
     n, c = np.broadcast_arrays(_budgets(N, "N"), _budgets(C, "C"))
     loss = fit.predict_draws(N=n, D=c / (k * n))
     best = compute_optimal_draws(fit, c, k)["loss_opt"]
-    table = _table({"loss": loss, "loss_opt": best, "penalty": loss - best}, pd.RangeIndex(len(n)), level)
+    table = table_of_draws({"loss": loss, "loss_opt": best, "penalty": loss - best}, pd.RangeIndex(len(n)), level)
     table.insert(0, ("C", ""), c)
     table.insert(0, ("N", ""), n)
     return table

@@ -125,6 +125,17 @@ def describe_draws(draws: Mapping[str, np.ndarray], level: float = LEVEL) -> pd.
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
+def table_of_draws(draws: Mapping[str, np.ndarray], index: pd.Index, level: float = LEVEL) -> pd.DataFrame:
+    """Median and interval of draws ``(n, len(index))`` per quantity, one row per index entry, grouped columns."""
+    parts = []
+    for name, values in draws.items():
+        rows = [describe_draws({name: values[:, j]}, level).iloc[0] for j in range(values.shape[1])]
+        part = pd.DataFrame(rows, index=index).drop(columns=["mean", "sd"])
+        part.columns = pd.MultiIndex.from_product([[name], part.columns])
+        parts.append(part)
+    return pd.concat(parts, axis=1)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class FitResult:
     """The posterior of one scaling-law fit.
