@@ -6,6 +6,7 @@ import pytest
 
 import bayescale as bs
 from bayescale import cli
+from conftest import CHINCHILLA
 
 
 def test_datasets_load_and_match_recipes() -> None:
@@ -41,3 +42,49 @@ def test_cli_bad_input_one_line_and_exit_2(tmp_path, capsys) -> None:  # noqa: A
     assert cli.main(["fit", str(tmp_path / "missing.csv")]) == 2
     with pytest.raises(SystemExit):
         cli.main(["fit", str(csv), "--law", "nonsense"])
+
+
+def test_cli_plan_and_report_from_saved_fit(chinchilla_fit: bs.FitResult, tmp_path, capsys) -> None:  # noqa: ANN001
+    chinchilla_fit.save(tmp_path / "fit.nc")
+    assert cli.main(["plan", str(tmp_path), "--compute", "1e22", "1e23"]) == 0
+    plan = pd.read_csv(tmp_path / "plan.csv", header=[0, 1], index_col=0)
+    expected = bs.compute_optimal(chinchilla_fit, [1e22, 1e23])
+    np.testing.assert_allclose(plan[("N_opt", "median")], expected[("N_opt", "median")], rtol=1e-6)
+    assert cli.main(["plan", str(tmp_path), "--target-loss", "2.0", "1.0"]) == 0
+    reach = pd.read_csv(tmp_path / "compute_for_loss.csv", header=[0, 1], index_col=0)
+    assert reach.iloc[:, 0].tolist() == [1.0, 0.0]  # 1.0 nats is below E: unreachable, not NaN
+    assert cli.main(["report", str(tmp_path), "--compute", "1e22"]) == 0
+    assert {"report.html", "report.md", "report.json"} <= {p.name for p in tmp_path.iterdir()}
+    capsys.readouterr()
+    assert cli.main(["plan", str(tmp_path / "nowhere")]) == 2
+    assert "holds no bayescale results" in capsys.readouterr().err
+
+
+def test_cli_batch_reports_bad_group_and_strict(tmp_path, capsys) -> None:  # noqa: ANN001
+    frames = []
+    for i, alpha in enumerate([0.3, 0.36]):
+        N, D = bs.chinchilla_design(30, seed=i)
+        frame = bs.simulate("chinchilla", {**CHINCHILLA, "alpha": alpha}, N=N, D=D, seed=i).to_frame()
+        frames.append(frame.assign(arch=f"arch{i}"))
+    broken = frames[1].assign(arch="broken")
+    broken.loc[broken.index[3], "loss"] = np.nan
+    csv = tmp_path / "runs.csv"
+    pd.concat([frames[0], broken, frames[1]], ignore_index=True).to_csv(csv, index=False)
+    args = ["batch", str(csv), "--group-col", "arch", "--samples", "200", "--warmup", "200", "--quiet"]
+    assert cli.main([*args, "--out", str(tmp_path / "b")]) == 0
+    diag = pd.read_csv(tmp_path / "b" / "diagnostics.csv", index_col=0)
+    assert diag.index.tolist() == ["arch0", "broken", "arch1"]
+    assert diag.loc["broken", "status"] == "failed" and "row" in diag.loc["broken", "reason"]
+    assert set(diag.loc[["arch0", "arch1"], "status"]) <= {"ok", "warning"}
+    assert cli.main(["plan", str(tmp_path / "b"), "--compute", "1e22"]) == 0
+    # resumed from the saved groups, and --strict turns the failed group into exit status 1
+    assert cli.main([*args, "--out", str(tmp_path / "b"), "--strict"]) == 1
+    capsys.readouterr()
+
+
+def test_cli_rejects_bad_arguments(capsys) -> None:  # noqa: ANN001
+    for argv in (["fit", "x.csv", "--samples", "0"], ["plan"], ["batch", "x.csv"], ["demo", "--chains", "-1"]):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(argv)
+        assert exit_info.value.code == 2
+    assert "must be a positive integer" in capsys.readouterr().err

@@ -14,8 +14,9 @@ import warnings as _warnings
 
 _warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")
 
-from . import datasets, laws, likelihoods  # noqa: E402
+from . import datasets, laws, likelihoods, plots  # noqa: E402
 from .allocation import (  # noqa: E402
+    allocation_exponent_draws,
     allocation_exponents,
     compute_for_loss,
     compute_optimal,
@@ -42,6 +43,7 @@ __all__ = [
     "FitResult",
     "IsoFlopResult",
     "Law",
+    "allocation_exponent_draws",
     "allocation_exponents",
     "compute_for_loss",
     "compute_optimal",
@@ -58,6 +60,7 @@ __all__ = [
     "fit_map",
     "laws",
     "likelihoods",
+    "plots",
     "load",
     "load_batch",
     "simulate",

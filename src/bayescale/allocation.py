@@ -29,6 +29,7 @@ __all__ = [
     "compute_optimal",
     "compute_optimal_draws",
     "allocation_exponents",
+    "allocation_exponent_draws",
     "compute_for_loss",
     "loss_at",
     "inference_optimal",
@@ -158,6 +159,19 @@ def compute_optimal(
     return table_of_draws(draws, pd.Index(_budgets(compute), name="compute"), level)
 
 
+def allocation_exponent_draws(fit: FitResult, compute: float = 1e22) -> dict[str, np.ndarray]:
+    """Posterior draws of ``a`` and ``b`` (``N_opt ∝ C^a``, ``D_opt ∝ C^b``); see :func:`allocation_exponents`."""
+    law = _check_nd(fit)
+    if law.name == "chinchilla" and law.builtin:
+        alpha, beta = fit.draws("alpha"), fit.draws("beta")
+        a = beta / (alpha + beta)
+    else:
+        budgets = compute * np.array([10**-0.5, 10**0.5])
+        n = compute_optimal_draws(fit, budgets)["N_opt"]
+        a = np.log(n[:, 1] / n[:, 0]) / np.log(budgets[1] / budgets[0])
+    return {"a": a, "b": 1.0 - a}
+
+
 def allocation_exponents(fit: FitResult, level: float = LEVEL, compute: float = 1e22) -> pd.DataFrame:
     """Exponents a and b of ``N_opt ∝ C^a`` and ``D_opt ∝ C^b``, with intervals.
 
@@ -168,15 +182,7 @@ def allocation_exponents(fit: FitResult, level: float = LEVEL, compute: float = 
     Returns:
         DataFrame with rows ``a`` and ``b``: mean, sd, median and interval.
     """
-    law = _check_nd(fit)
-    if law.name == "chinchilla" and law.builtin:
-        alpha, beta = fit.draws("alpha"), fit.draws("beta")
-        a = beta / (alpha + beta)
-    else:
-        budgets = compute * np.array([10**-0.5, 10**0.5])
-        n = compute_optimal_draws(fit, budgets)["N_opt"]
-        a = np.log(n[:, 1] / n[:, 0]) / np.log(budgets[1] / budgets[0])
-    return describe_draws({"a": a, "b": 1.0 - a}, level)
+    return describe_draws(allocation_exponent_draws(fit, compute), level)
 
 
 @functools.partial(jax.jit, static_argnums=0)

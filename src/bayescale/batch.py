@@ -60,9 +60,12 @@ def _bucket(n: int) -> int:
     return max(_MIN_BUCKET, 1 << (n - 1).bit_length())
 
 
-def _split(data: Any, group: str | None, columns: Mapping[str, Any]) -> tuple[dict[str, ScalingData], dict[str, str]]:
-    """Groups by name, and the reasons of groups that fail validation."""
+def _split(
+    data: Any, group: str | None, columns: Mapping[str, Any]
+) -> tuple[dict[str, ScalingData], dict[str, str], list[str]]:
+    """Groups by name, the reasons of groups that fail validation, and all names in input order."""
     failures: dict[str, str] = {}
+    order: list[str] = []
     if isinstance(data, Mapping):
         items = list(data.items())
     elif isinstance(data, ScalingData):
@@ -72,6 +75,7 @@ def _split(data: Any, group: str | None, columns: Mapping[str, Any]) -> tuple[di
             raise ValueError(f"group column {group!r} not found; columns are {list(map(str, data.columns))}")
         items = []
         for name, frame in data.groupby(group, sort=False):
+            order.append(str(name))
             try:
                 items.append((name, ScalingData.from_table(frame.drop(columns=group), **columns)))
             except ValueError as err:
@@ -82,11 +86,13 @@ def _split(data: Any, group: str | None, columns: Mapping[str, Any]) -> tuple[di
         raise ValueError("data must be a DataFrame with a group column, a dict of name -> ScalingData, or a list")
     groups = {}
     for name, d in items:
+        if str(name) not in order:
+            order.append(str(name))
         if not isinstance(d, ScalingData):
             failures[str(name)] = f"not ScalingData but {type(d).__name__}"
         else:
             groups[str(name)] = d
-    return groups, failures
+    return groups, failures, order
 
 
 def _chunk_size(lanes_per_group: int, k: int, iterations: int, strategy: str) -> int:
@@ -142,16 +148,22 @@ class BatchResult:
             })
         return pd.DataFrame(rows).set_index("group")
 
+    def _fitted(self) -> list[str]:
+        names = [n for n in self.order if n in self.results]
+        if not names:
+            raise ValueError("no group of the batch was fitted: " + "; ".join(f"{k}: {v}" for k, v in self.failures.items()))
+        return names
+
     def summary(self, level: float = LEVEL) -> pd.DataFrame:
         """Long table: one row per (group, parameter) with statistics, r_hat and ESS."""
         parts = [self.results[n].summary(level).rename_axis("parameter").reset_index().assign(group=n)
-                 for n in self.order if n in self.results]
+                 for n in self._fitted()]
         table = pd.concat(parts, ignore_index=True)
         return table[["group", "parameter", *[c for c in table.columns if c not in ("group", "parameter")]]]
 
     def compute_optimal(self, compute: Sequence[float], flops_per_token: float = 6.0, level: float = LEVEL) -> pd.DataFrame:
         """Compute-optimal allocation of every fitted group in one table (group, compute)."""
-        parts = {n: compute_optimal(self.results[n], compute, flops_per_token, level) for n in self.order if n in self.results}
+        parts = {n: compute_optimal(self.results[n], compute, flops_per_token, level) for n in self._fitted()}
         return pd.concat(parts, names=["group"])
 
     def save(self, out_dir: str | os.PathLike[str]) -> None:
@@ -280,8 +292,7 @@ def fit_batch(
     """
     check_sampler_args(num_warmup, num_samples, num_chains)
     spec = make_spec(get_law(law), get_likelihood(likelihood), priors)
-    groups, failures = _split(data, group, columns)
-    order = list(groups) + [n for n in failures if n not in groups]
+    groups, failures, order = _split(data, group, columns)
     for name, d in groups.items():
         try:
             _check_fit_inputs(d, spec)

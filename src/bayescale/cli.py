@@ -4,7 +4,14 @@ Examples::
 
     bayescale demo --out bayescale-demo
     bayescale fit runs.csv --law chinchilla --params-col N --tokens-col D --loss-col loss --out results/
+    bayescale plan results/ --compute 1e22 1e23 1e24
+    bayescale plan results/ --target-loss 2.0 1.9
+    bayescale report results/
+    bayescale batch runs.csv --group-col arch --out batch-results/
     bayescale datasets
+
+Bad input exits with status 2 and a one-line reason; ``--strict`` makes a fit
+that did not converge exit with status 1.
 """
 
 from __future__ import annotations
@@ -17,33 +24,103 @@ from collections.abc import Sequence
 import pandas as pd
 
 from . import datasets
+from .allocation import compute_for_loss, compute_optimal
+from .batch import BatchResult, fit_batch, load_batch
 from .data import DataError, ScalingData
 from .inference import fit
 from .laws import list_laws
-from .results import FitResult
+from .report import DEFAULT_COMPUTE, report
+from .results import FitResult, load
 
 __all__ = ["main"]
 
+_FIT_FILE = "fit.nc"
 
-def _write(result: FitResult, out: str, compute: Sequence[float]) -> None:
-    from .allocation import compute_optimal
 
+def _print(table: pd.DataFrame) -> None:
+    with pd.option_context("display.width", 160, "display.max_columns", 30):
+        print(table.to_string(float_format=lambda v: f"{v:.4g}"))
+
+
+def _status(result: FitResult) -> str:
+    diag = result.diagnostics
+    status = "ok" if diag.ok else "WARNING: " + "; ".join(diag.problems)
+    return (f"diagnostics: max R-hat {diag.max_r_hat:.3f}, min bulk ESS {diag.min_ess_bulk:.0f}, "
+            f"divergences {diag.divergences} -> {status}")
+
+
+def _write_fit(result: FitResult, out: str, compute: Sequence[float]) -> None:
     os.makedirs(out, exist_ok=True)
-    result.save(os.path.join(out, "fit.nc"))
+    result.save(os.path.join(out, _FIT_FILE))
     summary = result.summary()
     summary.to_csv(os.path.join(out, "summary.csv"))
-    with pd.option_context("display.width", 140, "display.max_columns", 20):
-        print(summary.round(4).to_string())
-        diag = result.diagnostics
-        status = "ok" if diag.ok else "WARNING: " + "; ".join(diag.problems)
-        print(f"\ndiagnostics: max R-hat {diag.max_r_hat:.3f}, min bulk ESS {diag.min_ess_bulk:.0f},"
-              f" divergences {diag.divergences} -> {status}")
-        if compute and set(result.law.covariates) == {"N", "D"}:
-            plan = compute_optimal(result, compute=compute)
-            plan.to_csv(os.path.join(out, "plan.csv"))
-            print("\ncompute-optimal allocation (median and 90% interval):")
-            print(plan.to_string(float_format=lambda v: f"{v:.3g}"))
-    print(f"\nwrote {out}/fit.nc, summary.csv" + (", plan.csv" if compute else ""))
+    _print(summary)
+    print("\n" + _status(result))
+    if compute and set(result.law.covariates) == {"N", "D"}:
+        plan = compute_optimal(result, compute=compute)
+        plan.to_csv(os.path.join(out, "plan.csv"))
+        print("\ncompute-optimal allocation (median and 90% interval):")
+        _print(plan)
+    print(f"\nwrote {out}/{_FIT_FILE}, summary.csv" + (", plan.csv" if compute else ""))
+
+
+def _load_results(folder: str) -> FitResult | BatchResult:
+    if os.path.isfile(folder):
+        return load(folder)
+    if os.path.isfile(os.path.join(folder, _FIT_FILE)):
+        return load(os.path.join(folder, _FIT_FILE))
+    if os.path.isdir(folder) and any(f.startswith("group_") for f in os.listdir(folder)):
+        return load_batch(folder)
+    raise DataError(f"{folder!r} holds no bayescale results (expected {_FIT_FILE} or batch group files)")
+
+
+def _plan(args: argparse.Namespace) -> int:
+    results = _load_results(args.results)
+    if args.target_loss:
+        if isinstance(results, BatchResult):
+            raise DataError("--target-loss takes a single fit's folder, not a batch")
+        table = compute_for_loss(results, args.target_loss, flops_per_token=args.flops_per_token)
+        name = "compute_for_loss.csv"
+    else:
+        table = (results.compute_optimal(args.compute, args.flops_per_token) if isinstance(results, BatchResult)
+                 else compute_optimal(results, args.compute, args.flops_per_token))
+        name = "plan.csv"
+    _print(table)
+    if os.path.isdir(args.results):
+        table.to_csv(os.path.join(args.results, name))
+        print(f"\nwrote {os.path.join(args.results, name)}")
+    return 0
+
+
+def _batch(args: argparse.Namespace) -> int:
+    frame = pd.read_csv(args.csv)
+    result = fit_batch(
+        frame, group=args.group_col, law=args.law, likelihood=args.likelihood, out_dir=args.out,
+        params=args.params_col, tokens=args.tokens_col, compute=args.compute_col, loss=args.loss_col,
+        **_sampler_args(args),
+    )
+    diag = result.diagnostics()
+    diag.to_csv(os.path.join(args.out, "diagnostics.csv"))
+    if result.results:
+        result.summary().to_csv(os.path.join(args.out, "summary.csv"), index=False)
+    _print(diag)
+    counts = diag["status"].value_counts()
+    print(f"\n{len(result)} groups: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "warning", "failed")))
+    print(f"wrote {args.out}/diagnostics.csv, summary.csv and one file per group")
+    if not result.results:
+        raise DataError("no group could be fitted; see diagnostics.csv for the reasons")
+    return 1 if args.strict and (counts.get("warning", 0) or counts.get("failed", 0)) else 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    result = _load_results(args.results)
+    if isinstance(result, BatchResult):
+        raise DataError("report takes a single fit's folder; for a batch, report each group: bs.report(batch[name])")
+    out = args.out or (args.results if os.path.isdir(args.results) else os.path.dirname(args.results) or ".")
+    files = report(result, out, compute=args.compute)
+    print(_status(result))
+    print("wrote " + ", ".join(str(p) for p in files.values()))
+    return 0
 
 
 def _sampler_args(args: argparse.Namespace) -> dict:
@@ -56,6 +133,13 @@ def _sampler_args(args: argparse.Namespace) -> dict:
     }
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bayescale",
@@ -66,41 +150,73 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def sampler(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--samples", type=int, default=1000, help="draws per chain (default 1000)")
-        p.add_argument("--warmup", type=int, default=1000, help="warmup iterations per chain (default 1000)")
-        p.add_argument("--chains", type=int, default=4, help="chains (default 4)")
+        p.add_argument("--samples", type=_positive_int, default=1000, help="draws per chain (default 1000)")
+        p.add_argument("--warmup", type=_positive_int, default=1000, help="warmup iterations per chain (default 1000)")
+        p.add_argument("--chains", type=_positive_int, default=4, help="chains (default 4)")
         p.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
-        p.add_argument("--compute", type=float, nargs="*", default=[1e20, 1e21, 1e22, 1e23, 1e24, 1e25],
-                       help="budgets in FLOPs for the planning table")
+        p.add_argument("--strict", action="store_true", help="exit with status 1 when a fit did not converge")
 
-    demo = sub.add_parser("demo", help="fit the bundled Chinchilla-synthetic runs and write the results")
+    def budgets(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--compute", type=float, nargs="+", default=list(DEFAULT_COMPUTE),
+                       help="budgets in FLOPs for the planning table (default 1e20 ... 1e25)")
+
+    def table(p: argparse.ArgumentParser) -> None:
+        p.add_argument("csv", help="CSV file, one row per training run")
+        p.add_argument("--law", default="chinchilla", choices=list_laws())
+        p.add_argument("--likelihood", default="student_t", choices=["student_t", "normal"])
+        p.add_argument("--params-col", default=None, help="column of parameters N")
+        p.add_argument("--tokens-col", default=None, help="column of tokens D")
+        p.add_argument("--compute-col", default=None, help="column of FLOPs C")
+        p.add_argument("--loss-col", default="loss", help="column of final loss (default 'loss')")
+
+    demo = sub.add_parser("demo", help="fit the bundled Chinchilla-synthetic runs and write the report")
     demo.add_argument("--out", default="bayescale-demo", help="output folder (default bayescale-demo)")
     sampler(demo)
+    budgets(demo)
 
     fit_p = sub.add_parser("fit", help="fit a law to a CSV of training runs")
-    fit_p.add_argument("csv", help="CSV file, one row per training run")
-    fit_p.add_argument("--law", default="chinchilla", choices=list_laws())
-    fit_p.add_argument("--likelihood", default="student_t", choices=["student_t", "normal"])
-    fit_p.add_argument("--params-col", default=None, help="column of parameters N")
-    fit_p.add_argument("--tokens-col", default=None, help="column of tokens D")
-    fit_p.add_argument("--compute-col", default=None, help="column of FLOPs C")
-    fit_p.add_argument("--loss-col", default="loss", help="column of final loss (default 'loss')")
+    table(fit_p)
     fit_p.add_argument("--out", default="results", help="output folder (default results)")
     sampler(fit_p)
+    budgets(fit_p)
+
+    plan = sub.add_parser("plan", help="compute-optimal allocation (or compute for a target loss) from saved results")
+    plan.add_argument("results", help="folder written by 'bayescale fit' or 'bayescale batch' (or a fit.nc)")
+    budgets(plan)
+    plan.add_argument("--target-loss", type=float, nargs="+", default=None,
+                      help="instead of budgets: the compute needed to reach these losses (nats)")
+    plan.add_argument("--flops-per-token", type=float, default=6.0, help="k in C = k*N*D (default 6)")
+
+    batch = sub.add_parser("batch", help="fit a law to every group of a CSV")
+    table(batch)
+    batch.add_argument("--group-col", required=True, help="column naming each run's group")
+    batch.add_argument("--out", default="batch-results", help="output folder; rerunning resumes (default batch-results)")
+    sampler(batch)
+
+    rep = sub.add_parser("report", help="write the HTML, Markdown and JSON planning report of a saved fit")
+    rep.add_argument("results", help="folder written by 'bayescale fit' (or a fit.nc)")
+    rep.add_argument("--out", default=None, help="output folder (default: the results folder)")
+    budgets(rep)
 
     sub.add_parser("datasets", help="list the bundled datasets")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code (0 ok, 2 bad input)."""
+    """Entry point; returns the exit code (0 ok, 1 not converged with ``--strict``, 2 bad input)."""
     args = _parser().parse_args(argv)
     try:
         if args.command == "datasets":
             with pd.option_context("display.max_colwidth", 120):
                 print(datasets.list().to_string(index=False))
             return 0
+        if args.command == "plan":
+            return _plan(args)
+        if args.command == "batch":
+            return _batch(args)
+        if args.command == "report":
+            return _report(args)
         if args.command == "demo":
             data = datasets.load("chinchilla_synthetic")
             print(f"bayescale demo: fitting the Chinchilla law to {data.n} bundled runs ({data.source})")
@@ -110,8 +226,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.csv, params=args.params_col, tokens=args.tokens_col, compute=args.compute_col, loss=args.loss_col
             )
             result = fit(data, law=args.law, likelihood=args.likelihood, **_sampler_args(args))
-        _write(result, args.out, args.compute)
-        return 0
+        _write_fit(result, args.out, args.compute)
+        files = report(result, args.out, compute=args.compute)
+        print(f"report: {files['html']}")
+        return 1 if args.strict and not result.diagnostics.ok else 0
     except (DataError, ValueError, OSError) as err:
         print(f"bayescale: error: {err}", file=sys.stderr)
         return 2

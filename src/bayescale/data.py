@@ -36,8 +36,13 @@ class DataWarning(UserWarning):
     """Emitted for data that is valid but looks suspicious (e.g. C far from 6·N·D)."""
 
 
+def _plain(value: Any) -> Any:
+    """NumPy scalars as Python ones, so messages read ``-1.0``, not ``np.float64(-1.0)``."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _rows(labels: Sequence[Any]) -> str:
-    shown = ", ".join(repr(x) for x in list(labels)[:_MAX_ROWS_LISTED])
+    shown = ", ".join(repr(_plain(x)) for x in list(labels)[:_MAX_ROWS_LISTED])
     more = len(labels) - _MAX_ROWS_LISTED
     return f"{shown}{f' and {more} more' if more > 0 else ''}"
 
@@ -71,7 +76,7 @@ def _check_positive(values: np.ndarray, index: Sequence[Any], column: str, role:
     if nonpos.any():
         raise DataError(
             f"column {column!r} ({role}) must be > 0; rows {_rows(labels[nonpos])}"
-            f" hold {values[nonpos][0]!r}"
+            f" hold {_plain(values[nonpos][0])!r}"
         )
     return values
 

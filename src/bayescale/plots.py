@@ -1,0 +1,272 @@
+"""Figures of fits, allocations and batches (matplotlib; each returns its Axes).
+
+Every band is an equal-tailed credible interval at ``level`` over posterior
+draws, around the posterior median. Axes are logarithmic where the quantity is
+(N, D, C, loss). ArviZ draws the sampler plots (pairs, traces, ranks).
+
+Units: N in parameters, D in tokens, C in FLOPs, loss in nats.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import arviz as az
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.axes import Axes
+
+from .allocation import allocation_exponent_draws, compute_optimal_draws
+from .batch import BatchResult
+from .isoflop import IsoFlopResult
+from .results import LEVEL, FitResult
+
+__all__ = [
+    "plot_fit",
+    "plot_isoflop",
+    "plot_allocation",
+    "plot_residuals",
+    "plot_pair",
+    "plot_trace",
+    "plot_forest",
+]
+
+_LABELS = {"N": "parameters N", "D": "tokens D", "C": "compute C (FLOPs)"}
+_POINTS = 120
+
+
+def _axes(ax: Axes | None) -> Axes:
+    return ax if ax is not None else plt.subplots(figsize=(6, 4))[1]
+
+
+def _band(ax: Axes, x: np.ndarray, draws: np.ndarray, level: float, color: Any, label: str | None) -> None:
+    lo, med, hi = np.quantile(draws, [(1 - level) / 2, 0.5, (1 + level) / 2], axis=0)
+    ax.fill_between(x, lo, hi, color=color, alpha=0.25, linewidth=0)
+    ax.plot(x, med, color=color, label=label)
+
+
+def _span(values: np.ndarray, extend: float = 1.0) -> np.ndarray:
+    lo, hi = np.log(values.min()), np.log(values.max())
+    return np.exp(np.linspace(lo - extend, hi + extend, _POINTS))
+
+
+def _levels(values: np.ndarray, count: int) -> np.ndarray:
+    return np.unique(np.exp(np.quantile(np.log(values), np.linspace(0.1, 0.9, count))).round(-1))
+
+
+def plot_fit(
+    fit: FitResult,
+    x: str | None = None,
+    curves: Sequence[float] | None = None,
+    level: float = LEVEL,
+    ax: Axes | None = None,
+) -> Axes:
+    """Observed losses with the posterior median curve and credible band.
+
+    For a law in one covariate the curve is along it. For a law in N and D,
+    ``x="N"`` draws iso-FLOP curves (loss against N at each compute in
+    ``curves``), ``x="D"`` draws loss against D at each model size in
+    ``curves``, and ``x="C"`` (the default) the compute-optimal frontier,
+    i.e. the loss at the optimum of each budget. Data points are coloured by
+    the nearest curve.
+
+    Args:
+        fit: a fit.
+        x: covariate on the horizontal axis (``"N"``, ``"D"`` or ``"C"``).
+        curves: values of the held covariate (FLOPs for ``x="N"``, parameters
+            for ``x="D"``); default four quantiles of the data.
+        level: credible level of the bands.
+        ax: axes to draw on (a new figure otherwise).
+    """
+    ax = _axes(ax)
+    law, data = fit.law, fit.data
+    x = x or ("C" if set(law.covariates) == {"N", "D"} else law.covariates[0])
+    observed = data.covariate(x)
+    if set(law.covariates) == {"N", "D"} and x in ("N", "D"):
+        held = "C" if x == "N" else "N"
+        values = np.asarray(curves if curves is not None else _levels(data.covariate(held), 4), dtype=float)
+        colors = plt.cm.viridis(np.linspace(0, 0.9, values.size))
+        nearest = np.abs(np.log(data.covariate(held))[:, None] - np.log(values)[None, :]).argmin(axis=1)
+        ax.scatter(observed, data.loss, c=colors[nearest], s=12, alpha=0.7, zorder=3)
+        for value, color in zip(values, colors):
+            grid = _span(observed)
+            if held == "C":
+                grid = grid[grid < value / 6]
+                draws = fit.predict_draws(N=grid, C=value)
+            else:
+                draws = fit.predict_draws(N=value, D=grid)
+            _band(ax, grid, draws, level, color, f"{held} = {value:.2g}")
+        ax.legend(fontsize="small")
+    elif x == "C" and set(law.covariates) == {"N", "D"}:
+        ax.scatter(observed, data.loss, s=12, alpha=0.6, color="k", zorder=3, label="runs")
+        grid = _span(observed)
+        _band(ax, grid, compute_optimal_draws(fit, grid)["loss_opt"], level, "C0", "loss at the optimum")
+        ax.legend(fontsize="small")
+    else:
+        if x not in law.covariates:
+            raise ValueError(f"x must be one of {law.covariates} for law {law.name!r}, got {x!r}")
+        ax.scatter(observed, data.loss, s=12, alpha=0.6, color="k", zorder=3, label="runs")
+        grid = _span(observed)
+        _band(ax, grid, fit.predict_draws(**{x: grid}), level, "C0", f"posterior median, {level:.0%} band")
+        ax.legend(fontsize="small")
+    ax.set(xscale="log", yscale="log", xlabel=_LABELS.get(x, x), ylabel=f"{data.target}")
+    ax.set_title(f"{law.name}: {law.formula}", fontsize="medium")
+    return ax
+
+
+def plot_isoflop(
+    result: FitResult | IsoFlopResult,
+    compute: Sequence[float] | None = None,
+    level: float = LEVEL,
+    ax: Axes | None = None,
+) -> Axes:
+    """Loss against N at fixed compute, with the posterior optimum and its interval marked.
+
+    Args:
+        result: a parametric fit in N and D (curves from the law), or an
+            :class:`IsoFlopResult` (the per-budget parabolas and its runs).
+        compute: budgets in FLOPs (default: the iso-FLOP result's budgets, or
+            four quantiles of the fit's compute).
+        level: credible level.
+        ax: axes to draw on.
+    """
+    ax = _axes(ax)
+    if isinstance(result, IsoFlopResult):
+        budgets = np.asarray(compute if compute is not None else result.compute, dtype=float)
+        unknown = set(budgets) - set(result.compute)
+        if unknown:
+            raise ValueError(f"budgets {sorted(unknown)} were not fitted; fitted: {list(result.compute)}")
+        post = result.idata.posterior
+        table = result.summary(level)["N_opt"]
+        colors = plt.cm.viridis(np.linspace(0, 0.9, budgets.size))
+        labels = result.data.group if result.data.group is not None else result.data.C
+        for c, color in zip(budgets, colors):
+            runs = np.asarray(labels, dtype=float) == c
+            n = result.data.N[runs]
+            ax.scatter(n, result.data.loss[runs], color=color, s=16, zorder=3)
+            grid = _span(n, 0.3)
+            sel = post.sel(budget=c)
+            m, l0, k = (sel[v].values.reshape(-1, 1) for v in ("log_n_opt", "loss_opt", "curvature"))
+            _band(ax, grid, l0 + k * (np.log(grid)[None, :] - m) ** 2, level, color, f"C = {c:.2g}")
+            _mark_optimum(ax, tuple(table.loc[c].to_numpy()), float(np.median(l0)), color)
+    else:
+        budgets = np.asarray(compute if compute is not None else _levels(result.data.covariate("C"), 4), dtype=float)
+        opt = compute_optimal_draws(result, budgets)
+        colors = plt.cm.viridis(np.linspace(0, 0.9, budgets.size))
+        for j, (c, color) in enumerate(zip(budgets, colors)):
+            n_med = np.median(opt["N_opt"][:, j])
+            grid = np.exp(np.linspace(np.log(n_med) - 2.5, np.log(n_med) + 2.5, _POINTS))
+            _band(ax, grid, result.predict_draws(N=grid, C=c), level, color, f"C = {c:.2g}")
+            lo, hi = np.quantile(opt["N_opt"][:, j], [(1 - level) / 2, (1 + level) / 2])
+            _mark_optimum(ax, (n_med, lo, hi), float(np.median(opt["loss_opt"][:, j])), color)
+    ax.set(xscale="log", xlabel=_LABELS["N"], ylabel="loss")
+    ax.set_title(f"iso-FLOP curves; optimum with {level:.0%} interval", fontsize="medium")
+    ax.legend(fontsize="small")
+    return ax
+
+
+def _mark_optimum(ax: Axes, n: tuple[float, float, float], loss: float, color: Any) -> None:
+    """Diamond at the median optimum (``n = (median, lower, upper)``) with its interval as an x error bar."""
+    median, lo, hi = n
+    ax.errorbar([median], [loss], xerr=[[median - lo], [hi - median]], fmt="D", color=color, ms=6,
+                markeredgecolor="k", capsize=3, zorder=4)
+
+
+def plot_allocation(
+    fit: FitResult,
+    compute: Sequence[float] | None = None,
+    flops_per_token: float = 6.0,
+    level: float = LEVEL,
+    axes: Sequence[Axes] | None = None,
+) -> np.ndarray:
+    """N_opt, D_opt and tokens per parameter against compute, with bands.
+
+    Args:
+        fit: a fit of a law in N and D.
+        compute: budgets to extrapolate to (default 1e18 to 1e26 FLOPs).
+        flops_per_token: k in ``C = k·N·D``.
+        level: credible level.
+        axes: three axes to draw on.
+
+    Returns:
+        The three axes.
+    """
+    budgets = np.asarray(compute if compute is not None else np.logspace(18, 26, 60), dtype=float)
+    if budgets.size < 2:
+        raise ValueError("plot_allocation needs at least two budgets")
+    draws = compute_optimal_draws(fit, budgets, flops_per_token)
+    if axes is None:
+        axes = plt.subplots(1, 3, figsize=(13, 3.8), constrained_layout=True)[1]
+    data_c = fit.data.covariate("C")
+    for ax, (name, label) in zip(axes, [("N_opt", "N_opt (parameters)"), ("D_opt", "D_opt (tokens)"),
+                                       ("tokens_per_param", "tokens per parameter")]):
+        _band(ax, budgets, draws[name], level, "C0", f"median, {level:.0%} band")
+        ax.axvspan(data_c.min(), data_c.max(), color="0.85", zorder=0, label="compute of the data")
+        ax.set(xscale="log", yscale="log", xlabel=_LABELS["C"], ylabel=label)
+    axes[0].legend(fontsize="small")
+    return np.asarray(axes)
+
+
+def plot_residuals(fit: FitResult, ax: Axes | None = None) -> Axes:
+    """Log residuals (observed − posterior median prediction) against the fitted loss."""
+    ax = _axes(ax)
+    fitted = np.median(fit.predict_draws(**{c: fit.data.covariate(c) for c in fit.law.covariates}), axis=0)
+    residual = np.log(fit.data.loss) - np.log(fitted)
+    sigma = float(np.median(fit.draws("sigma")))
+    ax.scatter(fitted, residual, s=12, color="k", alpha=0.6)
+    for s in (-2 * sigma, 0.0, 2 * sigma):
+        ax.axhline(s, color="C3" if s else "0.5", lw=1, ls="--" if s else "-")
+    ax.set(xscale="log", xlabel="fitted loss (posterior median)", ylabel="log residual")
+    ax.set_title("residuals; dashed: ±2 sigma", fontsize="medium")
+    return ax
+
+
+def plot_pair(fit: FitResult, var_names: Sequence[str] | None = None, **kwargs: Any) -> np.ndarray:
+    """Pair (corner) plot of the posterior via ``arviz.plot_pair``; divergences marked."""
+    names = list(var_names) if var_names is not None else list(fit.law.params)
+    return az.plot_pair(fit.idata, var_names=names, kind="kde", marginals=True, divergences=True, **kwargs)
+
+
+def plot_trace(fit: FitResult, kind: str = "rank_bars", **kwargs: Any) -> np.ndarray:
+    """Trace plot via ``arviz.plot_trace`` (``kind="trace"`` or rank plots, the default)."""
+    return az.plot_trace(fit.idata, var_names=list(fit.spec.latents), kind=kind, **kwargs)
+
+
+def plot_forest(
+    batch: BatchResult,
+    params: Sequence[str] = ("alpha", "beta", "a"),
+    level: float = LEVEL,
+    axes: Sequence[Axes] | None = None,
+) -> np.ndarray:
+    """Median and interval of each parameter across the groups of a batch, one panel per parameter.
+
+    ``a`` and ``b`` are the allocation exponents (``N_opt ∝ C^a``); groups whose
+    fit did not converge are drawn in red.
+    """
+    names = [n for n in batch.order if n in batch.results]
+    if not names:
+        raise ValueError("the batch has no successful fits to plot")
+    if axes is None:
+        height = 1.0 + 0.28 * len(names)
+        axes = plt.subplots(1, len(params), figsize=(3.2 * len(params), height), sharey=True,
+                            constrained_layout=True)[1]
+    axes = np.atleast_1d(axes)
+    q = [(1 - level) / 2, 0.5, (1 + level) / 2]
+    y = np.arange(len(names))[::-1]
+    for ax, param in zip(axes, params):
+        stats = np.array([np.quantile(_param_draws(batch[n], param), q) for n in names])
+        bad = np.array([not batch[n].diagnostics.ok for n in names])
+        for mask, color in ((~bad, "C0"), (bad, "C3")):
+            ax.errorbar(stats[mask, 1], y[mask], xerr=[stats[mask, 1] - stats[mask, 0], stats[mask, 2] - stats[mask, 1]],
+                        fmt="o", color=color, ms=4, capsize=2)
+        ax.set(xlabel=param)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(y, names)
+    return axes
+
+
+def _param_draws(fit: FitResult, name: str) -> np.ndarray:
+    if name in ("a", "b") and name not in fit.spec.latents:
+        return allocation_exponent_draws(fit)[name]
+    return fit.draws(name)

@@ -1,0 +1,222 @@
+"""Planning report: one fit written as HTML (self-contained), Markdown and JSON.
+
+The HTML page embeds its figures as PNG data URIs and loads nothing from the
+network; the Markdown version links PNG files written beside it; the JSON file
+holds the same numbers for programs (planning table, parameter summary,
+diagnostics, data source, versions). A fit whose diagnostics failed says so at
+the top of every version.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import importlib.metadata
+import io
+import json
+import math
+import os
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from . import plots
+from .allocation import allocation_exponents, compute_optimal
+from .results import LEVEL, FitResult
+
+__all__ = ["report", "DEFAULT_COMPUTE"]
+
+DEFAULT_COMPUTE = (1e20, 1e21, 1e22, 1e23, 1e24, 1e25)
+"""Budgets (FLOPs) of the planning table when none are given."""
+
+_PACKAGES = ("bayescale", "jax", "jaxlib", "numpyro", "arviz", "numpy", "pandas", "matplotlib")
+
+_CSS = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;font-size:0.9em;margin:0.5em 0 1.5em}
+th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
+.status{padding:0.7em 1em;border-radius:4px;font-weight:600}
+.ok{background:#e6f4ea;border:1px solid #34a853}.fail{background:#fde7e7;border:1px solid #d93025}
+img{max-width:100%}
+"""
+
+
+def _versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def _records(table: pd.DataFrame, index_name: str) -> list[dict[str, Any]]:
+    """Rows as JSON-safe dicts (NaN -> None, grouped columns joined with '_')."""
+    flat = table.copy()
+    if isinstance(flat.columns, pd.MultiIndex):
+        flat.columns = ["_".join(str(p) for p in c if p != "") for c in flat.columns]
+    flat = flat.reset_index(names=index_name)
+    return [{k: _jsonable(v) for k, v in row.items()} for row in flat.to_dict(orient="records")]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (np.generic,)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _figures(fit: FitResult, compute: Sequence[float], level: float) -> dict[str, tuple[str, plt.Figure]]:
+    """Figure name -> (caption, figure)."""
+    figures: dict[str, tuple[str, plt.Figure]] = {}
+    nd = set(fit.law.covariates) == {"N", "D"}
+    ax = plots.plot_fit(fit, level=level)
+    figures["fit"] = ("Runs with the posterior median and credible band.", ax.figure)
+    if nd:
+        ax = plots.plot_isoflop(fit, level=level)
+        figures["isoflop"] = ("Iso-FLOP curves of the fitted law; diamonds: optimum with interval.", ax.figure)
+        budgets = np.logspace(np.log10(min(compute)) - 1, np.log10(max(compute)) + 0.5, 50)
+        axes = plots.plot_allocation(fit, budgets, level=level)
+        figures["allocation"] = ("Compute-optimal allocation extrapolated from the data's compute (grey).",
+                                 axes[0].figure)
+    ax = plots.plot_residuals(fit)
+    figures["residuals"] = ("Log residuals against fitted loss.", ax.figure)
+    axes = plots.plot_trace(fit)
+    figures["trace"] = ("Rank plots per chain (flat bars: chains agree).", np.ravel(axes)[0].figure)
+    return figures
+
+
+def _png(figure: plt.Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def report(
+    fit: FitResult,
+    path: str | os.PathLike[str],
+    compute: Sequence[float] | None = None,
+    level: float = LEVEL,
+    title: str | None = None,
+) -> dict[str, Path]:
+    """Write the planning report of ``fit`` into the folder ``path``.
+
+    Args:
+        fit: a fitted law.
+        path: output folder (created if needed).
+        compute: budgets in FLOPs for the planning table (default 1e20 to 1e25);
+            used only for laws in N and D.
+        level: credible level of every interval.
+        title: page title (default names the law and the data source).
+
+    Returns:
+        Paths of the files written: ``html``, ``markdown``, ``json`` (and the
+        Markdown's PNG figures under ``figures/``).
+    """
+    budgets = [float(c) for c in (compute if compute is not None else DEFAULT_COMPUTE)]
+    out = Path(path)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    diag = fit.diagnostics
+    title = title or f"bayescale report: {fit.law.name} fitted to {fit.data.source}"
+    summary = fit.summary(level)
+    nd = set(fit.law.covariates) == {"N", "D"}
+    plan = compute_optimal(fit, budgets, level=level) if nd else None
+    exponents = allocation_exponents(fit, level) if nd else None
+    status = "Diagnostics OK" if diag.ok else "DIAGNOSTICS FAILED: " + "; ".join(diag.problems)
+    meta = {
+        "title": title,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "level": level,
+        "data": {"source": fit.data.source, "n_runs": fit.data.n, "target": fit.data.target,
+                 "covariates": list(fit.data.available())},
+        "law": {"name": fit.law.name, "formula": fit.law.formula, "params": list(fit.law.params)},
+        "likelihood": {"name": fit.spec.likelihood.name, "nu": fit.spec.likelihood.nu},
+        "sampler": {**fit.config._asdict(), "num_chains": int(fit.idata.posterior.sizes["chain"]), "seed": fit.seed},
+        "diagnostics": {
+            "ok": diag.ok,
+            "problems": list(diag.problems),
+            "max_r_hat": _jsonable(diag.max_r_hat),
+            "min_ess_bulk": _jsonable(diag.min_ess_bulk),
+            "divergences": diag.divergences,
+            "mean_leapfrog_steps": diag.mean_steps,
+        },
+        "parameters": _records(summary, "parameter"),
+        "plan": _records(plan, "compute") if plan is not None else None,
+        "exponents": _records(exponents, "exponent") if exponents is not None else None,
+        "versions": _versions(),
+    }
+    files = {"html": out / "report.html", "markdown": out / "report.md", "json": out / "report.json"}
+    files["json"].write_text(json.dumps(meta, indent=2, allow_nan=False))
+
+    images = {name: (caption, _png(figure)) for name, (caption, figure) in _figures(fit, budgets, level).items()}
+    for name, (_, png) in images.items():
+        (out / "figures" / f"{name}.png").write_bytes(png)
+
+    tables = [("Parameters", summary)]
+    if plan is not None and exponents is not None:
+        tables += [("Compute-optimal allocation", plan), ("Allocation exponents (N_opt ∝ C^a, D_opt ∝ C^b)", exponents)]
+    files["markdown"].write_text(_markdown(meta, status, tables, images))
+    files["html"].write_text(_html(meta, status, diag.ok, tables, images))
+    return files
+
+
+def _fmt(table: pd.DataFrame, flat: bool = False) -> pd.DataFrame:
+    """Four significant digits; with ``flat``, grouped columns joined into one header ("N_opt median")."""
+    table = table.map(lambda v: f"{v:.4g}" if isinstance(v, (float, np.floating)) else v)
+    table.index = [f"{v:.3g}" if isinstance(v, (float, np.floating)) else v for v in table.index]
+    if flat and isinstance(table.columns, pd.MultiIndex):
+        table.columns = [" ".join(str(p) for p in c if p != "") for c in table.columns]
+    return table
+
+
+def _intro(meta: dict) -> list[tuple[str, str]]:
+    lik = meta["likelihood"]
+    sampler = meta["sampler"]
+    return [
+        ("Data", f"{meta['data']['n_runs']} runs from {meta['data']['source']}"),
+        ("Law", f"{meta['law']['name']}: {meta['law']['formula']}"),
+        ("Likelihood", lik["name"] + (f" (nu = {lik['nu']:g})" if lik["nu"] else "")),
+        ("Sampler", f"NUTS, {sampler['num_chains']} chains x {sampler['num_samples']} draws "
+                    f"({sampler['num_warmup']} warmup), seed {sampler['seed']}"),
+        ("Intervals", f"equal-tailed, {meta['level']:.0%}"),
+        ("Versions", ", ".join(f"{k} {v}" for k, v in meta["versions"].items())),
+    ]
+
+
+def _markdown(meta: dict, status: str, tables: list, images: dict) -> str:
+    lines = [f"# {meta['title']}", "", f"**{status}**", ""]
+    lines += [f"- **{k}**: {v}" for k, v in _intro(meta)]
+    for heading, table in tables:
+        lines += ["", f"## {heading}", "", _fmt(table, flat=True).to_markdown()]
+    for name, (caption, _) in images.items():
+        lines += ["", f"![{caption}](figures/{name}.png)", "", f"*{caption}*"]
+    return "\n".join(lines) + "\n"
+
+
+def _html(meta: dict, status: str, ok: bool, tables: list, images: dict) -> str:
+    e = html.escape
+    parts = [
+        "<!DOCTYPE html>",
+        f'<html lang="en"><head><meta charset="utf-8"><title>{e(meta["title"])}</title><style>{_CSS}</style></head><body>',
+        f"<h1>{e(meta['title'])}</h1>",
+        f'<p class="status {"ok" if ok else "fail"}" id="status">{e(status)}</p>',
+        "<ul>" + "".join(f"<li><b>{e(k)}</b>: {e(v)}</li>" for k, v in _intro(meta)) + "</ul>",
+    ]
+    for heading, table in tables:
+        parts += [f"<h2>{e(heading)}</h2>", _fmt(table).to_html(border=0)]
+    parts.append("<h2>Figures</h2>")
+    for name, (caption, png) in images.items():
+        data = base64.b64encode(png).decode("ascii")
+        parts.append(f'<figure id="fig-{name}"><img alt="{e(caption)}" src="data:image/png;base64,{data}">'
+                     f"<figcaption>{e(caption)}</figcaption></figure>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
