@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 from matplotlib.collections import PathCollection, PolyCollection  # noqa: E402
 
 import bayescale as bs  # noqa: E402
-from bayescale.report import report  # noqa: E402
+from bayescale.reporting import report  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -29,6 +29,7 @@ from .data import DataError, DataWarning, ScalingData  # noqa: E402
 from .inference import MapResult, fit, fit_map  # noqa: E402
 from .isoflop import IsoFlopResult, fit_isoflop  # noqa: E402
 from .laws import Law  # noqa: E402
+from .reporting import report  # noqa: E402
 from .results import ConvergenceWarning, Diagnostics, FitResult, load  # noqa: E402
 from .simulate import chinchilla_design, simulate  # noqa: E402
 
@@ -63,5 +64,6 @@ __all__ = [
     "plots",
     "load",
     "load_batch",
+    "report",
     "simulate",
 ]

@@ -29,7 +29,7 @@ from .batch import BatchResult, fit_batch, load_batch
 from .data import DataError, ScalingData
 from .inference import fit
 from .laws import list_laws
-from .report import DEFAULT_COMPUTE, report
+from .reporting import DEFAULT_COMPUTE, report
 from .results import FitResult, load
 
 __all__ = ["main"]
