@@ -88,3 +88,13 @@ def test_cli_rejects_bad_arguments(capsys) -> None:  # noqa: ANN001
             cli.main(argv)
         assert exit_info.value.code == 2
     assert "must be a positive integer" in capsys.readouterr().err
+
+
+def test_cli_flags_unconverged_fit(tmp_path, capsys) -> None:  # noqa: ANN001
+    csv = tmp_path / "runs.csv"
+    bs.datasets.load_frame("chinchilla_synthetic").to_csv(csv, index=False)
+    args = ["fit", str(csv), "--samples", "20", "--warmup", "5", "--chains", "2", "--quiet", "--compute", "1e22"]
+    with pytest.warns(bs.ConvergenceWarning):
+        assert cli.main([*args, "--out", str(tmp_path / "a"), "--strict"]) == 1
+    assert "-> WARNING: R-hat" in capsys.readouterr().out
+    assert "DIAGNOSTICS FAILED" in (tmp_path / "a" / "report.html").read_text()

@@ -290,7 +290,7 @@ def fit_batch(
         in ``failures`` with the reason; the others finish. Unconverged groups
         have status ``"warning"`` in :meth:`BatchResult.diagnostics`.
     """
-    check_sampler_args(num_warmup, num_samples, num_chains)
+    check_sampler_args(num_warmup, num_samples, num_chains, seed)
     spec = make_spec(get_law(law), get_likelihood(likelihood), priors)
     groups, failures, order = _split(data, group, columns)
     for name, d in groups.items():

@@ -8,6 +8,7 @@ Huber loss on log-loss residuals, minimised from a spread of starting points.
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
@@ -17,11 +18,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
+import scipy.stats
 from numpyro.distributions.transforms import biject_to
 from numpyro.infer import Predictive
 from numpyro.infer.util import log_likelihood, potential_energy
 
-from .data import DataError, ScalingData, as_data
+from .data import DataError, DataWarning, ScalingData, as_data
 from .laws import Law, get_law
 from .likelihoods import Likelihood, get_likelihood
 from .model import OBSERVED, ModelData, Spec, build_model, make_spec, model_data, to_natural
@@ -62,6 +64,7 @@ def _precision(precision: str) -> bool:
 
 
 def _check_fit_inputs(data: ScalingData, spec: Spec) -> None:
+    """Raise on data the law cannot be fitted to; warn on data that looks mislabelled."""
     for c in spec.law.covariates:
         data.covariate(c)
     if data.n < len(spec.latents):
@@ -69,6 +72,24 @@ def _check_fit_inputs(data: ScalingData, spec: Spec) -> None:
             f"{data.n} runs are too few to fit {spec.law.name!r}, which has {len(spec.latents)} parameters"
             f" {list(spec.latents)}"
         )
+    if data.N is not None and data.D is not None and np.all(data.D < data.N):
+        warnings.warn(
+            "tokens D are fewer than parameters N in every run: are the params and tokens columns swapped?",
+            DataWarning,
+            stacklevel=3,
+        )
+    falling = spec.law.builtin and spec.law.name != "power"
+    if falling and data.n >= 5:
+        x = "C" if data.C is not None else spec.law.covariates[0]
+        trend = scipy.stats.spearmanr(data.covariate(x), data.loss).statistic
+        if trend > 0.5:
+            warnings.warn(
+                f"column {data.target!r} increases with {x} (rank correlation {trend:.2f}), but {spec.law.name!r}"
+                " models a loss that falls with scale: is it an accuracy or a reward? Fit 1 - accuracy,"
+                " or use the 'power' law",
+                DataWarning,
+                stacklevel=3,
+            )
 
 
 def _start_points(spec: Spec, md: ModelData, num_starts: int, key: jax.Array) -> jax.Array:
@@ -249,9 +270,10 @@ def make_idata(spec: Spec, data: ScalingData, md: ModelData, draws: Draws, key: 
     )
 
 
-def check_sampler_args(num_warmup: int, num_samples: int, num_chains: int) -> None:
-    """Raise ``ValueError`` naming the argument when a sampler size is invalid."""
-    for name, value, least in (("num_warmup", num_warmup, 0), ("num_samples", num_samples, 1), ("num_chains", num_chains, 1)):
+def check_sampler_args(num_warmup: int, num_samples: int, num_chains: int, seed: int = 0) -> None:
+    """Raise ``ValueError`` naming the argument when a sampler size or the seed is invalid."""
+    sizes = (("num_warmup", num_warmup, 0), ("num_samples", num_samples, 1), ("num_chains", num_chains, 1), ("seed", seed, 0))
+    for name, value, least in sizes:
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < least:
             raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
 
@@ -304,7 +326,7 @@ def fit(
         :class:`~bayescale.results.FitResult`. A :class:`~bayescale.results.ConvergenceWarning`
         is emitted when R-hat > 1.01, bulk ESS < 400 or any transition diverged.
     """
-    check_sampler_args(num_warmup, num_samples, num_chains)
+    check_sampler_args(num_warmup, num_samples, num_chains, seed)
     data = as_data(data, **columns)
     spec = make_spec(get_law(law), get_likelihood(likelihood), priors)
     _check_fit_inputs(data, spec)

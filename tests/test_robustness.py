@@ -1,0 +1,113 @@
+"""A corpus of bad inputs, each with a specific readable error or warning; property tests over random tables."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import bayescale as bs
+from bayescale.data import DataError, DataWarning
+from conftest import CHINCHILLA, SMALL
+
+BAD_CELLS = {
+    "NaN": (np.nan, "missing values"),
+    "inf": (np.inf, "infinite"),
+    "zero": (0.0, "must be > 0"),
+    "negative": (-3.0, "must be > 0"),
+    "string": ("n/a", "non-numeric"),
+    "boolean": (True, "booleans"),
+}
+
+
+@st.composite
+def valid_tables(draw: st.DrawFn) -> pd.DataFrame:
+    n = draw(st.integers(1, 30))
+    positive = st.floats(1e-6, 1e30, allow_nan=False, allow_infinity=False)
+    columns = {c: draw(st.lists(positive, min_size=n, max_size=n)) for c in ("N", "D", "loss")}
+    index = draw(st.lists(st.integers(-1000, 1000), min_size=n, max_size=n, unique=True))
+    return pd.DataFrame(columns, index=index)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(valid_tables())
+def test_valid_tables_load_unchanged(frame: pd.DataFrame) -> None:
+    data = bs.ScalingData.from_table(frame)
+    np.testing.assert_array_equal(data.loss, frame["loss"].to_numpy())
+    np.testing.assert_array_equal(data.N, frame["N"].to_numpy())
+    np.testing.assert_allclose(data.C, 6 * frame["N"].to_numpy() * frame["D"].to_numpy(), rtol=1e-12)
+    assert np.all(np.isfinite(data.C))
+    assert list(data.index) == list(frame.index)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(valid_tables(), st.sampled_from(["N", "D", "loss"]), st.sampled_from(sorted(BAD_CELLS)), st.data())
+def test_one_bad_cell_names_column_and_row(frame: pd.DataFrame, column: str, kind: str, data: st.DataObject) -> None:
+    row = data.draw(st.sampled_from(list(frame.index)))
+    value, message = BAD_CELLS[kind]
+    frame = frame.astype(object)
+    frame.loc[row, column] = value
+    with pytest.raises(DataError) as err:
+        bs.ScalingData.from_table(frame)
+    text = str(err.value)
+    assert f"'{column}'" in text and message in text
+    if kind != "boolean":  # a boolean anywhere makes the whole column suspect
+        assert f"rows {row!r}" in text or f"rows {row}" in text
+
+
+def runs(n: int = 40, seed: int = 0) -> pd.DataFrame:
+    N, D = bs.chinchilla_design(n, seed=seed)
+    return bs.simulate("chinchilla", CHINCHILLA, N=N, D=D, seed=seed).to_frame()[["N", "D", "loss"]]
+
+
+@pytest.mark.parametrize(
+    "frame, kwargs, match",
+    [
+        (runs().iloc[:0], {}, "no rows"),
+        (runs().iloc[:1], {}, "1 runs are too few.*6 parameters"),
+        (runs().iloc[:5], {}, "5 runs are too few"),
+        (runs().drop(columns="D"), {}, "needs covariate 'D'"),
+        (runs(), {"loss": "final_loss"}, "'final_loss' \\(for loss\\) not found"),
+        (runs(), {"law": "chinchila"}, "unknown law 'chinchila'"),
+        (runs(), {"priors": {"alpha": bs.laws.get_law("chinchilla").priors["A"], "E": None}}, "must be a numpyro"),
+        (runs(), {"seed": -1}, "seed"),
+    ],
+)
+def test_bad_inputs_to_fit(frame: pd.DataFrame, kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        bs.fit(frame, num_warmup=5, num_samples=5, **kwargs)
+
+
+def test_duplicated_columns() -> None:
+    frame = runs()
+    frame = pd.concat([frame, frame[["N"]]], axis=1)
+    with pytest.raises(DataError, match=r"duplicated column names: \['N'\]"):
+        bs.fit(frame)
+
+
+def test_swapped_params_and_tokens_warn() -> None:
+    frame = runs(60)
+    frame = frame[frame["D"] > frame["N"]].rename(columns={"N": "D", "D": "N"})
+    with pytest.warns(DataWarning, match="swapped"):
+        bs.fit_map(frame)
+
+
+def test_accuracy_instead_of_loss_warns() -> None:
+    frame = runs()
+    frame["loss"] = 1.0 / frame["loss"]  # in (0, 1) and rising with scale, like an accuracy
+    with pytest.warns(DataWarning, match="is it an accuracy"):
+        bs.fit_map(frame)
+
+
+def test_extreme_magnitudes_give_finite_posterior() -> None:
+    """Runs at 1e27-1e31 FLOPs: no overflow, no NaN, and the truth still inside the intervals."""
+    N = np.geomspace(1e12, 1e14, 30)
+    D = np.geomspace(1e14, 1e16, 30)[np.random.default_rng(0).permutation(30)]
+    truth = {"E": 1.0, "A": 1e4, "B": 1e4, "alpha": 0.3, "beta": 0.3}
+    data = bs.simulate("chinchilla", truth, N=N, D=D, noise=0.002, seed=1)
+    assert data.C.max() > 1e29
+    fit = bs.fit(data, seed=0, **SMALL)
+    draws = fit.draws()
+    assert all(np.all(np.isfinite(v)) for v in draws.values())
+    lo, hi = np.quantile(draws["E"], [0.005, 0.995])
+    assert lo < truth["E"] < hi
