@@ -14,7 +14,7 @@ import warnings as _warnings
 
 _warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")
 
-from . import datasets, laws, likelihoods, plots  # noqa: E402
+from . import calibration, datasets, laws, likelihoods, plots  # noqa: E402
 from .allocation import (  # noqa: E402
     allocation_exponent_draws,
     allocation_exponents,
@@ -22,6 +22,7 @@ from .allocation import (  # noqa: E402
     compute_optimal,
     compute_optimal_draws,
     inference_optimal,
+    optimal_allocation,
     loss_at,
 )
 from .batch import BatchResult, fit_batch, load_batch  # noqa: E402
@@ -32,6 +33,7 @@ from .laws import Law  # noqa: E402
 from .reporting import report  # noqa: E402
 from .results import ConvergenceWarning, Diagnostics, FitResult, load  # noqa: E402
 from .simulate import chinchilla_design, simulate  # noqa: E402
+from .validation import Validation, validate  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -46,6 +48,7 @@ __all__ = [
     "Law",
     "allocation_exponent_draws",
     "allocation_exponents",
+    "calibration",
     "compute_for_loss",
     "compute_optimal",
     "compute_optimal_draws",
@@ -66,4 +69,7 @@ __all__ = [
     "load_batch",
     "report",
     "simulate",
+    "optimal_allocation",
+    "validate",
+    "Validation",
 ]

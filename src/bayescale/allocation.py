@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -28,6 +28,7 @@ from .results import LEVEL, FitResult, describe_draws, table_of_draws
 __all__ = [
     "compute_optimal",
     "compute_optimal_draws",
+    "optimal_allocation",
     "allocation_exponents",
     "allocation_exponent_draws",
     "compute_for_loss",
@@ -113,13 +114,38 @@ def _optimum_draws(law: Law, p: dict, log_c: jax.Array, log_k: float) -> tuple[j
     return per_draw(p)
 
 
-def compute_optimal_draws(fit: FitResult, compute: Any, flops_per_token: float = 6.0) -> dict[str, np.ndarray]:
-    """Posterior draws of the compute-optimal allocation.
+def optimal_allocation(
+    law: Law, params: Mapping[str, Any], compute: Any, flops_per_token: float = 6.0
+) -> dict[str, np.ndarray]:
+    """Compute-optimal allocation for arrays of parameter values (posterior draws, or true values).
 
     For the Chinchilla law the closed form ``N_opt = G·(C/k)^a``,
     ``D_opt = (C/k)^b / G`` with ``a = beta/(alpha+beta)``, ``b = alpha/(alpha+beta)``,
     ``G = (alpha·A/(beta·B))^(1/(alpha+beta))``; for any other law in N and D a
-    numerical minimisation along the iso-FLOP line, vectorised over draws.
+    numerical minimisation along the iso-FLOP line, vectorised over values.
+
+    Args:
+        law: a law in N and D.
+        params: parameter name -> values, shape ``(n,)``.
+        compute: budgets in FLOPs, shape ``(b,)``.
+        flops_per_token: k in ``C = k·N·D``.
+
+    Returns:
+        ``{"N_opt", "D_opt", "tokens_per_param", "loss_opt"}``, each ``(n, b)``.
+    """
+    if set(law.covariates) != {"N", "D"}:
+        raise ValueError(f"allocation needs a law in N and D; {law.name!r} uses {law.covariates}")
+    k = _check_k(flops_per_token)
+    c = _budgets(compute)
+    with jax.enable_x64(True):
+        p = {name: jnp.atleast_1d(jnp.asarray(params[name], dtype=jnp.float64)) for name in law.params}
+        log_n, log_d, log_l = _optimum_draws(law, p, jnp.log(c), float(np.log(k)))
+    n, d = np.exp(np.asarray(log_n)), np.exp(np.asarray(log_d))
+    return {"N_opt": n, "D_opt": d, "tokens_per_param": d / n, "loss_opt": np.exp(np.asarray(log_l))}
+
+
+def compute_optimal_draws(fit: FitResult, compute: Any, flops_per_token: float = 6.0) -> dict[str, np.ndarray]:
+    """Posterior draws of the compute-optimal allocation (see :func:`optimal_allocation`).
 
     Args:
         fit: a fit of a law in N and D.
@@ -129,13 +155,7 @@ def compute_optimal_draws(fit: FitResult, compute: Any, flops_per_token: float =
     Returns:
         ``{"N_opt", "D_opt", "tokens_per_param", "loss_opt"}``, each ``(draws, b)``.
     """
-    law = _check_nd(fit)
-    k = _check_k(flops_per_token)
-    c = _budgets(compute)
-    with jax.enable_x64(True):
-        log_n, log_d, log_l = _optimum_draws(law, _params(fit), jnp.log(c), float(np.log(k)))
-    n, d = np.exp(np.asarray(log_n)), np.exp(np.asarray(log_d))
-    return {"N_opt": n, "D_opt": d, "tokens_per_param": d / n, "loss_opt": np.exp(np.asarray(log_l))}
+    return optimal_allocation(_check_nd(fit), fit.draws(), compute, flops_per_token)
 
 
 def compute_optimal(

@@ -37,6 +37,7 @@ def simulate(
     noise: float = 0.02,
     outlier_fraction: float = 0.0,
     outlier_scale: float = 0.3,
+    nu: float | None = None,
     seed: int = 0,
 ) -> ScalingData:
     """Runs whose loss follows ``law`` with multiplicative log-normal noise.
@@ -50,6 +51,8 @@ def simulate(
         outlier_fraction: fraction of runs whose log-loss is shifted up by
             ``outlier_scale`` (bad runs).
         outlier_scale: the shift of corrupted runs, on log-loss.
+        nu: Student-t noise with ``nu`` degrees of freedom and scale ``noise``
+            instead of Gaussian (the generative model of the default likelihood).
         seed: PRNG seed.
 
     Returns:
@@ -66,7 +69,8 @@ def simulate(
         log_x = {c: jnp.log(jnp.asarray(covs[c])) for c in law.covariates}
         mean = np.asarray(law.log_mean({k: jnp.asarray(float(v)) for k, v in params.items()}, log_x))
     rng = np.random.default_rng(seed)
-    log_loss = mean + noise * rng.standard_normal(mean.shape)
+    eps = rng.standard_normal(mean.shape) if nu is None else rng.standard_t(nu, mean.shape)
+    log_loss = mean + noise * eps
     bad = rng.random(mean.shape) < outlier_fraction
     log_loss = np.where(bad, log_loss + outlier_scale, log_loss)
     return ScalingData.from_arrays(loss=np.exp(log_loss), N=n_arr, D=d_arr, C=c_arr)

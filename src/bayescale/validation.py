@@ -1,0 +1,141 @@
+"""Extrapolation check: refit without the largest runs and see whether they land in their intervals.
+
+A scaling law is used to extrapolate, so the honest test of a fit is whether
+its predictive intervals hold beyond the data. :func:`validate` holds out the
+runs with the largest compute (or N, or D), refits on the rest with the same
+law, likelihood, priors and sampler settings, and reports how often the
+held-out losses fall inside their posterior predictive intervals.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+
+from .data import DataError, ScalingData, as_data
+from .inference import fit as fit_law
+from .results import LEVEL, FitResult
+
+__all__ = ["Validation", "validate", "HOLDOUTS"]
+
+HOLDOUTS = {"largest compute": "C", "largest params": "N", "largest tokens": "D"}
+"""Names of the hold-out rules and the covariate each ranks runs by."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Validation:
+    """Held-out runs against the predictions of a fit that did not see them.
+
+    Attributes:
+        fit: the fit on the training runs.
+        table: one row per held-out run: covariates, observed ``loss``,
+            predicted ``median``, ``pred_lower``/``pred_upper`` (a new run's
+            loss at ``level``), ``inside``, and ``log_error`` (log observed −
+            log median).
+        level: credible level of the intervals.
+    """
+
+    fit: FitResult
+    table: pd.DataFrame
+    level: float
+
+    @property
+    def coverage(self) -> float:
+        """Fraction of held-out runs inside their predictive interval (nominal: ``level``)."""
+        return float(self.table["inside"].mean())
+
+    def plot(self, ax: Axes | None = None) -> Axes:
+        """Observed against predicted loss of the held-out runs, with the predictive intervals."""
+        ax = ax if ax is not None else plt.subplots(figsize=(5, 5))[1]
+        t = self.table
+        for inside, color, label in ((True, "C0", "inside"), (False, "C3", "outside")):
+            part = t[t["inside"] == inside]
+            ax.errorbar(part["median"], part["loss"], xerr=[part["median"] - part["pred_lower"],
+                        part["pred_upper"] - part["median"]], fmt="o", color=color, ms=4, capsize=2,
+                        label=f"{label} ({len(part)})")
+        lims = [t[["loss", "pred_lower"]].min().min(), t[["loss", "pred_upper"]].max().max()]
+        ax.plot(lims, lims, color="0.5", lw=1)
+        ax.set(xlabel="predicted loss (median)", ylabel="observed loss",
+               title=f"held-out runs: {self.coverage:.0%} inside {self.level:.0%} intervals")
+        ax.legend(fontsize="small")
+        return ax
+
+
+def validate(
+    fit_or_data: FitResult | ScalingData | pd.DataFrame,
+    holdout: str | np.ndarray = "largest compute",
+    fraction: float = 0.2,
+    level: float = LEVEL,
+    **fit_options: Any,
+) -> Validation:
+    """Refit without the largest runs and check their losses against the predictive intervals.
+
+    Args:
+        fit_or_data: a fit (its data, law, likelihood, priors and sampler
+            settings are reused) or data (then ``fit_options`` choose the law etc.).
+        holdout: ``"largest compute"``, ``"largest params"``, ``"largest tokens"``,
+            or a boolean mask of the runs to hold out.
+        fraction: share of runs held out by the named rules (0 < fraction < 1).
+        level: credible level of the predictive intervals.
+        **fit_options: options of :func:`bayescale.fit`, overriding the fit's.
+
+    Returns:
+        :class:`Validation`.
+    """
+    if isinstance(fit_or_data, FitResult):
+        original = fit_or_data
+        data = original.data
+        options = {
+            "law": original.law,
+            "likelihood": original.spec.likelihood,
+            "priors": dict(original.spec.priors),
+            "num_warmup": original.config.num_warmup,
+            "num_samples": original.config.num_samples,
+            "num_chains": int(original.idata.posterior.sizes["chain"]),
+            "seed": original.seed,
+            "dense_mass": original.config.dense_mass,
+            "target_accept_prob": original.config.target_accept_prob,
+            "max_tree_depth": original.config.max_tree_depth,
+        }
+    else:
+        data = as_data(fit_or_data)
+        options = {}
+    options.update(fit_options)
+    held = _holdout_mask(data, holdout, fraction)
+    train_fit = fit_law(data.subset(~held), **options)
+    test = data.subset(held)
+    covs = {c: test.covariate(c) for c in train_fit.law.covariates}
+    pred = train_fit.predict(**covs, level=level, seed=train_fit.seed)
+    shown = {c: test.covariate(c) for c in test.available()}
+    table = pd.DataFrame({**shown, "loss": test.loss}, index=test.index)
+    table["median"] = pred["median"].to_numpy()
+    table["pred_lower"], table["pred_upper"] = pred["pred_lower"].to_numpy(), pred["pred_upper"].to_numpy()
+    table["inside"] = (table["loss"] >= table["pred_lower"]) & (table["loss"] <= table["pred_upper"])
+    table["log_error"] = np.log(table["loss"] / table["median"])
+    return Validation(fit=train_fit, table=table, level=level)
+
+
+def _holdout_mask(data: ScalingData, holdout: str | np.ndarray, fraction: float) -> np.ndarray:
+    if isinstance(holdout, str):
+        if holdout not in HOLDOUTS:
+            raise ValueError(f"holdout must be one of {list(HOLDOUTS)} or a boolean mask, got {holdout!r}")
+        if not 0 < fraction < 1:
+            raise ValueError(f"fraction must be in (0, 1), got {fraction!r}")
+        key = data.covariate(HOLDOUTS[holdout])
+        count = int(round(fraction * data.n))
+        if count < 1:
+            raise DataError(f"fraction {fraction} of {data.n} runs holds out none; raise it")
+        mask = np.zeros(data.n, dtype=bool)
+        mask[np.argsort(key, kind="stable")[-count:]] = True
+        return mask
+    mask = np.asarray(holdout)
+    if mask.dtype != bool or mask.shape != (data.n,):
+        raise ValueError(f"holdout mask must be booleans of shape ({data.n},), got {mask.dtype} {mask.shape}")
+    if not mask.any() or mask.all():
+        raise ValueError("holdout mask must hold out some runs and keep some")
+    return mask

@@ -1,0 +1,62 @@
+"""Fast simulation-based calibration: honest intervals pass, a shrunk posterior fails."""
+
+import dataclasses
+
+import matplotlib
+
+matplotlib.use("Agg")
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import bayescale as bs  # noqa: E402
+from bayescale import calibration  # noqa: E402
+
+NUM = 20
+
+
+@pytest.fixture(scope="module")
+def simulated() -> tuple:
+    truths = calibration.draw_truths("chinchilla", NUM, seed=0)
+    datasets = calibration.simulate_datasets("chinchilla", truths, "student_t", runs_per_dataset=40, seed=0)
+    batch = bs.fit_batch(datasets, num_warmup=300, num_samples=300, seed=0, progress=False)
+    return truths, batch
+
+
+def shrink(fit: bs.FitResult, factor: float) -> bs.FitResult:
+    """The posterior squeezed around its median: intervals `factor` times as wide (overconfident)."""
+    idata = fit.idata.copy()
+    for name in fit.spec.latents:
+        x = idata.posterior[name]
+        idata.posterior[name] = x.median() + factor * (x - x.median())
+    return dataclasses.replace(fit, idata=idata)
+
+
+def test_intervals_cover_at_nominal_rate(simulated: tuple) -> None:
+    truths, batch = simulated
+    cal = calibration.rank_statistics(batch, truths, compute=1e24)
+    assert len(cal.ranks) == NUM and list(cal.ranks.columns)[-2:] == ["N_opt", "D_opt"]
+    assert cal.problems(level=0.9) == []
+    coverage = cal.coverage()
+    # pooled over quantities the coverage is close to nominal at every level
+    np.testing.assert_allclose(coverage.mean(), [0.5, 0.9, 0.95], atol=0.1)
+    assert cal.plot_ranks().size >= len(cal.ranks.columns)
+
+
+def test_overconfident_posterior_is_caught(simulated: tuple) -> None:
+    truths, batch = simulated
+    squeezed = {name: shrink(fit, 0.3) for name, fit in batch.results.items()}
+    cal = calibration.rank_statistics(squeezed, truths, compute=1e24)
+    found = cal.problems(level=0.9)
+    assert len(found) >= 4 and any("intervals cover" in p for p in found)
+    assert cal.coverage()["0.9"].mean() < 0.6
+
+
+def test_truth_ranges_documented_for_every_builtin_law() -> None:
+    assert set(calibration.RANGES) == set(bs.laws.list_laws())
+    for law in bs.laws.list_laws():
+        truths = calibration.draw_truths(law, 5, seed=1)
+        assert set(bs.laws.get_law(law).params) | {"sigma"} == set(truths.columns)
+        data = calibration.simulate_datasets(law, truths, "normal", runs_per_dataset=10)
+        assert all(np.all(np.isfinite(d.loss)) and np.all(d.loss > 0) for d in data.values())
+    with pytest.raises(ValueError, match="no realistic range"):
+        calibration.draw_truths("mine", 3)

@@ -1,0 +1,37 @@
+"""Extrapolation check: held-out largest runs against predictive intervals."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import bayescale as bs  # noqa: E402
+
+
+def test_correct_law_covers_held_out_runs(chinchilla_fit: bs.FitResult) -> None:
+    check = bs.validate(chinchilla_fit, holdout="largest compute", fraction=0.2)
+    n_held = int(round(0.2 * chinchilla_fit.data.n))
+    assert len(check.table) == n_held
+    assert check.table["C"].min() >= np.sort(chinchilla_fit.data.C)[-n_held]
+    assert check.fit.data.n == chinchilla_fit.data.n - n_held
+    assert 0.75 <= check.coverage <= 1.0
+    assert len(check.plot().containers) == 2
+
+
+def test_a_break_in_trend_is_caught(chinchilla_data: bs.ScalingData) -> None:
+    """The largest runs 8% worse than the law predicts (a regime change) fall outside the intervals."""
+    big = chinchilla_data.N >= np.quantile(chinchilla_data.N, 0.8)
+    broken = bs.ScalingData.from_arrays(loss=np.where(big, 1.08, 1.0) * chinchilla_data.loss,
+                                        N=chinchilla_data.N, D=chinchilla_data.D)
+    check = bs.validate(broken, holdout="largest params", num_warmup=500, num_samples=500)
+    assert check.coverage < 0.5 and check.table["log_error"].median() > 0.04
+
+
+def test_bad_holdouts(chinchilla_data: bs.ScalingData) -> None:
+    with pytest.raises(ValueError, match="holdout must be one of"):
+        bs.validate(chinchilla_data, holdout="random")
+    with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\)"):
+        bs.validate(chinchilla_data, fraction=1.5)
+    with pytest.raises(ValueError, match="holdout mask must be booleans"):
+        bs.validate(chinchilla_data, holdout=np.ones(3, dtype=bool))
