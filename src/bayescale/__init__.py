@@ -26,8 +26,10 @@ from .allocation import (  # noqa: E402
     loss_at,
 )
 from .batch import BatchResult, fit_batch, load_batch  # noqa: E402
+from .comparison import compare  # noqa: E402
 from .data import DataError, DataWarning, ScalingData  # noqa: E402
 from .inference import MapResult, fit, fit_map  # noqa: E402
+from .hierarchical import HierarchicalResult, fit_hierarchical  # noqa: E402
 from .isoflop import IsoFlopResult, fit_isoflop  # noqa: E402
 from .laws import Law  # noqa: E402
 from .reporting import report  # noqa: E402
@@ -44,11 +46,13 @@ __all__ = [
     "DataWarning",
     "Diagnostics",
     "FitResult",
+    "HierarchicalResult",
     "IsoFlopResult",
     "Law",
     "allocation_exponent_draws",
     "allocation_exponents",
     "calibration",
+    "compare",
     "compute_for_loss",
     "compute_optimal",
     "compute_optimal_draws",
@@ -60,6 +64,7 @@ __all__ = [
     "chinchilla_design",
     "fit",
     "fit_batch",
+    "fit_hierarchical",
     "fit_isoflop",
     "fit_map",
     "laws",

@@ -60,7 +60,7 @@ def _bucket(n: int) -> int:
     return max(_MIN_BUCKET, 1 << (n - 1).bit_length())
 
 
-def _split(
+def split_groups(
     data: Any, group: str | None, columns: Mapping[str, Any]
 ) -> tuple[dict[str, ScalingData], dict[str, str], list[str]]:
     """Groups by name, the reasons of groups that fail validation, and all names in input order."""
@@ -292,7 +292,7 @@ def fit_batch(
     """
     check_sampler_args(num_warmup, num_samples, num_chains, seed)
     spec = make_spec(get_law(law), get_likelihood(likelihood), priors)
-    groups, failures, order = _split(data, group, columns)
+    groups, failures, order = split_groups(data, group, columns)
     for name, d in groups.items():
         try:
             _check_fit_inputs(d, spec)
