@@ -86,3 +86,22 @@ def test_compare_ranks_true_law_first(chinchilla_data: bs.ScalingData, chinchill
                    seed=0, **SMALL)
     with pytest.raises(ValueError, match="other runs"):
         bs.compare({"a": chinchilla_fit, "b": other})
+
+
+def test_moe_and_dense_runs_fitted_together(tmp_path) -> None:  # noqa: ANN001
+    rng = np.random.default_rng(0)
+    N, D = bs.chinchilla_design(120, seed=0)
+    experts = np.where(rng.random(120) < 0.5, 1.0, rng.choice([4.0, 8.0, 16.0], 120))  # half dense
+    truth = {**CHINCHILLA, "w": 0.4}
+    data = bs.simulate("moe", truth, N=N, D=D, N_total=N * experts, noise=0.02, seed=1)
+    fit = bs.fit(data, law="moe", seed=0, **SMALL)
+    summary = fit.summary(level=0.95)
+    for name in ("w", "alpha", "beta", "E"):
+        assert summary.loc[name, "2.5%"] <= truth[name] <= summary.loc[name, "97.5%"], name
+    # an MoE model predicts a lower loss than a dense model with the same active parameters
+    moe, dense = fit.predict_draws(N=[1e9, 1e9], D=[2e10, 2e10], N_total=[8e9, 1e9]).T
+    assert np.mean(moe < dense) == 1.0
+    fit.save(tmp_path / "moe.nc")
+    np.testing.assert_array_equal(bs.load(tmp_path / "moe.nc").data.N_total, data.N_total)
+    with pytest.raises(bs.DataError, match="below active parameters"):
+        bs.ScalingData.from_arrays(loss=[3.0, 2.9], N=[2e8, 1e8], D=[1e9, 1e9], N_total=[1e8, 1e8])

@@ -81,6 +81,7 @@ RANGES: dict[str, Sampler] = {
         "N_c": _log_uniform(rng, n, 3e13, 3e14),
         "D_c": _log_uniform(rng, n, 1e13, 1e14),
     },
+    "moe": lambda rng, n: {**RANGES["chinchilla"](rng, n), "w": _uniform(rng, n, 0.1, 0.9)},
     "offset_power": _offset_power,
     "power": _power,
 }
@@ -90,7 +91,9 @@ Chinchilla: E ~ U(1.5, 2.2), alpha ~ U(0.25, 0.45), beta ~ U(0.2, 0.4),
 A, B log-uniform on [100, 1000]. Kaplan: exponents around the published ones,
 N_c, D_c, C_c log-uniform over a decade around them. offset_power: the
 reducible loss at 1e20 FLOPs U(0.5, 1.5), alpha ~ U(0.1, 0.3). power: a ~
-U(0.1, 0.5), Y at 1e20 FLOPs log-uniform on [1e5, 1e7]."""
+U(0.1, 0.5), Y at 1e20 FLOPs log-uniform on [1e5, 1e7]. moe: as chinchilla, w ~
+U(0.1, 0.9), half the runs dense and half with 4, 8 or 16 times as many total
+as active parameters."""
 
 
 def draw_truths(law: str, num: int, seed: int = 0) -> pd.DataFrame:
@@ -255,7 +258,11 @@ def simulate_datasets(
     for i, (name, row) in enumerate(truths.iterrows()):
         design_seed = seed * 100_003 + i
         N, D = chinchilla_design(runs_per_dataset, seed=design_seed)
+        n_total = None
+        if "N_total" in law_obj.covariates:
+            rng = np.random.default_rng(design_seed)
+            n_total = N * np.where(rng.random(N.size) < 0.5, 1.0, rng.choice([4.0, 8.0, 16.0], N.size))
         params = {p: float(row[p]) for p in law_obj.params}
-        datasets[name] = simulate(law_obj, params, N=N, D=D, noise=float(row["sigma"]),
+        datasets[name] = simulate(law_obj, params, N=N, D=D, N_total=n_total, noise=float(row["sigma"]),
                                   nu=lik.nu if lik.name == "student_t" else None, seed=design_seed)
     return datasets

@@ -20,10 +20,17 @@ import pandas as pd
 
 __all__ = ["DataError", "DataWarning", "ScalingData", "COVARIATES", "fill_covariates"]
 
-COVARIATES = ("N", "D", "C")
-"""Names of the covariates a law can use: parameters, tokens and FLOPs."""
+COVARIATES = ("N", "D", "C", "N_total")
+"""Names of the covariates a law can use: parameters (active, for mixture-of-experts models),
+tokens, FLOPs, and total parameters of mixture-of-experts models."""
 
-_DEFAULT_COLUMNS = {"N": ("N", "params"), "D": ("D", "tokens"), "C": ("C", "compute", "flops"), "loss": ("loss",)}
+_DEFAULT_COLUMNS = {
+    "N": ("N", "params"),
+    "D": ("D", "tokens"),
+    "C": ("C", "compute", "flops"),
+    "N_total": ("N_total", "total_params"),
+    "loss": ("loss",),
+}
 _COMPUTE_RTOL = 0.25
 _MAX_ROWS_LISTED = 5
 
@@ -117,10 +124,13 @@ class ScalingData:
     Attributes:
         loss: final loss of each run, shape ``(n,)``, nats (any positive target
             for the ``power`` law).
-        N: parameters per model, shape ``(n,)``, or ``None``.
+        N: parameters per model, shape ``(n,)``, or ``None``; for a
+            mixture-of-experts model the active parameters per token.
         D: training tokens, shape ``(n,)``, or ``None``.
         C: training compute in FLOPs, shape ``(n,)``, or ``None``.
         group: group label per run (e.g. architecture), shape ``(n,)``, or ``None``.
+        N_total: total parameters of mixture-of-experts models (equal to N for
+            dense ones), shape ``(n,)``, or ``None``.
         flops_per_token: FLOPs per token ``M`` per run when compute is ``C = M·D``
             (DeepSeek's non-embedding FLOPs/token), or ``None`` for ``C = 6·N·D``.
         counts_embeddings: whether ``N`` includes embedding parameters (``None``:
@@ -135,6 +145,7 @@ class ScalingData:
     D: np.ndarray | None = None
     C: np.ndarray | None = None
     group: np.ndarray | None = None
+    N_total: np.ndarray | None = None
     flops_per_token: np.ndarray | None = None
     counts_embeddings: bool | None = None
     index: np.ndarray | None = None
@@ -147,7 +158,7 @@ class ScalingData:
         return int(self.loss.shape[0])
 
     def covariate(self, name: str) -> np.ndarray:
-        """Return covariate ``name`` (``"N"``, ``"D"`` or ``"C"``) or raise if absent."""
+        """Return covariate ``name`` (one of :data:`COVARIATES`) or raise if absent."""
         if name not in COVARIATES:
             raise DataError(f"unknown covariate {name!r}; expected one of {COVARIATES}")
         value = getattr(self, name)
@@ -182,6 +193,7 @@ class ScalingData:
             D=pick(self.D),
             C=pick(self.C),
             group=pick(self.group),
+            N_total=pick(self.N_total),
             flops_per_token=pick(self.flops_per_token),
             index=pick(self.index),
         )
@@ -202,12 +214,13 @@ class ScalingData:
         C: Sequence[float] | np.ndarray | None = None,
         *,
         group: Sequence[Any] | np.ndarray | None = None,
+        N_total: Sequence[float] | np.ndarray | None = None,
         flops_per_token: float | Sequence[float] | np.ndarray | None = None,
         counts_embeddings: bool | None = None,
         compute_rtol: float = _COMPUTE_RTOL,
     ) -> ScalingData:
         """Validate arrays of runs; see :meth:`from_table` for the rules."""
-        columns: dict[str, Any] = {"loss": loss, "N": N, "D": D, "C": C}
+        columns: dict[str, Any] = {"loss": loss, "N": N, "D": D, "C": C, "N_total": N_total}
         frame = pd.DataFrame({k: np.asarray(v) for k, v in columns.items() if v is not None})
         if group is not None:
             frame["group"] = np.asarray(group)
@@ -216,6 +229,7 @@ class ScalingData:
             params="N" if N is not None else None,
             tokens="D" if D is not None else None,
             compute="C" if C is not None else None,
+            total_params="N_total" if N_total is not None else None,
             group="group" if group is not None else None,
             flops_per_token=flops_per_token,
             counts_embeddings=counts_embeddings,
@@ -233,6 +247,7 @@ class ScalingData:
         compute: str | None = None,
         loss: str = "loss",
         group: str | None = None,
+        total_params: str | None = None,
         flops_per_token: str | float | Sequence[float] | np.ndarray | None = None,
         counts_embeddings: bool | None = None,
         compute_rtol: float = _COMPUTE_RTOL,
@@ -249,6 +264,9 @@ class ScalingData:
                 or ``"flops"``.
             loss: column of final losses (nats), or of any positive target.
             group: optional column of group labels (kept as given).
+            total_params: column of total parameters of mixture-of-experts
+                models (N is then the active parameters; dense runs repeat N).
+                Default: ``"N_total"`` or ``"total_params"`` if present.
             flops_per_token: FLOPs per token M, as a column name or a number or
                 array; compute is then ``C = M·D`` instead of ``C = 6·N·D``.
             counts_embeddings: whether N includes embedding parameters; recorded
@@ -296,11 +314,12 @@ class ScalingData:
             "N": resolve("N", params),
             "D": resolve("D", tokens),
             "C": resolve("C", compute),
+            "N_total": resolve("N_total", total_params),
             "loss": resolve("loss", loss),
         }
         if names["loss"] is None:
             raise DataError(f"column {loss!r} (for loss) not found; columns are {list(map(str, table.columns))}")
-        roles = {"N": "parameters", "D": "tokens", "C": "FLOPs", "loss": "loss"}
+        roles = {"N": "parameters", "D": "tokens", "C": "FLOPs", "N_total": "total parameters", "loss": "loss"}
         values = {k: None if c is None else _numeric_column(table, c, roles[k]) for k, c in names.items()}
 
         m = None
@@ -313,6 +332,16 @@ class ScalingData:
             m = _check_positive(m, table.index, "flops_per_token", "FLOPs per token")
 
         N, D, C = values["N"], values["D"], values["C"]
+        n_total = values["N_total"]
+        if n_total is not None:
+            if N is None:
+                raise DataError(f"column {names['N_total']!r} (total parameters) needs the active parameters N too")
+            fewer = n_total < N * (1 - 1e-9)
+            if fewer.any():
+                raise DataError(
+                    f"column {names['N_total']!r}: total parameters below active parameters N at rows"
+                    f" {_rows(table.index[fewer])}; dense runs have N_total = N"
+                )
         per_token = m if m is not None else (None if N is None else 6.0 * N)
         if C is not None and D is not None and per_token is not None:
             ratio = C / (per_token * D)
@@ -343,6 +372,7 @@ class ScalingData:
             D=D,
             C=C,
             group=groups,
+            N_total=n_total,
             flops_per_token=m,
             counts_embeddings=counts_embeddings,
             index=np.asarray(table.index),

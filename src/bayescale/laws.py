@@ -30,6 +30,7 @@ __all__ = [
     "chinchilla",
     "kaplan",
     "kaplan_nd",
+    "moe",
     "offset_power",
     "power",
     "custom",
@@ -149,6 +150,42 @@ def chinchilla() -> Law:
     )
 
 
+def moe() -> Law:
+    """Chinchilla's law for mixtures of experts and dense models together.
+
+    ``L = E + A/N_eff^alpha + B/D^beta`` with an effective size between active
+    and total parameters, ``log N_eff = (1 - w)·log N + w·log N_total``; ``w = 0``
+    means only active parameters matter, ``w = 1`` only total ones. Dense runs
+    have ``N_total = N`` and do not inform ``w``. Needs covariates N (active
+    parameters), N_total and D. Priors as :func:`chinchilla`, ``w ~ Beta(2, 2)``.
+    """
+
+    def log_n_eff(p: Params, x: Params) -> Array:
+        return (1 - p["w"]) * x["N"] + p["w"] * x["N_total"]
+
+    def log_mean(p: Params, x: Params) -> Array:
+        n_term = jnp.log(p["A"]) - p["alpha"] * log_n_eff(p, x)
+        d_term = jnp.log(p["B"]) - p["beta"] * x["D"]
+        return jnp.logaddexp(jnp.log(p["E"]), jnp.logaddexp(n_term, d_term))
+
+    return Law(
+        name="moe",
+        params=("E", "alpha", "beta", "w", "A", "B"),
+        covariates=("N", "N_total", "D"),
+        priors={
+            "E": _e_prior(),
+            "alpha": _exponent_prior(),
+            "beta": _exponent_prior(),
+            "w": dist.Beta(2.0, 2.0),
+            "A": _amplitude_prior(),
+            "B": _amplitude_prior(),
+        },
+        log_mean=log_mean,
+        centred={"A": lambda u, p, c: jnp.exp(u + p["alpha"] * log_n_eff(p, c)), "B": _term_at_centre("beta", "D")},
+        formula="L = E + A/N_eff^alpha + B/D^beta, log N_eff = (1-w) log N + w log N_total",
+    )
+
+
 def kaplan(covariate: str = "N") -> Law:
     """Kaplan's single-variable law ``L = (X_c/X)^alpha_X`` for X = N, D or C.
 
@@ -157,8 +194,8 @@ def kaplan(covariate: str = "N") -> Law:
     N_c=8.8e13; alpha_D=0.095, D_c=5.4e13; alpha_C=0.050, C_c=3.1e8.
     The registry names are ``kaplan_n``, ``kaplan_d`` and ``kaplan_c``.
     """
-    if covariate not in COVARIATES:
-        raise ValueError(f"kaplan: covariate must be one of {COVARIATES}, got {covariate!r}")
+    if covariate not in ("N", "D", "C"):
+        raise ValueError(f"kaplan: covariate must be one of ('N', 'D', 'C'), got {covariate!r}")
     alpha, scale = f"alpha_{covariate}", f"{covariate}_c"
 
     def log_mean(p: Params, x: Params) -> Array:
@@ -303,6 +340,7 @@ _REGISTRY: dict[str, Callable[..., Law]] = {
     "kaplan_d": lambda: kaplan("D"),
     "kaplan_c": lambda: kaplan("C"),
     "kaplan_nd": kaplan_nd,
+    "moe": moe,
     "offset_power": offset_power,
     "power": power,
 }

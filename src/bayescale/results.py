@@ -208,6 +208,7 @@ class FitResult:
         D: Any = None,
         C: Any = None,
         *,
+        N_total: Any = None,
         flops_per_token: Any = None,
         noise: bool = False,
         seed: int = 0,
@@ -217,6 +218,7 @@ class FitResult:
         Args:
             N: parameters; D: tokens; C: FLOPs (arrays broadcast together). Missing
                 covariates are derived with ``C = 6·N·D`` (or ``M·D``).
+            N_total: total parameters, for the mixture-of-experts law.
             flops_per_token: M for ``C = M·D``.
             noise: add observation noise (posterior predictive for a new run)
                 instead of the law's mean curve.
@@ -226,7 +228,7 @@ class FitResult:
             Array ``(draws, points)`` in the target's units (nats).
         """
         with jax.enable_x64(True):
-            log_x = self._log_covariates(N, D, C, flops_per_token)
+            log_x = self._log_covariates(N, D, C, flops_per_token, N_total)
             params = {k: jnp.asarray(v) for k, v in self.draws().items()}
             loc = jax.vmap(lambda p: self.law.log_mean(p, log_x))(params)
             if noise:
@@ -241,6 +243,7 @@ class FitResult:
         D: Any = None,
         C: Any = None,
         *,
+        N_total: Any = None,
         flops_per_token: Any = None,
         level: float = LEVEL,
         seed: int = 0,
@@ -248,7 +251,7 @@ class FitResult:
         """Credible bands of the loss at new points (extrapolation).
 
         Args:
-            N, D, C: covariates as for :meth:`predict_draws`.
+            N, D, C, N_total: covariates as for :meth:`predict_draws`.
             flops_per_token: M for ``C = M·D``.
             level: credible level of the intervals.
             seed: seed of the predictive noise.
@@ -260,17 +263,19 @@ class FitResult:
         """
         lo_q, hi_q = (1 - level) / 2, (1 + level) / 2
         _interval_columns(level)
-        mean = self.predict_draws(N, D, C, flops_per_token=flops_per_token)
-        new = self.predict_draws(N, D, C, flops_per_token=flops_per_token, noise=True, seed=seed)
-        covs = self._covariates(N, D, C, flops_per_token)
+        mean = self.predict_draws(N, D, C, N_total=N_total, flops_per_token=flops_per_token)
+        new = self.predict_draws(N, D, C, N_total=N_total, flops_per_token=flops_per_token, noise=True, seed=seed)
+        covs = self._covariates(N, D, C, flops_per_token, N_total)
         table = pd.DataFrame({k: v for k, v in covs.items() if v is not None})
         table["median"] = np.median(mean, axis=0)
         table["lower"], table["upper"] = np.quantile(mean, [lo_q, hi_q], axis=0)
         table["pred_lower"], table["pred_upper"] = np.quantile(new, [lo_q, hi_q], axis=0)
         return table
 
-    def _covariates(self, N: Any, D: Any, C: Any, flops_per_token: Any) -> dict[str, np.ndarray | None]:
-        given = {"N": N, "D": D, "C": C, "flops_per_token": flops_per_token}
+    def _covariates(
+        self, N: Any, D: Any, C: Any, flops_per_token: Any, N_total: Any = None
+    ) -> dict[str, np.ndarray | None]:
+        given = {"N": N, "D": D, "C": C, "flops_per_token": flops_per_token, "N_total": N_total}
         present = {k: np.atleast_1d(np.asarray(v, dtype=float)) for k, v in given.items() if v is not None}
         if not present:
             raise ValueError(f"give covariates for the law {self.law.name!r}: it uses {self.law.covariates}")
@@ -279,10 +284,12 @@ class FitResult:
             k: _check_positive(a.copy(), range(a.size), k, "prediction input") for k, a in zip(present, arrays)
         }
         n, d, c = fill_covariates(checked.get("N"), checked.get("D"), checked.get("C"), checked.get("flops_per_token"))
-        return {"N": n, "D": d, "C": c}
+        return {"N": n, "D": d, "C": c, "N_total": checked.get("N_total")}
 
-    def _log_covariates(self, N: Any, D: Any, C: Any, flops_per_token: Any) -> dict[str, jax.Array]:
-        covs = self._covariates(N, D, C, flops_per_token)
+    def _log_covariates(
+        self, N: Any, D: Any, C: Any, flops_per_token: Any, N_total: Any = None
+    ) -> dict[str, jax.Array]:
+        covs = self._covariates(N, D, C, flops_per_token, N_total)
         missing = [c for c in self.law.covariates if covs[c] is None]
         if missing:
             raise ValueError(
@@ -355,6 +362,7 @@ def load(path: str | os.PathLike[str], law: Law | None = None) -> FitResult:
         D=optional("D"),
         C=optional("C"),
         group=optional("group"),
+        N_total=optional("N_total"),
         flops_per_token=optional("M"),
         counts_embeddings=meta["data"]["counts_embeddings"],
         index=np.asarray(meta["data"]["index"], dtype=object),
