@@ -8,12 +8,14 @@ Prints the coverage of the 50/90/95% intervals per quantity (N_opt and D_opt at
 share of fits that passed the convergence checks; writes a CSV and a figure of
 rank histograms per law.
 
-Run: ``python benchmarks/calibration.py --num 100 [--laws chinchilla kaplan_nd] [--likelihoods student_t normal]``.
+Run: ``python benchmarks/calibration.py --num 100 [--laws chinchilla kaplan_nd] [--likelihoods student_t normal]``;
+``--source prior`` draws the truths from the priors instead of the realistic ranges.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import matplotlib
@@ -33,19 +35,21 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=500)
     parser.add_argument("--laws", nargs="+", default=bs.laws.list_laws())
     parser.add_argument("--likelihoods", nargs="+", default=["student_t", "normal"])
-    parser.add_argument("--out", default="benchmarks/calibration")
+    parser.add_argument("--source", default="ranges", choices=["ranges", "prior"])
+    parser.add_argument("--out", default="benchmarks/results/calibration")
     args = parser.parse_args()
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     rows = []
     for law in args.laws:
         for likelihood in args.likelihoods:
             start = time.perf_counter()
             cal = calibration.sbc(law, likelihood, num_datasets=args.num, runs_per_dataset=args.runs,
-                                  num_warmup=args.draws, num_samples=args.draws, seed=0)
+                                  num_warmup=args.draws, num_samples=args.draws, seed=0, source=args.source)
             coverage = cal.coverage()
             uniform = cal.uniformity()
             converged = float((cal.diagnostics["status"] == "ok").mean())
             for name in coverage.index:
-                rows.append({"law": law, "likelihood": likelihood, "quantity": name, "datasets": len(cal.ranks),
+                rows.append({"law": law, "likelihood": likelihood, "source": args.source, "quantity": name, "datasets": len(cal.ranks),
                              **{f"cover_{k}": v for k, v in coverage.loc[name].items()},
                              "uniformity_p": uniform.loc[name, "p_value"], "converged": converged})
             axes = cal.plot_ranks()
@@ -53,7 +57,7 @@ def main() -> None:
             axes[0].figure.savefig(f"{args.out}_{law}_{likelihood}.png", dpi=80)
             plt.close("all")
             print(f"{law} / {likelihood}: {time.perf_counter() - start:.0f} s, converged {converged:.0%}", flush=True)
-            print(pd.DataFrame(rows[-len(coverage):]).drop(columns=["law", "likelihood"]).round(3).to_string(index=False),
+            print(pd.DataFrame(rows[-len(coverage):]).drop(columns=["law", "likelihood", "source"]).round(3).to_string(index=False),
                   flush=True)
     table = pd.DataFrame(rows)
     table.to_csv(f"{args.out}.csv", index=False)

@@ -60,3 +60,12 @@ def test_truth_ranges_documented_for_every_builtin_law() -> None:
         assert all(np.all(np.isfinite(d.loss)) and np.all(d.loss > 0) for d in data.values())
     with pytest.raises(ValueError, match="no realistic range"):
         calibration.draw_truths("mine", 3)
+
+
+def test_prior_truths() -> None:
+    truths = calibration.draw_truths("power", 500, seed=2, source="prior")
+    assert set(truths.columns) == {"a", "K", "sigma"}
+    # draws follow the law's priors: a ~ Normal(0, 1), sigma ~ HalfNormal
+    assert abs(truths["a"].mean()) < 0.15 and 0.85 < truths["a"].std() < 1.15 and (truths["sigma"] > 0).all()
+    with pytest.raises(ValueError, match="source must be"):
+        calibration.draw_truths("power", 3, source="posterior")

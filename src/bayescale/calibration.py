@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import matplotlib.pyplot as plt
+import jax
 import numpy as np
 import pandas as pd
 import scipy.stats
@@ -96,13 +97,30 @@ U(0.1, 0.9), half the runs dense and half with 4, 8 or 16 times as many total
 as active parameters."""
 
 
-def draw_truths(law: str, num: int, seed: int = 0) -> pd.DataFrame:
-    """``num`` true parameter sets of a built-in law from :data:`RANGES`, plus a noise scale ``sigma``."""
+def draw_truths(law: str, num: int, seed: int = 0, source: str = "ranges") -> pd.DataFrame:
+    """``num`` true parameter sets of a built-in law, plus a noise scale ``sigma``.
+
+    Args:
+        law: a built-in law.
+        num: number of sets.
+        seed: seed of the draws.
+        source: ``"ranges"`` for :data:`RANGES` (sigma uniform in [0.01, 0.03]),
+            or ``"prior"`` for the law's own priors (textbook SBC; often
+            unrealistic datasets, e.g. for the Chinchilla law).
+    """
     if law not in RANGES:
         raise ValueError(f"no realistic range for law {law!r}; calibrated laws are {sorted(RANGES)}")
-    rng = np.random.default_rng(seed)
-    truths = pd.DataFrame(RANGES[law](rng, num))
-    truths["sigma"] = _uniform(rng, num, 0.01, 0.03)
+    if source == "ranges":
+        rng = np.random.default_rng(seed)
+        truths = pd.DataFrame(RANGES[law](rng, num))
+        truths["sigma"] = _uniform(rng, num, 0.01, 0.03)
+    elif source == "prior":
+        law_obj = get_law(law)
+        priors = {**law_obj.priors, "sigma": law_obj.noise_prior}
+        keys = jax.random.split(jax.random.PRNGKey(seed), len(priors))
+        truths = pd.DataFrame({n: np.asarray(p.sample(k, (num,))) for (n, p), k in zip(priors.items(), keys)})
+    else:
+        raise ValueError(f"source must be 'ranges' or 'prior', got {source!r}")
     truths.index = [f"sim{i:04d}" for i in range(num)]
     return truths
 
@@ -224,6 +242,7 @@ def sbc(
     runs_per_dataset: int = 60,
     compute: float = 1e24,
     seed: int = 0,
+    source: str = "ranges",
     **fit_options: Any,
 ) -> Calibration:
     """Simulate ``num_datasets`` datasets from a built-in law, fit them with :func:`fit_batch`, rank the truths.
@@ -235,13 +254,14 @@ def sbc(
         runs_per_dataset: runs per dataset, on :func:`chinchilla_design`.
         compute: budget (FLOPs) where ``N_opt``/``D_opt`` are checked.
         seed: seed of the truths, designs, noise and sampler.
+        source: where truths come from, ``"ranges"`` or ``"prior"`` (see :func:`draw_truths`).
         **fit_options: passed to :func:`fit_batch` (``num_warmup``, ``num_samples``, ...).
 
     Returns:
         :class:`Calibration`; see :meth:`Calibration.coverage` and :meth:`Calibration.problems`.
     """
     lik = get_likelihood(likelihood)
-    truths = draw_truths(law, num_datasets, seed)
+    truths = draw_truths(law, num_datasets, seed, source)
     datasets = simulate_datasets(law, truths, lik, runs_per_dataset, seed)
     batch = fit_batch(datasets, law=law, likelihood=lik, seed=seed, **{"progress": False, **fit_options})
     return rank_statistics(batch, truths, compute)
