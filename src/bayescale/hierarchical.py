@@ -25,6 +25,7 @@ Units: N in parameters, D in tokens, C in FLOPs, loss in nats.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import warnings
@@ -76,30 +77,28 @@ def _model(log_x: dict, log_y: jax.Array | None, index: jax.Array, centre: dict,
     params: dict[str, jax.Array] = {}
     for name in law.params:
         role = roles[name]
-        loc, scale, log = _coordinate_prior(law, name) if (role == "pooled" or name in law.centred) else (0, 0, 0)
+        amplitude = name in law.centred
 
-        def natural(c: jax.Array, name: str = name, log: bool = log) -> jax.Array:
+        def natural(c: jax.Array, name: str = name) -> jax.Array:
+            """Natural value from the pooling coordinate (centred log term, log, or identity)."""
             if name in law.centred:
                 return law.centred[name](c, params, centre)
-            return jnp.exp(c) if log else c
+            return jnp.exp(c) if _coordinate_prior(law, name)[2] else c
 
-        if role == "shared":
-            if name in law.centred:
-                value = natural(numpyro.sample(f"{name}_centred", dist.Normal(loc, scale)))
-            else:
-                value = numpyro.sample(f"{name}_shared", law.priors[name])
-        elif role == "pooled":
+        if role == "pooled":
+            loc, scale, _ = _coordinate_prior(law, name)
             mu = numpyro.sample(f"{name}_loc", dist.Normal(loc, scale))
             tau = numpyro.sample(f"{name}_scale", dist.HalfNormal(TAU_SCALE))
             with numpyro.plate("group", num_groups):
                 z = numpyro.sample(f"{name}_z", dist.Normal(0.0, 1.0))
             value = natural(mu + tau * z)
         else:
-            with numpyro.plate("group", num_groups):
-                if name in law.centred:
-                    value = natural(numpyro.sample(f"{name}_centred", dist.Normal(loc, scale)))
+            plate = numpyro.plate("group", num_groups) if role == "group" else contextlib.nullcontext()
+            with plate:
+                if amplitude:
+                    value = natural(numpyro.sample(f"{name}_centred", dist.Normal(0.0, AMPLITUDE_SCALE)))
                 else:
-                    value = numpyro.sample(f"{name}_group", law.priors[name])
+                    value = numpyro.sample(f"{name}_{role}", law.priors[name])
         params[name] = numpyro.deterministic(name, jnp.broadcast_to(value, (num_groups,)))
     sigma = numpyro.sample("sigma", noise_prior)
     nu = numpyro.sample("nu", dist.Gamma(2.0, 0.1)) if likelihood.learns_nu else None
