@@ -59,8 +59,8 @@ def main() -> None:
             print(f"{law} / {likelihood}: {time.perf_counter() - start:.0f} s, converged {converged:.0%}", flush=True)
             print(pd.DataFrame(rows[-len(coverage):]).drop(columns=["law", "likelihood", "source"]).round(3).to_string(index=False),
                   flush=True)
+            pd.DataFrame(rows).to_csv(f"{args.out}.csv", index=False)  # after every law: a stopped run keeps its rows
     table = pd.DataFrame(rows)
-    table.to_csv(f"{args.out}.csv", index=False)
     worst = table.loc[(table["cover_0.9"] - 0.9).abs().idxmax()]
     print(f"\n90% coverage across all: min {table['cover_0.9'].min():.3f}, max {table['cover_0.9'].max():.3f};"
           f" worst {worst['law']}/{worst['likelihood']}/{worst['quantity']} at {worst['cover_0.9']:.3f}")
