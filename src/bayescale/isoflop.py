@@ -13,9 +13,12 @@ per-budget optimum. With ``C = k·N·D``, ``D_opt ∝ C^b`` with ``b = 1 − a``
 
 The parabola is the published approach's approximation of the iso-FLOP curve;
 it is accurate when the model sizes bracket the optimum. Priors (weak, on the
-scale of each budget's data): ``m_j ~ Normal(mean x_j, 2·range x_j)``,
-``c_j ~ LogNormal(log 0.05, 1.5)`` (nats per squared e-fold of N),
-``L_j ~ LogNormal(log min L_j, 0.5)``, ``sigma ~ HalfNormal(0.1)`` on log-loss.
+scale of each budget's data): ``m_j ~ Normal(mean x_j, range x_j)``,
+``c_j ~ LogNormal(log 0.05, 1)`` (nats per squared e-fold of N),
+``L_j ~ LogNormal(log min L_j, 0.5)``, ``sigma ~ LogNormal(log 0.01, 1)`` on
+log-loss (kept away from zero: with three or four runs per budget the residual
+degrees of freedom are few, and a half-normal noise prior made a funnel with
+divergences on the PaLM 2 table).
 
 Units: N in parameters, D in tokens, C in FLOPs, loss in nats.
 """
@@ -39,6 +42,7 @@ from numpyro.infer import MCMC, NUTS
 
 from .allocation import allocation_exponents, compute_optimal
 from .data import DataError, ScalingData, as_data
+from .inference import check_sampler_args
 from .likelihoods import Likelihood, get_likelihood
 from .results import LEVEL, ConvergenceWarning, Diagnostics, FitResult, describe_draws, diagnose, table_of_draws
 
@@ -173,6 +177,7 @@ def fit_isoflop(
             fewer than two budgets, runs without N, or budget labels that are
             not positive numbers.
     """
+    check_sampler_args(num_warmup, num_samples, num_chains, seed)
     if not isinstance(data, ScalingData):
         data = as_data(data, group=group, **columns)
     if data.N is None:
