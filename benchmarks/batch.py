@@ -4,7 +4,7 @@ Datasets of 100 runs each, simulated from spread-out Chinchilla-like laws
 (alpha, beta in 0.25-0.40, E in 1.5-2.0). For each K: ``bs.fit_batch`` (4 chains
 x 1000 draws after 1000 warmup, compile included) against a loop of fresh
 ``numpyro.infer.MCMC(NUTS(...))`` objects on the same model and data (vectorised
-chains, dense mass, the same number of draws). The loop is timed on the first
+chains, dense mass, the same target acceptance and number of draws). The loop is timed on the first
 ``--loop-max`` datasets and scaled per dataset.
 
 Run: ``python benchmarks/batch.py --k 8 64``.
@@ -26,6 +26,7 @@ from numpyro.infer import MCMC, NUTS
 import bayescale as bs
 from bayescale.inference import initial_points
 from bayescale.model import build_model, make_spec, model_data
+from bayescale.sampling import NUTSConfig
 
 
 def datasets(k: int, seed: int = 0) -> dict[str, bs.ScalingData]:
@@ -47,7 +48,8 @@ def mcmc_loop(data: dict[str, bs.ScalingData], draws: int) -> float:
         for i, d in enumerate(data.values()):
             md = model_data(d, spec.law)
             z0 = initial_points(spec, md, jax.random.PRNGKey(i), 4)
-            mcmc = MCMC(NUTS(model, dense_mass=True), num_warmup=draws, num_samples=draws, num_chains=4,
+            kernel = NUTS(model, dense_mass=True, target_accept_prob=NUTSConfig().target_accept_prob)
+            mcmc = MCMC(kernel, num_warmup=draws, num_samples=draws, num_chains=4,
                         chain_method="vectorized", progress_bar=False)
             mcmc.run(jax.random.PRNGKey(i), md, init_params={"z": z0})
             jax.block_until_ready(mcmc.get_samples())

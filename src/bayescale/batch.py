@@ -258,7 +258,7 @@ def fit_batch(
     strategy: str = "auto",
     precision: str = "auto",
     dense_mass: bool = True,
-    target_accept_prob: float = 0.8,
+    target_accept_prob: float = 0.95,
     max_tree_depth: int = 10,
     out_dir: str | os.PathLike[str] | None = None,
     shard: tuple[int, int] | None = None,

@@ -97,7 +97,7 @@ def diagnose(idata: az.InferenceData, names: tuple[str, ...]) -> Diagnostics:
         bad = ess[(ess < ESS_MIN) | ess.isna()]
         problems.append(f"bulk ESS < {ESS_MIN} for " + ", ".join(f"{k} ({v:.0f})" for k, v in bad.items()))
     if divergences:
-        problems.append(f"{divergences} divergent transitions (refit with target_accept_prob=0.95)")
+        problems.append(f"{divergences} divergent transitions (refit with target_accept_prob=0.99 or more runs)")
     return Diagnostics(
         table=table,
         divergences=divergences,

@@ -43,7 +43,7 @@ class NUTSConfig(NamedTuple):
 
     num_warmup: int = 1000
     num_samples: int = 1000
-    target_accept_prob: float = 0.8
+    target_accept_prob: float = 0.95
     max_tree_depth: int = 10
     dense_mass: bool = True
 
