@@ -29,6 +29,8 @@ __all__ = [
     "compute_optimal",
     "compute_optimal_draws",
     "optimal_allocation",
+    "has_allocation",
+    "compute_optimal_by_group",
     "allocation_exponents",
     "allocation_exponent_draws",
     "compute_for_loss",
@@ -42,9 +44,13 @@ _LOG_C_RANGE = (math.log(1e6), math.log(1e60))
 _GOLDEN = (math.sqrt(5.0) - 1) / 2
 
 
-def _check_nd(fit: FitResult) -> Law:
-    law = fit.law
-    if set(law.covariates) != {"N", "D"}:
+def has_allocation(law: Law) -> bool:
+    """Whether compute-optimal allocation applies to ``law``: it is a law in N and D."""
+    return set(law.covariates) == {"N", "D"}
+
+
+def _check_nd(law: Law) -> Law:
+    if not has_allocation(law):
         raise ValueError(f"allocation needs a law in N and D; {law.name!r} uses {law.covariates}")
     return law
 
@@ -133,8 +139,7 @@ def optimal_allocation(
     Returns:
         ``{"N_opt", "D_opt", "tokens_per_param", "loss_opt"}``, each ``(n, b)``.
     """
-    if set(law.covariates) != {"N", "D"}:
-        raise ValueError(f"allocation needs a law in N and D; {law.name!r} uses {law.covariates}")
+    _check_nd(law)
     k = _check_k(flops_per_token)
     c = _budgets(compute)
     with jax.enable_x64(True):
@@ -155,7 +160,7 @@ def compute_optimal_draws(fit: FitResult, compute: Any, flops_per_token: float =
     Returns:
         ``{"N_opt", "D_opt", "tokens_per_param", "loss_opt"}``, each ``(draws, b)``.
     """
-    return optimal_allocation(_check_nd(fit), fit.draws(), compute, flops_per_token)
+    return optimal_allocation(fit.law, fit.draws(), compute, flops_per_token)
 
 
 def compute_optimal(
@@ -179,9 +184,17 @@ def compute_optimal(
     return table_of_draws(draws, pd.Index(_budgets(compute), name="compute"), level)
 
 
+def compute_optimal_by_group(
+    fits: Mapping[str, FitResult], compute: Sequence[float], flops_per_token: float = 6.0, level: float = LEVEL
+) -> pd.DataFrame:
+    """:func:`compute_optimal` of several fits in one table indexed by (group, compute)."""
+    return pd.concat({name: compute_optimal(fit, compute, flops_per_token, level) for name, fit in fits.items()},
+                     names=["group"])
+
+
 def allocation_exponent_draws(fit: FitResult, compute: float = 1e22) -> dict[str, np.ndarray]:
     """Posterior draws of ``a`` and ``b`` (``N_opt ∝ C^a``, ``D_opt ∝ C^b``); see :func:`allocation_exponents`."""
-    law = _check_nd(fit)
+    law = _check_nd(fit.law)
     if law.name == "chinchilla" and law.builtin:
         alpha, beta = fit.draws("alpha"), fit.draws("beta")
         a = beta / (alpha + beta)
@@ -230,7 +243,7 @@ def compute_for_loss(
         groups ``C`` (FLOPs), ``N_opt``, ``D_opt`` with median and interval
         (conditional on reachable; absent values where no draw reaches it).
     """
-    law = _check_nd(fit)
+    law = _check_nd(fit.law)
     k = _check_k(flops_per_token)
     targets = _budgets(target_loss, "target_loss")
     with jax.enable_x64(True):
@@ -278,7 +291,7 @@ def loss_at(
         DataFrame, one row per (N, C) pair: column groups ``loss`` (nats), ``loss_opt``
         and ``penalty`` (loss - loss_opt, nats), with median and interval.
     """
-    _check_nd(fit)
+    _check_nd(fit.law)
     k = _check_k(flops_per_token)
     n, c = np.broadcast_arrays(_budgets(N, "N"), _budgets(C, "C"))
     loss = fit.predict_draws(N=n, D=c / (k * n))
@@ -330,7 +343,7 @@ def inference_optimal(
         median and interval, over the draws that can reach the target (their share
         is the ``p_reachable`` attribute of the table).
     """
-    law = _check_nd(fit)
+    law = _check_nd(fit.law)
     k = _check_k(flops_per_token)
     (target,) = _budgets(target_loss, "target_loss")
     (tokens,) = _budgets(inference_tokens, "inference_tokens")

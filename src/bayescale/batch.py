@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .allocation import compute_optimal
+from .allocation import compute_optimal_by_group
 from .data import ScalingData
 from .inference import (
     _check_fit_inputs,
@@ -47,8 +47,8 @@ from .inference import (
 from .laws import Law, get_law
 from .likelihoods import Likelihood, get_likelihood
 from .model import Spec, make_spec, model_data
-from .results import LEVEL, FitResult, load
-from .sampling import NUTSConfig, default_strategy, sample_lanes
+from .results import LEVEL, FitResult, load, summaries_by_group
+from .sampling import NUTSConfig, resolve_strategy, sample_lanes
 
 __all__ = ["fit_batch", "BatchResult", "load_batch"]
 
@@ -156,15 +156,11 @@ class BatchResult:
 
     def summary(self, level: float = LEVEL) -> pd.DataFrame:
         """Long table: one row per (group, parameter) with statistics, r_hat and ESS."""
-        parts = [self.results[n].summary(level).rename_axis("parameter").reset_index().assign(group=n)
-                 for n in self._fitted()]
-        table = pd.concat(parts, ignore_index=True)
-        return table[["group", "parameter", *[c for c in table.columns if c not in ("group", "parameter")]]]
+        return summaries_by_group({n: self.results[n] for n in self._fitted()}, level)
 
     def compute_optimal(self, compute: Sequence[float], flops_per_token: float = 6.0, level: float = LEVEL) -> pd.DataFrame:
         """Compute-optimal allocation of every fitted group in one table (group, compute)."""
-        parts = {n: compute_optimal(self.results[n], compute, flops_per_token, level) for n in self._fitted()}
-        return pd.concat(parts, names=["group"])
+        return compute_optimal_by_group({n: self.results[n] for n in self._fitted()}, compute, flops_per_token, level)
 
     def save(self, out_dir: str | os.PathLike[str]) -> None:
         """Write each group's result and the failures to ``out_dir`` (read with :func:`load_batch`)."""
@@ -299,7 +295,7 @@ def fit_batch(
         except ValueError as err:
             failures[name] = f"invalid data: {err}"
     config = NUTSConfig(num_warmup, num_samples, target_accept_prob, max_tree_depth, dense_mass)
-    strategy = default_strategy() if strategy == "auto" else strategy
+    strategy = resolve_strategy(strategy)
     todo = [(i, n, groups[n]) for i, n in enumerate(order) if n in groups and n not in failures]
     if shard is not None:
         index, count = shard

@@ -30,7 +30,7 @@ import pandas as pd
 import scipy.stats
 from matplotlib.axes import Axes
 
-from .allocation import compute_optimal_draws, optimal_allocation
+from .allocation import compute_optimal_draws, has_allocation, optimal_allocation
 from .batch import BatchResult, fit_batch
 from .data import ScalingData
 from .laws import get_law
@@ -227,11 +227,12 @@ def rank_statistics(
         draws = fits[name].draws()
         for q in quantities:
             ranks.loc[name, q] = np.mean(draws[q] < table.loc[name, q])
-    if set(law.covariates) == {"N", "D"}:
+    if has_allocation(law):
         true_opt = optimal_allocation(law, {p: table[p].to_numpy() for p in law.params}, [compute])
+        fitted_opt = {n: compute_optimal_draws(fits[n], [compute]) for n in names}
         for q in ("N_opt", "D_opt"):
             table[q] = true_opt[q][:, 0]
-            ranks[q] = [np.mean(compute_optimal_draws(fits[n], [compute])[q][:, 0] < table.loc[n, q]) for n in names]
+            ranks[q] = [np.mean(fitted_opt[n][q][:, 0] < table.loc[n, q]) for n in names]
     return Calibration(law=law.name, truths=table, ranks=ranks, diagnostics=diagnostics)
 
 

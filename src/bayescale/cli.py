@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from . import datasets
-from .allocation import compute_for_loss, compute_optimal
+from .allocation import compute_for_loss, compute_optimal, has_allocation
 from .batch import BatchResult, fit_batch, load_batch
 from .data import DataError, ScalingData
 from .inference import fit
@@ -56,12 +56,13 @@ def _write_fit(result: FitResult, out: str, compute: Sequence[float]) -> None:
     summary.to_csv(os.path.join(out, "summary.csv"))
     _print(summary)
     print("\n" + _status(result))
-    if compute and set(result.law.covariates) == {"N", "D"}:
+    planned = bool(compute) and has_allocation(result.law)
+    if planned:
         plan = compute_optimal(result, compute=compute)
         plan.to_csv(os.path.join(out, "plan.csv"))
         print("\ncompute-optimal allocation (median and 90% interval):")
         _print(plan)
-    print(f"\nwrote {out}/{_FIT_FILE}, summary.csv" + (", plan.csv" if compute else ""))
+    print(f"\nwrote {out}/{_FIT_FILE}, summary.csv" + (", plan.csv" if planned else ""))
 
 
 def _load_results(folder: str) -> FitResult | BatchResult:

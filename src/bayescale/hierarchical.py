@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -40,16 +39,15 @@ import numpyro
 import numpyro.distributions as dist
 import pandas as pd
 import xarray as xr
-from numpyro.infer import MCMC, NUTS
 
-from .allocation import compute_optimal
+from .allocation import compute_optimal_by_group
 from .batch import split_groups
 from .data import DataError, ScalingData
-from .inference import check_sampler_args
+from .inference import check_sampler_args, sample_numpyro
 from .laws import Law, get_law
 from .likelihoods import Likelihood, get_likelihood
 from .model import OBSERVED, make_spec
-from .results import LEVEL, ConvergenceWarning, Diagnostics, FitResult, describe_draws, diagnose
+from .results import LEVEL, Diagnostics, FitResult, describe_draws, diagnose, summaries_by_group, warn_unconverged
 from .sampling import NUTSConfig
 
 __all__ = ["HierarchicalResult", "fit_hierarchical", "TAU_SCALE", "AMPLITUDE_SCALE"]
@@ -171,16 +169,13 @@ class HierarchicalResult:
 
     def summary(self, level: float = LEVEL) -> pd.DataFrame:
         """Long table: one row per (group, parameter), with statistics, r_hat and ESS."""
-        parts = [self[g].summary(level).rename_axis("parameter").reset_index().assign(group=g) for g in self.groups]
-        table = pd.concat(parts, ignore_index=True)
-        return table[["group", "parameter", *[c for c in table.columns if c not in ("group", "parameter")]]]
+        return summaries_by_group({g: self[g] for g in self.groups}, level)
 
     def compute_optimal(
         self, compute: Sequence[float], flops_per_token: float = 6.0, level: float = LEVEL
     ) -> pd.DataFrame:
         """Compute-optimal allocation of every group in one table (group, compute)."""
-        return pd.concat({g: compute_optimal(self[g], compute, flops_per_token, level) for g in self.groups},
-                         names=["group"])
+        return compute_optimal_by_group({g: self[g] for g in self.groups}, compute, flops_per_token, level)
 
 
 def fit_hierarchical(
@@ -251,26 +246,16 @@ def fit_hierarchical(
     )
     index = np.concatenate([np.full(groups[g].n, i) for i, g in enumerate(order)])
     config = NUTSConfig(num_warmup, num_samples, target_accept_prob, max_tree_depth, True)
-    kernel = NUTS(
-        functools.partial(_model, law=law, roles=roles, likelihood=lik, noise_prior=law.noise_prior,
-                          num_groups=len(order)),
-        target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth, dense_mass=True,
-    )
-    mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
-                chain_method="vectorized", progress_bar=progress)
+    model = functools.partial(_model, law=law, roles=roles, likelihood=lik, noise_prior=law.noise_prior,
+                              num_groups=len(order))
     with jax.enable_x64(True):
         log_x = {c: jnp.log(jnp.asarray(all_data.covariate(c))) for c in law.covariates}
         centre = {c: jnp.mean(v) for c, v in log_x.items()}
-        mcmc.run(jax.random.PRNGKey(seed), log_x, jnp.log(jnp.asarray(all_data.loss)), jnp.asarray(index), centre,
-                 extra_fields=("num_steps",))
-        sampled = mcmc.get_samples()
-        per_group = [s for s, v in sampled.items() if v.ndim == 2 and v.shape[1] == len(order)]
-        idata = az.from_numpyro(mcmc, coords={"group": order}, dims={s: ["group"] for s in per_group})
+        args = (log_x, jnp.log(jnp.asarray(all_data.loss)), jnp.asarray(index), centre)
+        idata = sample_numpyro(model, args, config, num_chains, seed, progress, ("group", order))
     result = HierarchicalResult(idata=idata, law=law, likelihood=lik, data=all_data, groups=list(order),
                                 roles=roles, config=config, seed=seed)
-    if not result.diagnostics.ok:
-        warnings.warn("hierarchical fit may not have converged: " + "; ".join(result.diagnostics.problems),
-                      ConvergenceWarning, stacklevel=2)
+    warn_unconverged(result.diagnostics, "hierarchical fit")
     return result
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
@@ -20,7 +20,7 @@ import numpy as np
 import numpyro.distributions as dist
 import scipy.stats
 from numpyro.distributions.transforms import biject_to
-from numpyro.infer import Predictive
+from numpyro.infer import MCMC, NUTS, Predictive
 from numpyro.infer.util import log_likelihood, potential_energy
 
 from .data import DataError, DataWarning, ScalingData, as_data
@@ -276,6 +276,32 @@ def check_sampler_args(num_warmup: int, num_samples: int, num_chains: int, seed:
     for name, value, least in sizes:
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < least:
             raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+
+
+def sample_numpyro(
+    model: Callable[..., None],
+    args: tuple,
+    config: NUTSConfig,
+    num_chains: int,
+    seed: int,
+    progress: bool,
+    group: tuple[str, Sequence[Any]],
+) -> az.InferenceData:
+    """NUTS on a plain NumPyro model (vectorised chains, float64), as InferenceData.
+
+    For models outside the functional sampler (iso-FLOP parabolas, hierarchical
+    fits). Build ``args`` under ``jax.enable_x64(True)``. Sites with one value
+    per entry of ``group = (dim, labels)`` get that dimension and coordinate.
+    """
+    kernel = NUTS(model, target_accept_prob=config.target_accept_prob, max_tree_depth=config.max_tree_depth,
+                  dense_mass=config.dense_mass)
+    mcmc = MCMC(kernel, num_warmup=config.num_warmup, num_samples=config.num_samples, num_chains=num_chains,
+                chain_method="vectorized", progress_bar=progress)
+    dim, labels = group
+    with jax.enable_x64(True):
+        mcmc.run(jax.random.PRNGKey(seed), *args, extra_fields=("num_steps",))
+        per_group = [s for s, v in mcmc.get_samples().items() if v.shape[1:] == (len(labels),)]
+        return az.from_numpyro(mcmc, coords={dim: labels}, dims={s: [dim] for s in per_group})
 
 
 def fit(

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,13 +37,13 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pandas as pd
-from numpyro.infer import MCMC, NUTS
 
 from .allocation import allocation_exponents, compute_optimal
 from .data import DataError, ScalingData, as_data
-from .inference import check_sampler_args
+from .inference import check_sampler_args, sample_numpyro
 from .likelihoods import Likelihood, get_likelihood
-from .results import LEVEL, ConvergenceWarning, Diagnostics, FitResult, describe_draws, diagnose, table_of_draws
+from .results import LEVEL, Diagnostics, FitResult, describe_draws, diagnose, table_of_draws, warn_unconverged
+from .sampling import NUTSConfig
 
 __all__ = ["IsoFlopResult", "fit_isoflop"]
 
@@ -203,16 +202,12 @@ def fit_isoflop(
     loc0 = np.array([x[index == j].mean() for j in range(compute.size)])
     scale0 = np.array([max(np.ptp(x[index == j]), 0.1) for j in range(compute.size)])
     floor = np.log([loss[index == j].min() for j in range(compute.size)])
-    kernel = NUTS(functools.partial(_model, likelihood=get_likelihood(likelihood)), target_accept_prob=0.95, dense_mass=True)
-    mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
-                chain_method="vectorized", progress_bar=progress)
+    model = functools.partial(_model, likelihood=get_likelihood(likelihood))
+    config = NUTSConfig(num_warmup, num_samples, target_accept_prob=0.95, dense_mass=True)
     with jax.enable_x64(True):
         args = (jnp.asarray(x), jnp.asarray(index), jnp.asarray(np.log(loss)), jnp.asarray(loc0),
                 jnp.asarray(scale0), jnp.asarray(floor))
-        mcmc.run(jax.random.PRNGKey(seed), *args, extra_fields=("num_steps",))
-        idata = az.from_numpyro(mcmc, coords={"budget": compute}, dims={n: ["budget"] for n in _LATENTS[:3]})
+        idata = sample_numpyro(model, args, config, num_chains, seed, progress, ("budget", compute))
     result = IsoFlopResult(idata=idata, compute=compute, data=data, flops_per_token=float(flops_per_token))
-    if not result.diagnostics.ok:
-        warnings.warn("iso-FLOP fit may not have converged: " + "; ".join(result.diagnostics.problems),
-                      ConvergenceWarning, stacklevel=2)
+    warn_unconverged(result.diagnostics, "iso-FLOP fit")
     return result

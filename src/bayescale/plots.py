@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 
-from .allocation import allocation_exponent_draws, compute_optimal_draws
+from .allocation import allocation_exponent_draws, compute_optimal_draws, has_allocation
 from .batch import BatchResult
 from .isoflop import IsoFlopResult
 from .results import LEVEL, FitResult
@@ -51,6 +51,10 @@ def _span(values: np.ndarray, extend: float = 1.0) -> np.ndarray:
     return np.exp(np.linspace(lo - extend, hi + extend, _POINTS))
 
 
+def _colors(count: int) -> np.ndarray:
+    return plt.cm.viridis(np.linspace(0, 0.9, count))
+
+
 def _levels(values: np.ndarray, count: int) -> np.ndarray:
     return np.unique(np.exp(np.quantile(np.log(values), np.linspace(0.1, 0.9, count))).round(-1))
 
@@ -81,35 +85,31 @@ def plot_fit(
     """
     ax = _axes(ax)
     law, data = fit.law, fit.data
-    x = x or ("C" if set(law.covariates) == {"N", "D"} else law.covariates[0])
+    nd = has_allocation(law)
+    x = x or ("C" if nd else law.covariates[0])
+    if not (x in law.covariates or (nd and x == "C")):
+        raise ValueError(f"x must be one of {law.covariates} for law {law.name!r}, got {x!r}")
     observed = data.covariate(x)
-    if set(law.covariates) == {"N", "D"} and x in ("N", "D"):
+    grid = _span(observed)
+    if nd and x in ("N", "D"):
         held = "C" if x == "N" else "N"
         values = np.asarray(curves if curves is not None else _levels(data.covariate(held), 4), dtype=float)
-        colors = plt.cm.viridis(np.linspace(0, 0.9, values.size))
+        colors = _colors(values.size)
         nearest = np.abs(np.log(data.covariate(held))[:, None] - np.log(values)[None, :]).argmin(axis=1)
         ax.scatter(observed, data.loss, c=colors[nearest], s=12, alpha=0.7, zorder=3)
         for value, color in zip(values, colors):
-            grid = _span(observed)
             if held == "C":
-                grid = grid[grid < value / 6]
-                draws = fit.predict_draws(N=grid, C=value)
+                on_line = grid[grid < value / 6]
+                _band(ax, on_line, fit.predict_draws(N=on_line, C=value), level, color, f"{held} = {value:.2g}")
             else:
-                draws = fit.predict_draws(N=value, D=grid)
-            _band(ax, grid, draws, level, color, f"{held} = {value:.2g}")
-        ax.legend(fontsize="small")
-    elif x == "C" and set(law.covariates) == {"N", "D"}:
-        ax.scatter(observed, data.loss, s=12, alpha=0.6, color="k", zorder=3, label="runs")
-        grid = _span(observed)
-        _band(ax, grid, compute_optimal_draws(fit, grid)["loss_opt"], level, "C0", "loss at the optimum")
-        ax.legend(fontsize="small")
+                _band(ax, grid, fit.predict_draws(N=value, D=grid), level, color, f"{held} = {value:.2g}")
     else:
-        if x not in law.covariates:
-            raise ValueError(f"x must be one of {law.covariates} for law {law.name!r}, got {x!r}")
         ax.scatter(observed, data.loss, s=12, alpha=0.6, color="k", zorder=3, label="runs")
-        grid = _span(observed)
-        _band(ax, grid, fit.predict_draws(**{x: grid}), level, "C0", f"posterior median, {level:.0%} band")
-        ax.legend(fontsize="small")
+        if nd:
+            _band(ax, grid, compute_optimal_draws(fit, grid)["loss_opt"], level, "C0", "loss at the optimum")
+        else:
+            _band(ax, grid, fit.predict_draws(**{x: grid}), level, "C0", f"posterior median, {level:.0%} band")
+    ax.legend(fontsize="small")
     ax.set(xscale="log", yscale="log", xlabel=_LABELS.get(x, x), ylabel=f"{data.target}")
     ax.set_title(f"{law.name}: {law.formula}", fontsize="medium")
     return ax
@@ -139,7 +139,7 @@ def plot_isoflop(
             raise ValueError(f"budgets {sorted(unknown)} were not fitted; fitted: {list(result.compute)}")
         post = result.idata.posterior
         table = result.summary(level)["N_opt"]
-        colors = plt.cm.viridis(np.linspace(0, 0.9, budgets.size))
+        colors = _colors(budgets.size)
         labels = result.data.group if result.data.group is not None else result.data.C
         for c, color in zip(budgets, colors):
             runs = np.asarray(labels, dtype=float) == c
@@ -153,7 +153,7 @@ def plot_isoflop(
     else:
         budgets = np.asarray(compute if compute is not None else _levels(result.data.covariate("C"), 4), dtype=float)
         opt = compute_optimal_draws(result, budgets)
-        colors = plt.cm.viridis(np.linspace(0, 0.9, budgets.size))
+        colors = _colors(budgets.size)
         for j, (c, color) in enumerate(zip(budgets, colors)):
             n_med = np.median(opt["N_opt"][:, j])
             grid = np.exp(np.linspace(np.log(n_med) - 2.5, np.log(n_med) + 2.5, _POINTS))
@@ -254,9 +254,9 @@ def plot_forest(
     axes = np.atleast_1d(axes)
     q = [(1 - level) / 2, 0.5, (1 + level) / 2]
     y = np.arange(len(names))[::-1]
+    bad = np.array([not batch[n].diagnostics.ok for n in names])
     for ax, param in zip(axes, params):
         stats = np.array([np.quantile(_param_draws(batch[n], param), q) for n in names])
-        bad = np.array([not batch[n].diagnostics.ok for n in names])
         for mask, color in ((~bad, "C0"), (bad, "C3")):
             ax.errorbar(stats[mask, 1], y[mask], xerr=[stats[mask, 1] - stats[mask, 0], stats[mask, 2] - stats[mask, 1]],
                         fmt="o", color=color, ms=4, capsize=2)

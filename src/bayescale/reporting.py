@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from . import plots
-from .allocation import allocation_exponents, compute_optimal
+from .allocation import allocation_exponents, compute_optimal, has_allocation
 from .results import LEVEL, FitResult
 
 __all__ = ["report", "DEFAULT_COMPUTE"]
@@ -57,12 +57,17 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def _records(table: pd.DataFrame, index_name: str) -> list[dict[str, Any]]:
-    """Rows as JSON-safe dicts (NaN -> None, grouped columns joined with '_')."""
+def _flat_columns(table: pd.DataFrame, sep: str) -> pd.DataFrame:
+    """A copy with grouped columns joined into one name (``("N_opt", "median")`` -> ``"N_opt<sep>median"``)."""
     flat = table.copy()
     if isinstance(flat.columns, pd.MultiIndex):
-        flat.columns = ["_".join(str(p) for p in c if p != "") for c in flat.columns]
-    flat = flat.reset_index(names=index_name)
+        flat.columns = [sep.join(str(p) for p in c if p != "") for c in flat.columns]
+    return flat
+
+
+def _records(table: pd.DataFrame, index_name: str) -> list[dict[str, Any]]:
+    """Rows as JSON-safe dicts (NaN -> None, grouped columns joined with '_')."""
+    flat = _flat_columns(table, "_").reset_index(names=index_name)
     return [{k: _jsonable(v) for k, v in row.items()} for row in flat.to_dict(orient="records")]
 
 
@@ -77,10 +82,9 @@ def _jsonable(value: Any) -> Any:
 def _figures(fit: FitResult, compute: Sequence[float], level: float) -> dict[str, tuple[str, plt.Figure]]:
     """Figure name -> (caption, figure)."""
     figures: dict[str, tuple[str, plt.Figure]] = {}
-    nd = set(fit.law.covariates) == {"N", "D"}
     ax = plots.plot_fit(fit, level=level)
     figures["fit"] = ("Runs with the posterior median and credible band.", ax.figure)
-    if nd:
+    if has_allocation(fit.law):
         ax = plots.plot_isoflop(fit, level=level)
         figures["isoflop"] = ("Iso-FLOP curves of the fitted law; diamonds: optimum with interval.", ax.figure)
         budgets = np.logspace(np.log10(min(compute)) - 1, np.log10(max(compute)) + 0.5, 50)
@@ -128,7 +132,7 @@ def report(
     diag = fit.diagnostics
     title = title or f"bayescale report: {fit.law.name} fitted to {fit.data.source}"
     summary = fit.summary(level)
-    nd = set(fit.law.covariates) == {"N", "D"}
+    nd = has_allocation(fit.law)
     plan = compute_optimal(fit, budgets, level=level) if nd else None
     exponents = allocation_exponents(fit, level) if nd else None
     status = "Diagnostics OK" if diag.ok else "DIAGNOSTICS FAILED: " + "; ".join(diag.problems)
@@ -173,9 +177,7 @@ def _fmt(table: pd.DataFrame, flat: bool = False) -> pd.DataFrame:
     """Four significant digits; with ``flat``, grouped columns joined into one header ("N_opt median")."""
     table = table.map(lambda v: f"{v:.4g}" if isinstance(v, (float, np.floating)) else v)
     table.index = [f"{v:.3g}" if isinstance(v, (float, np.floating)) else v for v in table.index]
-    if flat and isinstance(table.columns, pd.MultiIndex):
-        table.columns = [" ".join(str(p) for p in c if p != "") for c in table.columns]
-    return table
+    return _flat_columns(table, " ") if flat else table
 
 
 def _intro(meta: dict) -> list[tuple[str, str]]:

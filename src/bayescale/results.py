@@ -107,6 +107,19 @@ def diagnose(idata: az.InferenceData, names: tuple[str, ...]) -> Diagnostics:
     )
 
 
+def warn_unconverged(diagnostics: Diagnostics, subject: str, stacklevel: int = 2) -> None:
+    """Emit a :class:`ConvergenceWarning` "``subject`` may not have converged: ..." when checks failed.
+
+    ``stacklevel`` counts from the caller of this function, as for ``warnings.warn``.
+    """
+    if not diagnostics.ok:
+        warnings.warn(
+            f"{subject} may not have converged: " + "; ".join(diagnostics.problems),
+            ConvergenceWarning,
+            stacklevel=stacklevel + 1,
+        )
+
+
 def _interval_columns(level: float) -> tuple[str, str]:
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level!r}")
@@ -182,13 +195,8 @@ class FitResult:
 
     def warn_if_unconverged(self, label: str = "") -> None:
         """Emit a :class:`ConvergenceWarning` listing the problems, if any."""
-        if not self.diagnostics.ok:
-            where = f" ({label})" if label else ""
-            warnings.warn(
-                f"fit of {self.law.name!r}{where} may not have converged: " + "; ".join(self.diagnostics.problems),
-                ConvergenceWarning,
-                stacklevel=3,
-            )
+        where = f" ({label})" if label else ""
+        warn_unconverged(self.diagnostics, f"fit of {self.law.name!r}{where}", stacklevel=3)
 
     def summary(self, level: float = LEVEL) -> pd.DataFrame:
         """Posterior table: mean, sd, median, equal-tailed interval at ``level``, r_hat, ess_bulk, ess_tail."""
@@ -370,3 +378,10 @@ def load(path: str | os.PathLike[str], law: Law | None = None) -> FitResult:
         source=meta["data"]["source"],
     )
     return FitResult(idata=idata, spec=spec, data=data, config=NUTSConfig(**meta["config"]), seed=meta["seed"])
+
+
+def summaries_by_group(fits: Mapping[str, FitResult], level: float = LEVEL) -> pd.DataFrame:
+    """Long table of several fits' summaries: one row per (group, parameter)."""
+    parts = [fit.summary(level).rename_axis("parameter").reset_index().assign(group=name) for name, fit in fits.items()]
+    table = pd.concat(parts, ignore_index=True)
+    return table[["group", "parameter", *[c for c in table.columns if c not in ("group", "parameter")]]]

@@ -33,7 +33,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from numpyro.infer.hmc import hmc
 from tqdm.auto import tqdm
 
-__all__ = ["NUTSConfig", "Draws", "sample_lanes", "compile_ahead", "default_strategy"]
+__all__ = ["NUTSConfig", "Draws", "sample_lanes", "compile_ahead", "default_strategy", "resolve_strategy"]
 
 Potential = Callable[[jax.Array, Any], jax.Array]
 
@@ -130,7 +130,8 @@ def _lane_mesh(lanes: int) -> Mesh | None:
     return Mesh(np.asarray(devices), ("lanes",))
 
 
-def _resolve(strategy: str) -> str:
+def resolve_strategy(strategy: str) -> str:
+    """``"vmap"`` or ``"loop"`` for a strategy name (``"auto"`` picks by backend); raise on anything else."""
     strategy = default_strategy() if strategy == "auto" else strategy
     if strategy not in ("vmap", "loop"):
         raise ValueError(f"strategy must be 'auto', 'vmap' or 'loop', got {strategy!r}")
@@ -152,7 +153,7 @@ def compile_ahead(
     Arguments are as for :func:`sample_lanes` (arrays or ``jax.ShapeDtypeStruct``).
     Useful from a background thread while the caller prepares initial points.
     """
-    strategy = _resolve(strategy)
+    strategy = resolve_strategy(strategy)
     seg = _segment(config.num_warmup + config.num_samples, progress)
     init_j, advance_j, init_v, advance_v = _kernels(potential, config)
     if strategy == "loop":
@@ -195,7 +196,7 @@ def sample_lanes(
         :class:`Draws` with the post-warmup iterations of every lane, in lane order.
         Lane ``i`` depends only on ``init_z[i]``, ``data[i]`` and ``keys[i]``.
     """
-    strategy = _resolve(strategy)
+    strategy = resolve_strategy(strategy)
     lanes = int(init_z.shape[0])
     total = config.num_warmup + config.num_samples
     seg = _segment(total, progress)
