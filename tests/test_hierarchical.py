@@ -1,5 +1,7 @@
 """Partial pooling across groups, and model comparison by PSIS-LOO."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -105,3 +107,16 @@ def test_moe_and_dense_runs_fitted_together(tmp_path) -> None:  # noqa: ANN001
     np.testing.assert_array_equal(bs.load(tmp_path / "moe.nc").data.N_total, data.N_total)
     with pytest.raises(bs.DataError, match="below active parameters"):
         bs.ScalingData.from_arrays(loss=[3.0, 2.9], N=[2e8, 1e8], D=[1e9, 1e9], N_total=[1e8, 1e8])
+
+
+def test_hierarchical_moe_keeps_total_parameters() -> None:
+    """Every covariate reaches the pooled fit: the moe law's N_total included."""
+    data = {}
+    for g in range(2):
+        N, D = bs.chinchilla_design(20, seed=30 + g)
+        data[f"g{g}"] = bs.simulate("moe", {**CHINCHILLA, "w": 0.4}, N=N, D=D, N_total=4 * N, seed=40 + g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bs.ConvergenceWarning)
+        result = bs.fit_hierarchical(data, law="moe", num_warmup=20, num_samples=20, num_chains=2)
+    np.testing.assert_array_equal(result["g1"].data.N_total, data["g1"].N_total)
+    assert result.idata.posterior["w"].shape == (2, 20, 2)

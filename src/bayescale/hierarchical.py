@@ -42,7 +42,7 @@ import xarray as xr
 
 from .allocation import compute_optimal_by_group
 from .batch import split_groups
-from .data import DataError, ScalingData
+from .data import COVARIATES, DataError, ScalingData
 from .inference import check_sampler_args, sample_numpyro
 from .laws import Law, get_law
 from .likelihoods import Likelihood, get_likelihood
@@ -240,7 +240,7 @@ def fit_hierarchical(
     labels = np.concatenate([np.full(groups[g].n, g, dtype=object) for g in order])
     all_data = ScalingData.from_arrays(
         loss=np.concatenate([groups[g].loss for g in order]),
-        **{c: np.concatenate([groups[g].covariate(c) for g in order]) for c in ("N", "D", "C")
+        **{c: np.concatenate([groups[g].covariate(c) for g in order]) for c in COVARIATES
            if all(c in groups[g].available() for g in order)},
         group=labels,
     )
