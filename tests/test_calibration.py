@@ -6,6 +6,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import numpy as np  # noqa: E402
+import numpyro.distributions as dist  # noqa: E402
 import pytest  # noqa: E402
 
 import bayescale as bs  # noqa: E402
@@ -69,3 +70,19 @@ def test_prior_truths() -> None:
     assert abs(truths["a"].mean()) < 0.15 and 0.85 < truths["a"].std() < 1.15 and (truths["sigma"] > 0).all()
     with pytest.raises(ValueError, match="source must be"):
         calibration.draw_truths("power", 3, source="posterior")
+    # priors the fit would use replace the defaults, and are checked like fit's
+    narrow = calibration.draw_truths("power", 200, seed=2, source="prior", priors={"a": dist.Uniform(0.2, 0.3)})
+    assert narrow["a"].between(0.2, 0.3).all() and not narrow["a"].equals(truths["a"].iloc[:200])
+    with pytest.raises(ValueError, match="unknown parameter 'b'"):
+        calibration.draw_truths("power", 3, source="prior", priors={"b": dist.Normal(0, 1)})
+    with pytest.raises(ValueError, match="only with source='prior'"):
+        calibration.draw_truths("power", 3, priors={"a": dist.Normal(0, 1)})
+
+
+def test_moe_sizes_independent_of_model_size() -> None:
+    """MoE total sizes come from their own stream: dense runs are not just the small ones."""
+    truths = calibration.draw_truths("moe", 20, seed=3)
+    data = calibration.simulate_datasets("moe", truths, "normal", runs_per_dataset=60, seed=3)
+    log_n = np.concatenate([np.log(d.N) for d in data.values()])
+    dense = np.concatenate([d.N_total == d.N for d in data.values()])
+    assert 0.4 < dense.mean() < 0.6 and abs(np.corrcoef(log_n, dense)[0, 1]) < 0.1

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import numpyro.distributions as dist
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -111,3 +112,13 @@ def test_extreme_magnitudes_give_finite_posterior() -> None:
     assert all(np.all(np.isfinite(v)) for v in draws.values())
     lo, hi = np.quantile(draws["E"], [0.005, 0.995])
     assert lo < truth["E"] < hi
+
+
+def test_bounded_noise_prior_that_excludes_the_point_estimate() -> None:
+    """A user's sigma prior on [0.1, 0.2] while the data's noise is 0.01: chains start inside it, no NaN."""
+    C = np.geomspace(1e18, 1e22, 20)
+    data = bs.simulate("power", {"a": 0.3, "K": 1e-3}, C=C, N=C / 6e10, noise=0.01, seed=0)
+    fit = bs.fit(data, law="power", priors={"sigma": dist.Uniform(0.1, 0.2)}, seed=0,
+                 num_warmup=200, num_samples=200, num_chains=2)
+    sigma = fit.draws()["sigma"]
+    assert np.all(np.isfinite(sigma)) and 0.1 < sigma.min() and sigma.mean() < 0.12

@@ -35,6 +35,7 @@ from .batch import BatchResult, fit_batch
 from .data import ScalingData
 from .laws import get_law
 from .likelihoods import Likelihood, get_likelihood
+from .model import make_spec
 from .results import FitResult
 from .simulate import chinchilla_design, simulate
 
@@ -97,7 +98,9 @@ U(0.1, 0.9), half the runs dense and half with 4, 8 or 16 times as many total
 as active parameters."""
 
 
-def draw_truths(law: str, num: int, seed: int = 0, source: str = "ranges") -> pd.DataFrame:
+def draw_truths(
+    law: str, num: int, seed: int = 0, source: str = "ranges", priors: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
     """``num`` true parameter sets of a built-in law, plus a noise scale ``sigma``.
 
     Args:
@@ -105,20 +108,26 @@ def draw_truths(law: str, num: int, seed: int = 0, source: str = "ranges") -> pd
         num: number of sets.
         seed: seed of the draws.
         source: ``"ranges"`` for :data:`RANGES` (sigma uniform in [0.01, 0.03]),
-            or ``"prior"`` for the law's own priors (textbook SBC; often
-            unrealistic datasets, e.g. for the Chinchilla law).
+            or ``"prior"`` for the priors the fit uses (textbook SBC: any
+            deviation from uniform ranks is then a fault of the model code or
+            the sampler, not of the prior).
+        priors: overrides of the law's default priors, as for
+            :func:`bayescale.fit`; only with ``source="prior"``.
     """
     if law not in RANGES:
         raise ValueError(f"no realistic range for law {law!r}; calibrated laws are {sorted(RANGES)}")
     if source == "ranges":
+        if priors:
+            raise ValueError("draw_truths: priors are drawn from only with source='prior'")
         rng = np.random.default_rng(seed)
         truths = pd.DataFrame(RANGES[law](rng, num))
         truths["sigma"] = _uniform(rng, num, 0.01, 0.03)
     elif source == "prior":
-        law_obj = get_law(law)
-        priors = {**law_obj.priors, "sigma": law_obj.noise_prior}
-        keys = jax.random.split(jax.random.PRNGKey(seed), len(priors))
-        truths = pd.DataFrame({n: np.asarray(p.sample(k, (num,))) for (n, p), k in zip(priors.items(), keys)})
+        spec = make_spec(get_law(law), get_likelihood("normal"), priors)
+        keys = jax.random.split(jax.random.PRNGKey(seed), len(spec.latents))
+        with jax.enable_x64(True):
+            truths = pd.DataFrame({n: np.asarray(spec.priors[n].sample(k, (num,)), dtype=float)
+                                   for n, k in zip(spec.latents, keys)})
     else:
         raise ValueError(f"source must be 'ranges' or 'prior', got {source!r}")
     truths.index = [f"sim{i:04d}" for i in range(num)]
@@ -244,6 +253,7 @@ def sbc(
     compute: float = 1e24,
     seed: int = 0,
     source: str = "ranges",
+    priors: Mapping[str, Any] | None = None,
     **fit_options: Any,
 ) -> Calibration:
     """Simulate ``num_datasets`` datasets from a built-in law, fit them with :func:`fit_batch`, rank the truths.
@@ -256,15 +266,18 @@ def sbc(
         compute: budget (FLOPs) where ``N_opt``/``D_opt`` are checked.
         seed: seed of the truths, designs, noise and sampler.
         source: where truths come from, ``"ranges"`` or ``"prior"`` (see :func:`draw_truths`).
+        priors: overrides of the default priors, used by the fits and, with
+            ``source="prior"``, to draw the truths: calibrate the priors you fit with.
         **fit_options: passed to :func:`fit_batch` (``num_warmup``, ``num_samples``, ...).
 
     Returns:
         :class:`Calibration`; see :meth:`Calibration.coverage` and :meth:`Calibration.problems`.
     """
     lik = get_likelihood(likelihood)
-    truths = draw_truths(law, num_datasets, seed, source)
+    truths = draw_truths(law, num_datasets, seed, source, priors if source == "prior" else None)
     datasets = simulate_datasets(law, truths, lik, runs_per_dataset, seed)
-    batch = fit_batch(datasets, law=law, likelihood=lik, seed=seed, **{"progress": False, **fit_options})
+    batch = fit_batch(datasets, law=law, likelihood=lik, priors=priors, seed=seed,
+                      **{"progress": False, **fit_options})
     return rank_statistics(batch, truths, compute)
 
 
@@ -277,13 +290,18 @@ def simulate_datasets(
     law_obj = get_law(law)
     datasets = {}
     for i, (name, row) in enumerate(truths.iterrows()):
-        design_seed = seed * 100_003 + i
-        N, D = chinchilla_design(runs_per_dataset, seed=design_seed)
+        # independent streams for the design, the MoE total sizes and the noise
+        design_rng, total_rng, noise_rng = np.random.SeedSequence([seed, i]).spawn(3)
+        N, D = chinchilla_design(runs_per_dataset, seed=_int_seed(design_rng))
         n_total = None
         if "N_total" in law_obj.covariates:
-            rng = np.random.default_rng(design_seed)
+            rng = np.random.default_rng(total_rng)
             n_total = N * np.where(rng.random(N.size) < 0.5, 1.0, rng.choice([4.0, 8.0, 16.0], N.size))
         params = {p: float(row[p]) for p in law_obj.params}
         datasets[name] = simulate(law_obj, params, N=N, D=D, N_total=n_total, noise=float(row["sigma"]),
-                                  nu=lik.nu if lik.name == "student_t" else None, seed=design_seed)
+                                  nu=lik.nu if lik.name == "student_t" else None, seed=_int_seed(noise_rng))
     return datasets
+
+
+def _int_seed(seq: np.random.SeedSequence) -> int:
+    return int(seq.generate_state(1, np.uint64)[0])

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
+from numpyro.distributions import constraints
 import scipy.stats
 from numpyro.distributions.transforms import biject_to
 from numpyro.infer import MCMC, NUTS, Predictive
@@ -213,11 +214,21 @@ def initial_points(spec: Spec, md: ModelData, key: jax.Array, num_chains: int) -
     """Per-chain starting coordinates ``(num_chains, k)``: the Huber point fit plus jitter."""
     map_key, jitter_key = jax.random.split(key)
     z_law, _, _, sigma = _map_point(spec, md, map_key, "huber", 1e-3, 32)
-    extra = [biject_to(spec.priors["sigma"].support).inv(sigma)]
+    support = spec.priors["sigma"].support
+    extra = [biject_to(support).inv(_inside(support, sigma))]
     if spec.likelihood.learns_nu:
         extra.append(biject_to(spec.priors["nu"].support).inv(jnp.asarray(_NU_INIT, sigma.dtype)))
     z0 = jnp.concatenate([z_law, jnp.stack(extra)])
     return z0 + _JITTER * jax.random.normal(jitter_key, (num_chains, z0.shape[0]), z0.dtype)
+
+
+def _inside(support: constraints.Constraint, value: jax.Array) -> jax.Array:
+    """``value`` moved strictly inside a bounded support (a point estimate may fall outside a user's prior)."""
+    lo, hi = getattr(support, "lower_bound", None), getattr(support, "upper_bound", None)
+    if lo is None or hi is None:
+        return value
+    margin = 0.01 * (hi - lo)
+    return jnp.clip(value, lo + margin, hi - margin)
 
 
 @functools.lru_cache(maxsize=64)
