@@ -77,6 +77,7 @@ def main() -> None:
                 rows.append({"law": law, "likelihood": likelihood, "source": args.source, "quantity": name, "datasets": len(cal.ranks),
                              **{f"cover_{k}": v for k, v in coverage.loc[name].items()},
                              "uniformity_p": uniform.loc[name, "p_value"], "converged": converged})
+            cal.ranks.join(cal.diagnostics, rsuffix="_diag").to_csv(f"{args.out}_{law}_{likelihood}_ranks.csv")
             axes = cal.plot_ranks()
             axes[0].figure.suptitle(f"{law}, {likelihood}: {len(cal.ranks)} datasets")
             axes[0].figure.savefig(f"{args.out}_{law}_{likelihood}.png", dpi=80)

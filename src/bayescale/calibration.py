@@ -5,11 +5,13 @@ a dataset from the model, fit it, and record where each true value falls among
 its posterior draws. Over many datasets a calibrated posterior gives uniform
 ranks and intervals that cover the truth at their nominal rate.
 
-True values are drawn from documented realistic ranges (:data:`RANGES`), not
-from the priors, which are deliberately wide (a prior draw of the Chinchilla
-law can put the loss of a 1e8-parameter model at 1e6 nats). Coverage is then
-calibration averaged over those ranges, where the data dominate the prior; the
-check is what a planner relies on. Noise follows the fitted likelihood: Student-t
+True values are drawn either from the priors the fit uses (``source="prior"``,
+textbook SBC: ranks must be uniform, or the model code or the sampler is wrong;
+pass your own ``priors`` to calibrate them), or from documented realistic ranges
+(:data:`RANGES`) while fitting with the deliberately wide default priors (a prior
+draw of the Chinchilla law can put the loss of a 1e8-parameter model at 1e6
+nats). The latter is frequentist coverage averaged over those ranges: what a
+planner who keeps the defaults relies on, and not guaranteed to be nominal. Noise follows the fitted likelihood: Student-t
 with the same ``nu`` for ``student_t``, Gaussian for ``normal``, on log-loss,
 with scale uniform in [0.01, 0.03].
 
