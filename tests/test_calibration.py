@@ -137,7 +137,7 @@ def test_posterior_equals_exact_importance_sampling() -> None:
     """
     truths = calibration.draw_truths("power", 10, seed=4, source="prior")
     datasets = calibration.simulate_datasets("power", truths, "student_t", runs_per_dataset=40, seed=4)
-    batch = bs.fit_batch(datasets, law="power", num_warmup=400, num_samples=400, seed=4, progress=False)
+    batch = bs.fit_batch(datasets, law="power", num_warmup=300, num_samples=300, seed=4, progress=False)
     rng = np.random.default_rng(0)
     for name, data in datasets.items():
         ref, w = exact_power_posterior(data, 20_000, rng)

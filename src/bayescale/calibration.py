@@ -11,9 +11,10 @@ pass your own ``priors`` to calibrate them), or from documented realistic ranges
 (:data:`RANGES`) while fitting with the deliberately wide default priors (a prior
 draw of the Chinchilla law can put the loss of a 1e8-parameter model at 1e6
 nats). The latter is frequentist coverage averaged over those ranges: what a
-planner who keeps the defaults relies on, and not guaranteed to be nominal. Noise follows the fitted likelihood: Student-t
-with the same ``nu`` for ``student_t``, Gaussian for ``normal``, on log-loss,
-with scale uniform in [0.01, 0.03].
+planner who keeps the defaults relies on, and not guaranteed to be nominal.
+Noise follows the fitted likelihood: Student-t with the same ``nu`` for
+``student_t``, Gaussian for ``normal``, on log-loss, with scale uniform in
+[0.01, 0.03] (or drawn from the ``sigma`` prior).
 
 Derived quantities are checked too: for laws in N and D, the compute-optimal
 ``N_opt`` and ``D_opt`` at a far-out budget (1e24 FLOPs by default).

@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
-from numpyro.distributions import constraints
 import scipy.stats
+from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
 from numpyro.infer import MCMC, NUTS, Predictive
 from numpyro.infer.util import log_likelihood, potential_energy
