@@ -66,10 +66,10 @@ def main() -> None:
     for law in args.laws:
         for likelihood in args.likelihoods:
             start = time.perf_counter()
+            source, priors = ("prior", REALISTIC[law]) if args.source == "realistic" else (args.source, None)
             cal = calibration.sbc(law, likelihood, num_datasets=args.num, runs_per_dataset=args.runs,
                                   num_warmup=args.draws, num_samples=args.draws, seed=args.seed,
-                                  source="prior" if args.source == "realistic" else args.source,
-                                  priors=REALISTIC[law] if args.source == "realistic" else None)
+                                  source=source, priors=priors)
             coverage = cal.coverage()
             uniform = cal.uniformity()
             converged = float((cal.diagnostics["status"] == "ok").mean())

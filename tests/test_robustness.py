@@ -114,11 +114,14 @@ def test_extreme_magnitudes_give_finite_posterior() -> None:
     assert lo < truth["E"] < hi
 
 
-def test_bounded_noise_prior_that_excludes_the_point_estimate() -> None:
-    """A user's sigma prior on [0.1, 0.2] while the data's noise is 0.01: chains start inside it, no NaN."""
+def test_bounded_noise_priors_that_exclude_the_default_start() -> None:
+    """User priors sigma on [0.1, 0.2] (the data's noise is 0.01) and nu on [1, 3] (the start is 4):
+    chains start inside them, no NaN."""
     C = np.geomspace(1e18, 1e22, 20)
     data = bs.simulate("power", {"a": 0.3, "K": 1e-3}, C=C, N=C / 6e10, noise=0.01, seed=0)
-    fit = bs.fit(data, law="power", priors={"sigma": dist.Uniform(0.1, 0.2)}, seed=0,
+    fit = bs.fit(data, law="power", likelihood=bs.likelihoods.student_t(nu=None),
+                 priors={"sigma": dist.Uniform(0.1, 0.2), "nu": dist.Uniform(1.0, 3.0)}, seed=0,
                  num_warmup=200, num_samples=200, num_chains=2)
-    sigma = fit.draws()["sigma"]
+    sigma, nu = fit.draws()["sigma"], fit.draws()["nu"]
     assert np.all(np.isfinite(sigma)) and 0.1 < sigma.min() and sigma.mean() < 0.12
+    assert np.all(np.isfinite(nu)) and 1.0 < nu.min() and nu.max() < 3.0

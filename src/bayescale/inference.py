@@ -214,21 +214,28 @@ def initial_points(spec: Spec, md: ModelData, key: jax.Array, num_chains: int) -
     """Per-chain starting coordinates ``(num_chains, k)``: the Huber point fit plus jitter."""
     map_key, jitter_key = jax.random.split(key)
     z_law, _, _, sigma = _map_point(spec, md, map_key, "huber", 1e-3, 32)
-    support = spec.priors["sigma"].support
-    extra = [biject_to(support).inv(_inside(support, sigma))]
-    if spec.likelihood.learns_nu:
-        extra.append(biject_to(spec.priors["nu"].support).inv(jnp.asarray(_NU_INIT, sigma.dtype)))
+    start = {"sigma": sigma, "nu": jnp.asarray(_NU_INIT, sigma.dtype)}
+    extra = []
+    for name in spec.latents[len(spec.law.params):]:
+        support = spec.priors[name].support
+        extra.append(biject_to(support).inv(_inside(support, start[name])))
     z0 = jnp.concatenate([z_law, jnp.stack(extra)])
     return z0 + _JITTER * jax.random.normal(jitter_key, (num_chains, z0.shape[0]), z0.dtype)
 
 
 def _inside(support: constraints.Constraint, value: jax.Array) -> jax.Array:
-    """``value`` moved strictly inside a bounded support (a point estimate may fall outside a user's prior)."""
+    """``value`` moved strictly inside the support of a user's prior, where a default start may fall outside.
+
+    Two-sided supports keep 1% of their width from either end; a value at or below
+    a one-sided lower bound moves just above it; values inside are kept.
+    """
     lo, hi = getattr(support, "lower_bound", None), getattr(support, "upper_bound", None)
-    if lo is None or hi is None:
-        return value
-    margin = 0.01 * (hi - lo)
-    return jnp.clip(value, lo + margin, hi - margin)
+    if lo is not None and hi is not None:
+        margin = 0.01 * (hi - lo)
+        return jnp.clip(value, lo + margin, hi - margin)
+    if lo is not None:
+        return jnp.where(value > lo, value, lo + 0.01 * (1.0 + jnp.abs(lo)))
+    return value
 
 
 @functools.lru_cache(maxsize=64)
