@@ -19,7 +19,6 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 import scipy.stats
-from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
 from numpyro.infer import MCMC, NUTS, Predictive
 from numpyro.infer.util import log_likelihood, potential_energy
@@ -211,31 +210,33 @@ def fit_map(
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def initial_points(spec: Spec, md: ModelData, key: jax.Array, num_chains: int) -> jax.Array:
-    """Per-chain starting coordinates ``(num_chains, k)``: the Huber point fit plus jitter."""
+    """Per-chain starting coordinates ``(num_chains, k)``: the Huber point fit, inside the priors, plus jitter.
+
+    The point fit ignores the priors. Where the data pull a parameter against a
+    bounded prior (E on [1.5, 2.2], say) it drives the unconstrained coordinate to
+    thousands, where the prior's Jacobian is flat and chains never move; so every
+    latent except the centred amplitudes starts inside its prior's central 98%.
+    """
     map_key, jitter_key = jax.random.split(key)
     z_law, _, _, sigma = _map_point(spec, md, map_key, "huber", 1e-3, 32)
-    start = {"sigma": sigma, "nu": jnp.asarray(_NU_INIT, sigma.dtype)}
-    extra = []
-    for name in spec.latents[len(spec.law.params):]:
-        support = spec.priors[name].support
-        extra.append(biject_to(support).inv(_inside(support, start[name])))
-    z0 = jnp.concatenate([z_law, jnp.stack(extra)])
+    params, _ = to_natural(spec, z_law, md.centre)
+    start = {**params, "sigma": sigma, "nu": jnp.asarray(_NU_INIT, sigma.dtype)}
+    z0 = []
+    for i, name in enumerate(spec.latents):
+        if name in spec.law.centred:
+            z0.append(z_law[i])
+            continue
+        prior = spec.priors[name]
+        z0.append(biject_to(prior.support).inv(_inside(prior, start[name])).astype(sigma.dtype))
+    z0 = jnp.stack(z0)
     return z0 + _JITTER * jax.random.normal(jitter_key, (num_chains, z0.shape[0]), z0.dtype)
 
 
-def _inside(support: constraints.Constraint, value: jax.Array) -> jax.Array:
-    """``value`` moved strictly inside the support of a user's prior, where a default start may fall outside.
-
-    Two-sided supports keep 1% of their width from either end; a value at or below
-    a one-sided lower bound moves just above it; values inside are kept.
-    """
-    lo, hi = getattr(support, "lower_bound", None), getattr(support, "upper_bound", None)
-    if lo is not None and hi is not None:
-        margin = 0.01 * (hi - lo)
-        return jnp.clip(value, lo + margin, hi - margin)
-    if lo is not None:
-        return jnp.where(value > lo, value, lo + 0.01 * (1.0 + jnp.abs(lo)))
-    return value
+def _inside(prior: dist.Distribution, value: jax.Array) -> jax.Array:
+    """``value`` clipped to the central 98% of ``prior`` (quantiles of 4096 fixed draws, so any prior works)."""
+    draws = prior.sample(jax.random.PRNGKey(0), (4096,))
+    lo, hi = jnp.quantile(draws, jnp.asarray([0.01, 0.99], draws.dtype))
+    return jnp.clip(value, lo, hi)
 
 
 @functools.lru_cache(maxsize=64)
