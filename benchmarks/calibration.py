@@ -37,12 +37,21 @@ def _log_normal(lo: float, hi: float) -> dist.LogNormal:
     return dist.LogNormal(np.log(lo * hi) / 2, np.log(hi / lo) / (2 * 1.96))
 
 
+_SIGMA = dist.Uniform(0.01, 0.03)
 _CHINCHILLA = {"E": dist.Uniform(1.5, 2.2), "alpha": dist.Uniform(0.25, 0.45), "beta": dist.Uniform(0.2, 0.4),
-               "A": _log_normal(100, 1000), "B": _log_normal(100, 1000), "sigma": dist.Uniform(0.01, 0.03)}
+               "A": _log_normal(100, 1000), "B": _log_normal(100, 1000), "sigma": _SIGMA}
 REALISTIC = {
     "chinchilla": _CHINCHILLA,
     "moe": {**_CHINCHILLA, "w": dist.Uniform(0.1, 0.9)},
-    "kaplan_n": {"alpha_N": dist.Uniform(0.05, 0.1), "N_c": _log_normal(1e13, 1e14), "sigma": dist.Uniform(0.01, 0.03)},
+    "kaplan_n": {"alpha_N": dist.Uniform(0.05, 0.1), "N_c": _log_normal(1e13, 1e14), "sigma": _SIGMA},
+    "kaplan_d": {"alpha_D": dist.Uniform(0.07, 0.12), "D_c": _log_normal(1e13, 1e14), "sigma": _SIGMA},
+    "kaplan_c": {"alpha_C": dist.Uniform(0.04, 0.07), "C_c": _log_normal(1e27, 1e29), "sigma": _SIGMA},
+    "kaplan_nd": {"alpha_N": dist.Uniform(0.06, 0.09), "alpha_D": dist.Uniform(0.08, 0.11),
+                  "N_c": _log_normal(3e13, 3e14), "D_c": _log_normal(1e13, 1e14), "sigma": _SIGMA},
+    # A = (reducible loss at 1e20 FLOPs, 0.5-1.5) x 1e20^alpha; K = (Y at 1e20 FLOPs, 1e5-1e7) x 1e20^-a
+    "offset_power": {"E": dist.Uniform(1.5, 2.2), "alpha": dist.Uniform(0.1, 0.3), "A": _log_normal(1e2, 1e6),
+                     "sigma": _SIGMA},
+    "power": {"a": dist.Uniform(0.1, 0.5), "K": _log_normal(1e-5, 1e5), "sigma": _SIGMA},
 }
 """Informative priors shaped like ``bs.calibration.RANGES`` (amplitudes log-normal, as centred
 amplitudes need a prior on all positive numbers)."""
