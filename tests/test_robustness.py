@@ -1,5 +1,7 @@
 """A corpus of bad inputs, each with a specific readable error or warning; property tests over random tables."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import numpyro.distributions as dist
@@ -9,6 +11,9 @@ from hypothesis import strategies as st
 
 import bayescale as bs
 from bayescale.data import DataError, DataWarning
+from bayescale.laws import get_law
+from bayescale.likelihoods import get_likelihood
+from bayescale.model import make_spec, model_data
 from conftest import CHINCHILLA, SMALL
 
 BAD_CELLS = {
@@ -137,3 +142,18 @@ def test_bounded_noise_priors_that_exclude_the_default_start() -> None:
     sigma, nu = fit.draws()["sigma"], fit.draws()["nu"]
     assert np.all(np.isfinite(sigma)) and 0.1 < sigma.min() and sigma.mean() < 0.12
     assert np.all(np.isfinite(nu)) and 1.0 < nu.min() and nu.max() < 3.0
+
+
+def test_overflowing_jacobian_is_a_rejected_point() -> None:
+    """Far out, a centred amplitude's Jacobian D_c / alpha overflows before D_c does, and the log density
+    is +inf: NUTS accepted such a point and never left it (a chain stuck at D_c = 1e308). It must be rejected."""
+    data = bs.simulate("kaplan_d", {"alpha_D": 0.1, "D_c": 5e13}, D=np.geomspace(1e9, 1e12, 20), noise=0.01, seed=0)
+    spec = make_spec(get_law("kaplan_d"), get_likelihood("normal"))
+    potential = bs.inference.potential_fn(spec)
+    with jax.enable_x64(True):
+        md = model_data(data, spec.law)
+        alpha = 0.1
+        z = lambda u: jnp.array([np.log(alpha), u, np.log(0.01)])  # noqa: E731
+        assert np.isfinite(float(potential(z(0.0), md)))
+        u = alpha * (709.5 - float(md.centre["D"]))  # D_c = e^709.5 is finite, D_c / alpha is not
+        assert float(potential(z(u), md)) == np.inf
