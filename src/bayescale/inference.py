@@ -226,17 +226,24 @@ def initial_points(spec: Spec, md: ModelData, key: jax.Array, num_chains: int) -
         if name in spec.law.centred:
             z0.append(z_law[i])
             continue
-        prior = spec.priors[name]
-        z0.append(biject_to(prior.support).inv(_inside(prior, start[name])).astype(sigma.dtype))
+        lo, hi = _start_bounds(spec)[name]
+        z0.append(biject_to(spec.priors[name].support).inv(jnp.clip(start[name], lo, hi)).astype(sigma.dtype))
     z0 = jnp.stack(z0)
     return z0 + _JITTER * jax.random.normal(jitter_key, (num_chains, z0.shape[0]), z0.dtype)
 
 
-def _inside(prior: dist.Distribution, value: jax.Array) -> jax.Array:
-    """``value`` clipped to the central 98% of ``prior`` (quantiles of 4096 fixed draws, so any prior works)."""
-    draws = prior.sample(jax.random.PRNGKey(0), (4096,))
-    lo, hi = jnp.quantile(draws, jnp.asarray([0.01, 0.99], draws.dtype))
-    return jnp.clip(value, lo, hi)
+@functools.lru_cache(maxsize=256)
+def _start_bounds(spec: Spec) -> dict[str, tuple[float, float]]:
+    """Central 98% of each non-centred latent's prior: quantiles of 4096 fixed draws (any prior works),
+    computed once per model, eagerly, so they add nothing to the compiled start."""
+    bounds = {}
+    with jax.ensure_compile_time_eval():
+        for name in spec.latents:
+            if name not in spec.law.centred:
+                draws = np.asarray(spec.priors[name].sample(jax.random.PRNGKey(0), (4096,)), dtype=float)
+                lo, hi = np.quantile(draws, [0.01, 0.99])
+                bounds[name] = (float(lo), float(hi))
+    return bounds
 
 
 @functools.lru_cache(maxsize=64)
