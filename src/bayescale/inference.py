@@ -253,8 +253,8 @@ def potential_fn(spec: Spec):  # noqa: ANN201
     A value that is not finite becomes ``+inf`` (a rejected proposal). Far out, a
     term can overflow before the density does (a centred amplitude's Jacobian
     ``X_c / alpha`` past the float range while ``X_c`` is not), giving ``-inf``:
-    NUTS would accept that point and never leave it (seen in 3 of 200 kaplan_d
-    calibration fits, one chain each, step size adapted down to 1e-308).
+    NUTS would accept that point and never leave it (seen in 5 of 800 kaplan_d and
+    kaplan_c calibration fits, one chain each, step size adapted down to 1e-308).
     """
     model = build_model(spec)
 
