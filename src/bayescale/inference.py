@@ -221,12 +221,13 @@ def initial_points(spec: Spec, md: ModelData, key: jax.Array, num_chains: int) -
     z_law, _, _, sigma = _map_point(spec, md, map_key, "huber", 1e-3, 32)
     params, _ = to_natural(spec, z_law, md.centre)
     start = {**params, "sigma": sigma, "nu": jnp.asarray(_NU_INIT, sigma.dtype)}
+    bounds = _start_bounds(spec)
     z0 = []
     for i, name in enumerate(spec.latents):
         if name in spec.law.centred:
             z0.append(z_law[i])
             continue
-        lo, hi = _start_bounds(spec)[name]
+        lo, hi = bounds[name]
         z0.append(biject_to(spec.priors[name].support).inv(jnp.clip(start[name], lo, hi)).astype(sigma.dtype))
     z0 = jnp.stack(z0)
     return z0 + _JITTER * jax.random.normal(jitter_key, (num_chains, z0.shape[0]), z0.dtype)
