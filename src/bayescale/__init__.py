@@ -8,34 +8,34 @@ Typical use::
     data = bs.ScalingData.from_table("runs.csv", params="N", tokens="D", loss="loss")
     result = bs.fit(data, law="chinchilla")
     result.summary()
+
+This namespace only re-exports names from the modules below; importing it
+changes no global state (no warnings filters, no JAX configuration).
 """
 
-import warnings as _warnings
-
-_warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")
-
-from . import calibration, datasets, laws, likelihoods, plots  # noqa: E402
-from .allocation import (  # noqa: E402
+from . import allocation, calibration, datasets, laws, likelihoods, plots
+from .allocation import (
     allocation_exponent_draws,
     allocation_exponents,
     compute_for_loss,
     compute_optimal,
-    compute_optimal_draws,
     inference_optimal,
-    optimal_allocation,
     loss_at,
+    optimal_allocation,
 )
-from .batch import BatchResult, fit_batch, load_batch  # noqa: E402
-from .comparison import compare  # noqa: E402
-from .data import DataError, DataWarning, ScalingData  # noqa: E402
-from .inference import MapResult, fit, fit_map  # noqa: E402
-from .hierarchical import HierarchicalResult, fit_hierarchical  # noqa: E402
-from .isoflop import IsoFlopResult, fit_isoflop  # noqa: E402
-from .laws import Law  # noqa: E402
-from .reporting import report  # noqa: E402
-from .results import ConvergenceWarning, Diagnostics, FitResult, load  # noqa: E402
-from .simulate import chinchilla_design, simulate  # noqa: E402
-from .validation import Validation, validate  # noqa: E402
+from .batch import BatchResult, fit_batch, load_batch
+from .comparison import compare
+from .data import DataError, DataWarning, ScalingData
+from .fit import fit
+from .hierarchical import HierarchicalResult, fit_hierarchical
+from .isoflop import IsoFlopResult, fit_isoflop
+from .laws import Law
+from .posterior import ConvergenceWarning, Diagnostics, FitResult, Posterior, load
+from .reporting import report
+from .sampling import SamplerSettings
+from .simulate import chinchilla_design, simulate
+from .start import MapResult, fit_map
+from .validation import Validation, validate
 
 __version__ = "0.1.0"
 
@@ -49,32 +49,34 @@ __all__ = [
     "HierarchicalResult",
     "IsoFlopResult",
     "Law",
+    "MapResult",
+    "Posterior",
+    "SamplerSettings",
+    "ScalingData",
+    "Validation",
+    "allocation",
     "allocation_exponent_draws",
     "allocation_exponents",
     "calibration",
+    "chinchilla_design",
     "compare",
     "compute_for_loss",
     "compute_optimal",
-    "compute_optimal_draws",
     "datasets",
-    "inference_optimal",
-    "loss_at",
-    "MapResult",
-    "ScalingData",
-    "chinchilla_design",
     "fit",
     "fit_batch",
     "fit_hierarchical",
     "fit_isoflop",
     "fit_map",
+    "inference_optimal",
     "laws",
     "likelihoods",
-    "plots",
     "load",
     "load_batch",
+    "loss_at",
+    "optimal_allocation",
+    "plots",
     "report",
     "simulate",
-    "optimal_allocation",
     "validate",
-    "Validation",
 ]

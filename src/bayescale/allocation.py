@@ -2,7 +2,12 @@
 
 Every answer here is a distribution: each posterior draw of the law's
 parameters gives its own optimum, and tables report the median and an
-equal-tailed interval. Compute is ``C = k·N·D`` with ``k = flops_per_token``
+equal-tailed interval. :func:`optimal_allocation` is a pure function of a law
+and parameter values; the table functions take any posterior that honours the
+result contract (it has ``law`` and ``draws()``: a fit, a batch or hierarchical
+member). A law that declares a closed-form optimum (``Law.log_optimum``, e.g.
+Chinchilla's) uses it; any other law in N and D is minimised numerically along
+the iso-FLOP line. Compute is ``C = k·N·D`` with ``k = flops_per_token``
 FLOPs per parameter per token (6 for dense transformers; use ``k = 1`` when the
 fit's N column holds DeepSeek's non-embedding FLOPs per token M, so C = M·D).
 
@@ -23,11 +28,10 @@ import numpy as np
 import pandas as pd
 
 from .laws import Law
-from .results import LEVEL, FitResult, describe_draws, table_of_draws
+from .posterior import LEVEL, FitResult, describe_draws, table_of_draws
 
 __all__ = [
     "compute_optimal",
-    "compute_optimal_draws",
     "optimal_allocation",
     "has_allocation",
     "compute_optimal_by_group",
@@ -103,10 +107,8 @@ def _crossing(f: Any, target: jax.Array, lo: jax.Array, hi: jax.Array, steps: in
 
 def _optimum(law: Law, p: dict, log_c: jax.Array, log_k: float) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``(log N_opt, log D_opt, log L_opt)`` for one draw and one budget."""
-    if law.name == "chinchilla" and law.builtin:
-        s = p["alpha"] + p["beta"]
-        log_g = (jnp.log(p["alpha"] * p["A"]) - jnp.log(p["beta"] * p["B"])) / s
-        log_n = log_g + p["beta"] / s * (log_c - log_k)
+    if law.log_optimum is not None:
+        log_n = law.log_optimum(p, log_c - log_k)
     else:
         loss = lambda x: law.log_mean(p, {"N": x, "D": log_c - log_k - x})  # noqa: E731
         log_n = _minimise_1d(loss, jnp.asarray(0.0), log_c - log_k)
@@ -125,10 +127,10 @@ def optimal_allocation(
 ) -> dict[str, np.ndarray]:
     """Compute-optimal allocation for arrays of parameter values (posterior draws, or true values).
 
-    For the Chinchilla law the closed form ``N_opt = G·(C/k)^a``,
-    ``D_opt = (C/k)^b / G`` with ``a = beta/(alpha+beta)``, ``b = alpha/(alpha+beta)``,
-    ``G = (alpha·A/(beta·B))^(1/(alpha+beta))``; for any other law in N and D a
-    numerical minimisation along the iso-FLOP line, vectorised over values.
+    The law's closed form when it declares one (Chinchilla: ``N_opt = G·(C/k)^a``,
+    ``a = beta/(alpha+beta)``, ``G = (alpha·A/(beta·B))^(1/(alpha+beta))``); for
+    any other law in N and D a numerical minimisation along the iso-FLOP line
+    (grid, then golden section), vectorised over values.
 
     Args:
         law: a law in N and D.
@@ -149,20 +151,6 @@ def optimal_allocation(
     return {"N_opt": n, "D_opt": d, "tokens_per_param": d / n, "loss_opt": np.exp(np.asarray(log_l))}
 
 
-def compute_optimal_draws(fit: FitResult, compute: Any, flops_per_token: float = 6.0) -> dict[str, np.ndarray]:
-    """Posterior draws of the compute-optimal allocation (see :func:`optimal_allocation`).
-
-    Args:
-        fit: a fit of a law in N and D.
-        compute: budgets in FLOPs, shape ``(b,)``.
-        flops_per_token: k in ``C = k·N·D``.
-
-    Returns:
-        ``{"N_opt", "D_opt", "tokens_per_param", "loss_opt"}``, each ``(draws, b)``.
-    """
-    return optimal_allocation(fit.law, fit.draws(), compute, flops_per_token)
-
-
 def compute_optimal(
     fit: FitResult, compute: Sequence[float] | np.ndarray, flops_per_token: float = 6.0, level: float = LEVEL
 ) -> pd.DataFrame:
@@ -178,9 +166,9 @@ def compute_optimal(
         DataFrame indexed by compute (FLOPs), with column groups ``N_opt``
         (parameters), ``D_opt`` (tokens), ``tokens_per_param`` and ``loss_opt``
         (nats), each with ``median`` and the interval bounds. The draws are in
-        :func:`compute_optimal_draws`.
+        :func:`optimal_allocation` of ``fit.law`` and ``fit.draws()``.
     """
-    draws = compute_optimal_draws(fit, compute, flops_per_token)
+    draws = optimal_allocation(fit.law, fit.draws(), compute, flops_per_token)
     return table_of_draws(draws, pd.Index(_budgets(compute), name="compute"), level)
 
 
@@ -195,12 +183,13 @@ def compute_optimal_by_group(
 def allocation_exponent_draws(fit: FitResult, compute: float = 1e22) -> dict[str, np.ndarray]:
     """Posterior draws of ``a`` and ``b`` (``N_opt ∝ C^a``, ``D_opt ∝ C^b``); see :func:`allocation_exponents`."""
     law = _check_nd(fit.law)
-    if law.name == "chinchilla" and law.builtin:
-        alpha, beta = fit.draws("alpha"), fit.draws("beta")
-        a = beta / (alpha + beta)
+    if law.log_optimum is not None:
+        with jax.enable_x64(True):
+            slope = jax.vmap(jax.grad(law.log_optimum, argnums=1), in_axes=(0, None))
+            a = np.asarray(slope(_params(fit), jnp.log(compute)))
     else:
         budgets = compute * np.array([10**-0.5, 10**0.5])
-        n = compute_optimal_draws(fit, budgets)["N_opt"]
+        n = optimal_allocation(law, fit.draws(), budgets)["N_opt"]
         a = np.log(n[:, 1] / n[:, 0]) / np.log(budgets[1] / budgets[0])
     return {"a": a, "b": 1.0 - a}
 
@@ -208,9 +197,10 @@ def allocation_exponent_draws(fit: FitResult, compute: float = 1e22) -> dict[str
 def allocation_exponents(fit: FitResult, level: float = LEVEL, compute: float = 1e22) -> pd.DataFrame:
     """Exponents a and b of ``N_opt ∝ C^a`` and ``D_opt ∝ C^b``, with intervals.
 
-    Closed form ``a = beta/(alpha+beta)``, ``b = alpha/(alpha+beta)`` for the
-    Chinchilla law; for other laws the local slopes ``d log N_opt / d log C`` at
-    ``compute`` FLOPs (by a central difference over a factor of 10).
+    The slope ``a = d log N_opt / d log C`` of the law's closed form when it has
+    one (exact: Chinchilla's ``a = beta/(alpha+beta)``); for other laws the local
+    slope at ``compute`` FLOPs by a central difference over a factor of 10.
+    ``b = 1 - a`` since ``C = k·N·D``.
 
     Returns:
         DataFrame with rows ``a`` and ``b``: mean, sd, median and interval.
@@ -295,7 +285,7 @@ def loss_at(
     k = _check_k(flops_per_token)
     n, c = np.broadcast_arrays(_budgets(N, "N"), _budgets(C, "C"))
     loss = fit.predict_draws(N=n, D=c / (k * n))
-    best = compute_optimal_draws(fit, c, k)["loss_opt"]
+    best = optimal_allocation(fit.law, fit.draws(), c, k)["loss_opt"]
     table = table_of_draws({"loss": loss, "loss_opt": best, "penalty": loss - best}, pd.RangeIndex(len(n)), level)
     table.insert(0, ("C", ""), c)
     table.insert(0, ("N", ""), n)

@@ -36,19 +36,12 @@ from tqdm.auto import tqdm
 
 from .allocation import compute_optimal_by_group
 from .data import ScalingData
-from .inference import (
-    _check_fit_inputs,
-    _precision,
-    check_sampler_args,
-    initial_points,
-    make_idata,
-    potential_fn,
-)
 from .laws import Law, get_law
 from .likelihoods import Likelihood, get_likelihood
-from .model import Spec, make_spec, model_data
-from .results import LEVEL, FitResult, load, summaries_by_group
-from .sampling import NUTSConfig, resolve_strategy, sample_lanes
+from .model import Spec, check_data, make_spec, model_data, potential_fn
+from .posterior import LEVEL, Diagnostics, FitResult, fit_idata, load, summaries_by_group
+from .sampling import SamplerSettings, resolve_strategy, sample_lanes, sampler_settings
+from .start import initial_points
 
 __all__ = ["fit_batch", "BatchResult", "load_batch"]
 
@@ -130,7 +123,12 @@ class BatchResult:
     def __len__(self) -> int:
         return len(self.order)
 
-    def diagnostics(self) -> pd.DataFrame:
+    @property
+    def diagnostics(self) -> Diagnostics:
+        """Diagnostics of every fitted group as one :class:`Diagnostics` (table indexed by group, parameter)."""
+        return Diagnostics.combine({n: self.results[n].diagnostics for n in self._fitted()})
+
+    def status(self) -> pd.DataFrame:
         """Per group: status (ok / warning / failed), reason, max R-hat, min bulk ESS, divergences."""
         rows = []
         for name in self.order:
@@ -205,16 +203,10 @@ def load_batch(out_dir: str | os.PathLike[str], law: Law | None = None) -> Batch
 
 
 def _fit_chunk(
-    spec: Spec,
-    chunk: list[tuple[int, str, ScalingData]],
-    size: int,
-    config: NUTSConfig,
-    num_chains: int,
-    seed: int,
-    strategy: str,
-    progress: bool,
+    spec: Spec, chunk: list[tuple[int, str, ScalingData]], size: int, settings: SamplerSettings, strategy: str
 ) -> tuple[dict[str, FitResult], float]:
     """Fit one chunk of groups padded to ``size`` rows; returns results and lane efficiency."""
+    num_chains, seed = settings.num_chains, settings.seed
     mds = [model_data(d, spec.law, size=size) for _, _, d in chunk]
     stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *mds)
     keys = jnp.stack([jax.random.split(jax.random.PRNGKey(seed + i), 3) for i, _, _ in chunk])
@@ -225,16 +217,17 @@ def _fit_chunk(
     lanes = jax.tree_util.tree_map(lambda a: jnp.repeat(a, num_chains, axis=0), stacked)
     lane_keys = jax.vmap(lambda k: jax.random.split(k, num_chains))(keys[:, 1]).reshape(-1, 2)
     draws = sample_lanes(
-        potential_fn(spec), inits.reshape(-1, inits.shape[-1]), lanes, lane_keys, config,
-        strategy=strategy, progress=progress, desc=f"{len(chunk)} groups x {num_chains} chains",
+        potential_fn(spec), inits.reshape(-1, inits.shape[-1]), lanes, lane_keys, settings.nuts,
+        strategy=strategy, progress=settings.progress, desc=f"{len(chunk)} groups x {num_chains} chains",
     )
     steps = draws.num_steps.astype(float)
     efficiency = float(np.mean(steps.mean(axis=0) / steps.max(axis=0)))
     results = {}
-    for j, (_, name, data) in enumerate(chunk):
+    for j, (i, name, data) in enumerate(chunk):
         part = jax.tree_util.tree_map(lambda a: a[j * num_chains:(j + 1) * num_chains], draws)
-        idata = make_idata(spec, data, mds[j], part, keys[j, 2])
-        results[name] = FitResult(idata=idata, spec=spec, data=data, config=config, seed=seed + chunk[j][0])
+        idata = fit_idata(spec, data, mds[j], part, keys[j, 2])
+        own = dataclasses.replace(settings, seed=seed + i)
+        results[name] = FitResult(idata=idata, data=data, settings=own, spec=spec)
     return results, efficiency
 
 
@@ -245,20 +238,11 @@ def fit_batch(
     likelihood: str | Likelihood = "student_t",
     priors: Mapping[str, Any] | None = None,
     *,
-    num_warmup: int = 1000,
-    num_samples: int = 1000,
-    num_chains: int = 4,
-    seed: int = 0,
+    settings: SamplerSettings | None = None,
     chunk_size: int | None = None,
-    progress: bool = True,
-    strategy: str = "auto",
-    precision: str = "auto",
-    dense_mass: bool = True,
-    target_accept_prob: float = 0.95,
-    max_tree_depth: int = 10,
     out_dir: str | os.PathLike[str] | None = None,
     shard: tuple[int, int] | None = None,
-    **columns: Any,
+    **options: Any,
 ) -> BatchResult:
     """Fit one law to many datasets with one compiled sampler.
 
@@ -269,33 +253,30 @@ def fit_batch(
             ``ScalingData`` with a group column.
         group: the group column of a DataFrame.
         law, likelihood, priors: as for :func:`bayescale.fit`.
-        num_warmup, num_samples, num_chains, seed: as for :func:`bayescale.fit`;
-            group ``i`` uses seed ``seed + i``.
+        settings: sampler settings as for :func:`bayescale.fit`; group ``i`` uses
+            seed ``settings.seed + i``; ``progress`` shows bars over chunks and iterations.
         chunk_size: groups per chunk; default from device memory (vmap) or 64 (loop).
-        progress: tqdm progress bars over chunks and iterations.
-        strategy: ``"auto"``, ``"vmap"`` or ``"loop"`` (see :mod:`bayescale.sampling`).
-        precision: ``"auto"``, ``"float64"`` or ``"float32"``.
-        dense_mass, target_accept_prob, max_tree_depth: NUTS settings.
         out_dir: save each finished group here and skip groups already saved
             (resume after an interruption).
         shard: ``(index, count)``: fit only groups ``i`` with ``i % count == index``
             (one share per process under ``jax.distributed``).
+        **options: :class:`~bayescale.sampling.SamplerSettings` fields as keywords,
+            then column options as for ``ScalingData.from_table``.
 
     Returns:
         :class:`BatchResult`. Groups with invalid data or a failed fit are listed
         in ``failures`` with the reason; the others finish. Unconverged groups
         have status ``"warning"`` in :meth:`BatchResult.diagnostics`.
     """
-    check_sampler_args(num_warmup, num_samples, num_chains, seed)
+    settings = sampler_settings(settings, options)
     spec = make_spec(get_law(law), get_likelihood(likelihood), priors)
-    groups, failures, order = split_groups(data, group, columns)
+    groups, failures, order = split_groups(data, group, options)
     for name, d in groups.items():
         try:
-            _check_fit_inputs(d, spec)
+            check_data(d, spec)
         except ValueError as err:
             failures[name] = f"invalid data: {err}"
-    config = NUTSConfig(num_warmup, num_samples, target_accept_prob, max_tree_depth, dense_mass)
-    strategy = resolve_strategy(strategy)
+    strategy = resolve_strategy(settings.strategy)
     todo = [(i, n, groups[n]) for i, n in enumerate(order) if n in groups and n not in failures]
     if shard is not None:
         index, count = shard
@@ -313,15 +294,16 @@ def fit_batch(
     buckets: dict[int, list] = {}
     for item in todo:
         buckets.setdefault(_bucket(item[2].n), []).append(item)
-    size_of_chunk = chunk_size or _chunk_size(num_chains, len(spec.latents), num_warmup + num_samples, strategy)
+    iterations = settings.num_warmup + settings.num_samples
+    size_of_chunk = chunk_size or _chunk_size(settings.num_chains, len(spec.latents), iterations, strategy)
     chunks = [(size, items[i:i + size_of_chunk]) for size, items in sorted(buckets.items())
               for i in range(0, len(items), size_of_chunk)]
     efficiencies = []
     start = time.perf_counter()
-    with jax.enable_x64(_precision(precision)):
-        for size, chunk in tqdm(chunks, desc="chunks", disable=not progress or len(chunks) < 2):
+    with jax.enable_x64(settings.x64):
+        for size, chunk in tqdm(chunks, desc="chunks", disable=not settings.progress or len(chunks) < 2):
             try:
-                fitted, efficiency = _fit_chunk(spec, chunk, size, config, num_chains, seed, strategy, progress)
+                fitted, efficiency = _fit_chunk(spec, chunk, size, settings, strategy)
             except Exception as err:  # noqa: BLE001 - one failing chunk must not stop the batch
                 reason = f"sampler failed: {type(err).__name__}: {err}"
                 for i, name, _ in chunk:

@@ -33,13 +33,13 @@ import pandas as pd
 import scipy.stats
 from matplotlib.axes import Axes
 
-from .allocation import compute_optimal_draws, has_allocation, optimal_allocation
+from .allocation import has_allocation, optimal_allocation
 from .batch import BatchResult, fit_batch
 from .data import ScalingData
 from .laws import get_law
 from .likelihoods import Likelihood, get_likelihood
 from .model import make_spec
-from .results import FitResult
+from .posterior import FitResult
 from .simulate import chinchilla_design, simulate
 
 __all__ = ["RANGES", "Calibration", "draw_truths", "simulate_datasets", "rank_statistics", "sbc"]
@@ -224,7 +224,7 @@ def rank_statistics(
             laws in N and D.
     """
     if isinstance(fits, BatchResult):
-        diagnostics, fits = fits.diagnostics(), fits.results
+        diagnostics, fits = fits.status(), fits.results
     else:
         diagnostics = pd.DataFrame({"status": ["ok" if f.diagnostics.ok else "warning" for f in fits.values()]},
                                    index=pd.Index(list(fits), name="group"))
@@ -241,7 +241,7 @@ def rank_statistics(
             ranks.loc[name, q] = np.mean(draws[q] < table.loc[name, q])
     if has_allocation(law):
         true_opt = optimal_allocation(law, {p: table[p].to_numpy() for p in law.params}, [compute])
-        fitted_opt = {n: compute_optimal_draws(fits[n], [compute]) for n in names}
+        fitted_opt = {n: optimal_allocation(fits[n].law, fits[n].draws(), [compute]) for n in names}
         for q in ("N_opt", "D_opt"):
             table[q] = true_opt[q][:, 0]
             ranks[q] = [np.mean(fitted_opt[n][q][:, 0] < table.loc[n, q]) for n in names]

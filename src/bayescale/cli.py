@@ -27,10 +27,10 @@ from . import datasets
 from .allocation import compute_for_loss, compute_optimal, has_allocation
 from .batch import BatchResult, fit_batch, load_batch
 from .data import DataError, ScalingData
-from .inference import fit
+from .fit import fit
 from .laws import list_laws
 from .reporting import DEFAULT_COMPUTE, report
-from .results import FitResult, load
+from .posterior import FitResult, load
 
 __all__ = ["main"]
 
@@ -100,7 +100,7 @@ def _batch(args: argparse.Namespace) -> int:
         params=args.params_col, tokens=args.tokens_col, compute=args.compute_col, loss=args.loss_col,
         **_sampler_args(args),
     )
-    diag = result.diagnostics()
+    diag = result.status()
     diag.to_csv(os.path.join(args.out, "diagnostics.csv"))
     if result.results:
         result.summary().to_csv(os.path.join(args.out, "summary.csv"), index=False)

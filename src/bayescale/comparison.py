@@ -13,7 +13,7 @@ import arviz as az
 import numpy as np
 import pandas as pd
 
-from .results import FitResult
+from .posterior import FitResult
 
 __all__ = ["compare", "ReliabilityWarning", "PARETO_K_MAX"]
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["DataError", "DataWarning", "ScalingData", "COVARIATES", "fill_covariates"]
+__all__ = ["DataError", "DataWarning", "ScalingData", "COVARIATES", "fill_covariates", "check_positive", "as_data"]
 
 COVARIATES = ("N", "D", "C", "N_total")
 """Names of the covariates a law can use: parameters (active, for mixture-of-experts models),
@@ -68,10 +68,10 @@ def _numeric_column(frame: pd.DataFrame, column: str, role: str) -> np.ndarray:
         )
     if any(isinstance(v, (bool, np.bool_)) for v in series):
         raise DataError(f"column {column!r} ({role}) holds booleans; expected positive numbers")
-    return _check_positive(values.to_numpy(dtype=float), series.index, column, role)
+    return check_positive(values.to_numpy(dtype=float), series.index, column, role)
 
 
-def _check_positive(values: np.ndarray, index: Sequence[Any], column: str, role: str) -> np.ndarray:
+def check_positive(values: np.ndarray, index: Sequence[Any], column: str, role: str) -> np.ndarray:
     labels = np.asarray(index, dtype=object)
     nan = np.isnan(values)
     if nan.any():
@@ -329,7 +329,7 @@ class ScalingData:
             m = _numeric_column(table, flops_per_token, "FLOPs per token")
         elif flops_per_token is not None:
             m = np.broadcast_to(np.asarray(flops_per_token, dtype=float), (table.shape[0],)).copy()
-            m = _check_positive(m, table.index, "flops_per_token", "FLOPs per token")
+            m = check_positive(m, table.index, "flops_per_token", "FLOPs per token")
 
         N, D, C = values["N"], values["D"], values["C"]
         n_total = values["N_total"]

@@ -27,9 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar, NamedTuple
 
 import arviz as az
 import jax
@@ -43,12 +42,22 @@ import xarray as xr
 from .allocation import compute_optimal_by_group
 from .batch import split_groups
 from .data import COVARIATES, DataError, ScalingData
-from .inference import check_sampler_args, sample_numpyro
+from .fit import sample_model
 from .laws import Law, get_law
-from .likelihoods import Likelihood, get_likelihood
-from .model import OBSERVED, make_spec
-from .results import LEVEL, Diagnostics, FitResult, describe_draws, diagnose, summaries_by_group, warn_unconverged
-from .sampling import NUTSConfig
+from .likelihoods import NU_PRIOR, Likelihood, get_likelihood
+from .model import OBSERVED, Spec
+from .posterior import (
+    LEVEL,
+    FitResult,
+    Posterior,
+    constant_data,
+    data_from_idata,
+    describe_draws,
+    settings_from_meta,
+    summaries_by_group,
+    warn_unconverged,
+)
+from .sampling import SamplerSettings, sampler_settings
 
 __all__ = ["HierarchicalResult", "fit_hierarchical", "TAU_SCALE", "AMPLITUDE_SCALE"]
 
@@ -70,75 +79,96 @@ def _coordinate_prior(law: Law, name: str) -> tuple[float, float, bool]:
     raise ValueError(f"{name!r} has a {type(prior).__name__} prior; pooling needs a LogNormal or Normal prior")
 
 
-def _model(log_x: dict, log_y: jax.Array | None, index: jax.Array, centre: dict, num_groups: int, law: Law,
-           roles: Mapping[str, str], likelihood: Likelihood, noise_prior: dist.Distribution) -> None:
-    params: dict[str, jax.Array] = {}
-    for name in law.params:
-        role = roles[name]
-        amplitude = name in law.centred
+class HierarchicalData(NamedTuple):
+    """Arrays of the hierarchical model: log covariates and log target per run, its group index, data centre."""
 
-        def natural(c: jax.Array, name: str = name) -> jax.Array:
-            """Natural value from the pooling coordinate (centred log term, log, or identity)."""
-            if name in law.centred:
-                return law.centred[name](c, params, centre)
-            return jnp.exp(c) if _coordinate_prior(law, name)[2] else c
+    log_x: dict[str, Any]
+    log_y: Any
+    index: Any
+    centre: dict[str, Any]
 
-        if role == "pooled":
-            loc, scale, _ = _coordinate_prior(law, name)
-            mu = numpyro.sample(f"{name}_loc", dist.Normal(loc, scale))
-            tau = numpyro.sample(f"{name}_scale", dist.HalfNormal(TAU_SCALE))
-            with numpyro.plate("group", num_groups):
-                z = numpyro.sample(f"{name}_z", dist.Normal(0.0, 1.0))
-            value = natural(mu + tau * z)
-        else:
-            plate = numpyro.plate("group", num_groups) if role == "group" else contextlib.nullcontext()
-            with plate:
-                if amplitude:
-                    value = natural(numpyro.sample(f"{name}_centred", dist.Normal(0.0, AMPLITUDE_SCALE)))
-                else:
-                    value = numpyro.sample(f"{name}_{role}", law.priors[name])
-        params[name] = numpyro.deterministic(name, jnp.broadcast_to(value, (num_groups,)))
-    sigma = numpyro.sample("sigma", noise_prior)
-    nu = numpyro.sample("nu", dist.Gamma(2.0, 0.1)) if likelihood.learns_nu else None
-    loc = law.log_mean({k: v[index] for k, v in params.items()}, log_x)
-    with numpyro.plate("run", index.shape[0]):
-        numpyro.sample(OBSERVED, likelihood.distribution(loc, sigma, nu), obs=log_y)
+
+@dataclasses.dataclass(frozen=True)
+class HierarchicalModel:
+    """The NumPyro model of a hierarchical fit, ``model(data: HierarchicalData)``; equal models compare equal."""
+
+    law: Law
+    likelihood: Likelihood
+    roles: tuple[tuple[str, str], ...]
+    num_groups: int
+
+    def __call__(self, data: HierarchicalData) -> None:
+        law, roles, num_groups = self.law, dict(self.roles), self.num_groups
+        params: dict[str, jax.Array] = {}
+        for name in law.params:
+            role = roles[name]
+            amplitude = name in law.centred
+
+            def natural(c: jax.Array, name: str = name) -> jax.Array:
+                """Natural value from the pooling coordinate (centred log term, log, or identity)."""
+                if name in law.centred:
+                    return law.centred[name](c, params, data.centre)
+                return jnp.exp(c) if _coordinate_prior(law, name)[2] else c
+
+            if role == "pooled":
+                loc, scale, _ = _coordinate_prior(law, name)
+                mu = numpyro.sample(f"{name}_loc", dist.Normal(loc, scale))
+                tau = numpyro.sample(f"{name}_scale", dist.HalfNormal(TAU_SCALE))
+                with numpyro.plate("group", num_groups):
+                    z = numpyro.sample(f"{name}_z", dist.Normal(0.0, 1.0))
+                value = natural(mu + tau * z)
+            else:
+                plate = numpyro.plate("group", num_groups) if role == "group" else contextlib.nullcontext()
+                with plate:
+                    if amplitude:
+                        value = natural(numpyro.sample(f"{name}_centred", dist.Normal(0.0, AMPLITUDE_SCALE)))
+                    else:
+                        value = numpyro.sample(f"{name}_{role}", law.priors[name])
+            params[name] = numpyro.deterministic(name, jnp.broadcast_to(value, (num_groups,)))
+        sigma = numpyro.sample("sigma", law.noise_prior)
+        nu = numpyro.sample("nu", NU_PRIOR) if self.likelihood.learns_nu else None
+        loc = law.log_mean({k: v[data.index] for k, v in params.items()}, data.log_x)
+        with numpyro.plate("run", data.index.shape[0]):
+            numpyro.sample(OBSERVED, self.likelihood.distribution(loc, sigma, nu), obs=data.log_y)
+
+    def unobserved(self, data: HierarchicalData) -> HierarchicalData:
+        """``data`` without observations (the posterior predictive simulates them)."""
+        return data._replace(log_y=None)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class HierarchicalResult:
+class HierarchicalResult(Posterior):
     """Posterior of a hierarchical fit.
 
     Attributes:
         idata: ``arviz.InferenceData``; natural parameters with dim ``group``,
-            population ``{name}_loc``/``{name}_scale`` of pooled parameters, ``sigma``.
+            population ``{name}_loc``/``{name}_scale`` of pooled parameters,
+            ``sigma``; log-likelihood, predictive, observed and constant data of
+            every run.
+        data: all runs, with their group labels.
+        settings: sampler settings, seed included.
         law: the law.
         likelihood: the observation model.
-        data: all runs, with their group labels.
         groups: group names, in input order.
         roles: parameter -> ``"shared"``, ``"pooled"`` or ``"group"``.
-        config: sampler settings.
-        seed: the seed.
     """
 
-    idata: az.InferenceData
-    law: Law
-    likelihood: Likelihood
-    data: ScalingData
-    groups: list[str]
-    roles: Mapping[str, str]
-    config: NUTSConfig
-    seed: int
+    law: Law = dataclasses.field(kw_only=True)
+    likelihood: Likelihood = dataclasses.field(kw_only=True)
+    groups: list[str] = dataclasses.field(kw_only=True)
+    roles: Mapping[str, str] = dataclasses.field(kw_only=True)
+
+    kind: ClassVar[str] = "hierarchical"
 
     @property
     def population_names(self) -> list[str]:
         """Names of the population parameters (location and scale of each pooled parameter)."""
         return [f"{p}_{s}" for p, r in self.roles.items() if r == "pooled" for s in ("loc", "scale")]
 
-    @functools.cached_property
-    def diagnostics(self) -> Diagnostics:
-        """R-hat, bulk ESS and divergences over all groups' parameters and the population."""
-        return diagnose(self.idata, (*self.law.params, "sigma", *self.population_names))
+    @property
+    def latents(self) -> tuple[str, ...]:
+        """Every group's natural parameters (dim ``group``), ``sigma`` (``nu``) and the population."""
+        return (*self.law.params, "sigma", *(("nu",) if self.likelihood.learns_nu else ()), *self.population_names)
 
     def population(self, level: float = LEVEL) -> pd.DataFrame:
         """Location and scale of each pooled parameter's population, with intervals.
@@ -147,35 +177,86 @@ class HierarchicalResult:
         centred log term for amplitudes); ``{name}_typical`` is the natural value
         at the location, for positive non-amplitude parameters.
         """
-        post = self.idata.posterior
-        draws = {n: post[n].values.reshape(-1) for n in self.population_names}
+        draws = {n: self.draws(n) for n in self.population_names}
         for p, role in self.roles.items():
             if role == "pooled" and p not in self.law.centred and _coordinate_prior(self.law, p)[2]:
                 draws[f"{p}_typical"] = np.exp(draws[f"{p}_loc"])
         return describe_draws(draws, level)
 
     def __getitem__(self, group: str) -> FitResult:
-        """The posterior of one group as a :class:`FitResult` (usable with every allocation function)."""
+        """The posterior of one group as a :class:`FitResult`, honouring the whole contract.
+
+        Its ``idata`` holds the group's parameters and its runs' log-likelihood,
+        predictive, observed and constant data, so it can be saved, loaded,
+        compared and planned with like any fit. Its ``spec.priors`` lists only the
+        parameters whose prior is a plain distribution in this model; ``spec.roles``
+        says which were shared or pooled.
+        """
         if group not in self.groups:
             raise KeyError(f"unknown group {group!r}; groups are {self.groups}")
         post = self.idata.posterior
         names = [*self.law.params, "sigma"] + (["nu"] if self.likelihood.learns_nu else [])
         posterior = xr.Dataset({n: post[n].sel(group=group, drop=True) if "group" in post[n].dims else post[n]
                                 for n in names})
-        idata = az.InferenceData(posterior=posterior, sample_stats=self.idata.sample_stats)
-        data = self.data.subset(np.asarray(self.data.group).astype(str) == group)
-        spec = make_spec(self.law, self.likelihood)
-        return FitResult(idata=idata, spec=spec, data=data, config=self.config, seed=self.seed)
+        runs = np.flatnonzero(np.asarray(self.data.group).astype(str) == group)
+
+        def own_runs(ds: xr.Dataset) -> xr.Dataset:
+            return ds.isel(run=runs).assign_coords(run=np.arange(runs.size))
+
+        idata = az.InferenceData(
+            posterior=posterior,
+            sample_stats=self.idata.sample_stats,
+            **{g: own_runs(self.idata[g]) for g in _RUN_GROUPS},
+        )
+        priors = {p: self.law.priors[p] for p, r in self.roles.items() if r != "pooled" and p not in self.law.centred}
+        priors["sigma"] = self.law.noise_prior
+        if self.likelihood.learns_nu:
+            priors["nu"] = NU_PRIOR
+        spec = Spec(self.law, self.likelihood, priors, tuple(self.roles.items()))
+        return FitResult(idata=idata, data=self.data.subset(runs), settings=self.settings, spec=spec)
 
     def summary(self, level: float = LEVEL) -> pd.DataFrame:
         """Long table: one row per (group, parameter), with statistics, r_hat and ESS."""
         return summaries_by_group({g: self[g] for g in self.groups}, level)
+
+    def predict_draws(self, *, group: str, **points: Any) -> np.ndarray:
+        """Posterior draws of the loss (nats) of ``group`` at new points (see :meth:`FitResult.predict_draws`)."""
+        return self[group].predict_draws(**points)
+
+    def predict(self, *, group: str, **points: Any) -> pd.DataFrame:
+        """Credible bands of ``group``'s loss at new points (see :meth:`FitResult.predict`)."""
+        return self[group].predict(**points)
 
     def compute_optimal(
         self, compute: Sequence[float], flops_per_token: float = 6.0, level: float = LEVEL
     ) -> pd.DataFrame:
         """Compute-optimal allocation of every group in one table (group, compute)."""
         return compute_optimal_by_group({g: self[g] for g in self.groups}, compute, flops_per_token, level)
+
+    def _meta(self) -> dict[str, Any]:
+        return {
+            "law": {"name": self.law.name, "options": dict(self.law.options)},
+            "likelihood": {"name": self.likelihood.name, "nu": self.likelihood.nu},
+            "groups": list(self.groups),
+            "roles": dict(self.roles),
+        }
+
+    @classmethod
+    def _restore(cls, idata: az.InferenceData, meta: Mapping[str, Any], law: Law | None) -> HierarchicalResult:
+        if law is None:
+            law = get_law(meta["law"]["name"], **meta["law"]["options"])
+        return cls(
+            idata=idata,
+            data=data_from_idata(idata, meta),
+            settings=settings_from_meta(meta),
+            law=law,
+            likelihood=Likelihood(meta["likelihood"]["name"], meta["likelihood"]["nu"]),
+            groups=list(meta["groups"]),
+            roles=dict(meta["roles"]),
+        )
+
+
+_RUN_GROUPS = ("log_likelihood", "posterior_predictive", "observed_data", "constant_data")
 
 
 def fit_hierarchical(
@@ -186,30 +267,23 @@ def fit_hierarchical(
     pooled: Sequence[str] = ("E", "A", "B"),
     likelihood: str | Likelihood = "student_t",
     *,
-    num_warmup: int = 1000,
-    num_samples: int = 1000,
-    num_chains: int = 4,
-    seed: int = 0,
-    target_accept_prob: float = 0.9,
-    max_tree_depth: int = 10,
-    progress: bool = False,
-    **columns: Any,
+    settings: SamplerSettings | None = None,
+    **options: Any,
 ) -> HierarchicalResult:
     """Fit one law to several groups with shared, partially pooled and per-group parameters.
 
     Args:
         data: a DataFrame with a ``group`` column, :class:`ScalingData` with
-            groups, or a dict of name -> :class:`ScalingData`.
+            groups, or a dict of name -> :class:`ScalingData` (N in parameters,
+            D in tokens, C in FLOPs, loss in nats).
         group: the group column of a DataFrame.
         law: law name or :class:`Law`.
         shared: parameters common to all groups.
         pooled: parameters drawn per group from an inferred population.
         likelihood: observation model on log-loss (default Student-t, nu = 4).
-        num_warmup, num_samples, num_chains, target_accept_prob, max_tree_depth:
-            NUTS settings (dense mass matrix).
-        seed: PRNG seed.
-        progress: show NumPyro's progress bar.
-        **columns: column names for :meth:`ScalingData.from_table`.
+        settings: sampler settings, as for :func:`bayescale.fit`.
+        **options: :class:`~bayescale.sampling.SamplerSettings` fields as keywords,
+            then column names for :meth:`ScalingData.from_table`.
 
     Returns:
         :class:`HierarchicalResult`; a :class:`ConvergenceWarning` is emitted
@@ -219,11 +293,11 @@ def fit_hierarchical(
         ValueError: unknown or doubly listed parameter names, fewer than two
             groups, a group with invalid data, or too few runs in all.
     """
-    check_sampler_args(num_warmup, num_samples, num_chains, seed)
+    settings = sampler_settings(settings, options)
     law = get_law(law)
     lik = get_likelihood(likelihood)
     roles = _roles(law, shared, pooled)
-    groups, failures, order = split_groups(data, group, columns)
+    groups, failures, order = split_groups(data, group, options)
     if failures:
         raise DataError("invalid groups: " + "; ".join(f"{k}: {v}" for k, v in failures.items()))
     if len(groups) < 2:
@@ -244,17 +318,18 @@ def fit_hierarchical(
            if all(c in groups[g].available() for g in order)},
         group=labels,
     )
-    index = np.concatenate([np.full(groups[g].n, i) for i, g in enumerate(order)])
-    config = NUTSConfig(num_warmup, num_samples, target_accept_prob, max_tree_depth, True)
-    model = functools.partial(_model, law=law, roles=roles, likelihood=lik, noise_prior=law.noise_prior,
-                              num_groups=len(order))
-    with jax.enable_x64(True):
-        log_x = {c: jnp.log(jnp.asarray(all_data.covariate(c))) for c in law.covariates}
-        centre = {c: jnp.mean(v) for c, v in log_x.items()}
-        args = (log_x, jnp.log(jnp.asarray(all_data.loss)), jnp.asarray(index), centre)
-        idata = sample_numpyro(model, args, config, num_chains, seed, progress, ("group", order))
-    result = HierarchicalResult(idata=idata, law=law, likelihood=lik, data=all_data, groups=list(order),
-                                roles=roles, config=config, seed=seed)
+    log_x = {c: np.log(all_data.covariate(c)) for c in law.covariates}
+    model_input = HierarchicalData(
+        log_x=log_x,
+        log_y=np.log(all_data.loss),
+        index=np.concatenate([np.full(groups[g].n, i) for i, g in enumerate(order)]),
+        centre={c: v.mean() for c, v in log_x.items()},
+    )
+    model = HierarchicalModel(law, lik, tuple(roles.items()), len(order))
+    idata = sample_model(model, model_input, settings, observed=model_input.log_y, constant=constant_data(all_data),
+                         dim=("group", order), desc="hierarchical fit")
+    result = HierarchicalResult(idata=idata, data=all_data, settings=settings, law=law, likelihood=lik,
+                                groups=list(order), roles=roles)
     warn_unconverged(result.diagnostics, "hierarchical fit")
     return result
 

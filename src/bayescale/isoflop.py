@@ -26,9 +26,8 @@ Units: N in parameters, D in tokens, C in FLOPs, loss in nats.
 from __future__ import annotations
 
 import dataclasses
-import functools
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, NamedTuple
 
 import arviz as az
 import jax
@@ -39,68 +38,132 @@ import numpyro.distributions as dist
 import pandas as pd
 
 from .allocation import allocation_exponents, compute_optimal
-from .data import DataError, ScalingData, as_data
-from .inference import check_sampler_args, sample_numpyro
+from .data import DataError, ScalingData, as_data, check_positive
+from .fit import sample_model
 from .likelihoods import Likelihood, get_likelihood
-from .results import LEVEL, Diagnostics, FitResult, describe_draws, diagnose, table_of_draws, warn_unconverged
-from .sampling import NUTSConfig
+from .model import OBSERVED
+from .posterior import (
+    LEVEL,
+    FitResult,
+    Posterior,
+    constant_data,
+    data_from_idata,
+    describe_draws,
+    settings_from_meta,
+    table_of_draws,
+    warn_unconverged,
+)
+from .sampling import SamplerSettings, sampler_settings
 
 __all__ = ["IsoFlopResult", "fit_isoflop"]
 
-_LATENTS = ("log_n_opt", "loss_opt", "curvature", "sigma")
+
+class IsoFlopData(NamedTuple):
+    """Arrays of the iso-FLOP model: log N and budget index per run, log loss, and per-budget prior scales."""
+
+    x: Any
+    index: Any
+    log_y: Any
+    loc0: Any
+    scale0: Any
+    log_floor: Any
 
 
-def _model(x: jax.Array, index: jax.Array, log_y: jax.Array | None, loc0: jax.Array, scale0: jax.Array,
-           log_floor: jax.Array, likelihood: Likelihood) -> None:
-    with numpyro.plate("budget", loc0.shape[0]):
-        log_n_opt = numpyro.sample("log_n_opt", dist.Normal(loc0, scale0))
-        loss_opt = numpyro.sample("loss_opt", dist.LogNormal(log_floor, 0.5))
-        curvature = numpyro.sample("curvature", dist.LogNormal(jnp.log(0.05), 1.0))
-    sigma = numpyro.sample("sigma", dist.LogNormal(jnp.log(0.01), 1.0))
-    mean = loss_opt[index] + curvature[index] * (x - log_n_opt[index]) ** 2
-    with numpyro.plate("run", x.shape[0]):
-        numpyro.sample("log_loss", likelihood.distribution(jnp.log(mean), sigma), obs=log_y)
+@dataclasses.dataclass(frozen=True)
+class IsoFlopModel:
+    """The NumPyro model of the iso-FLOP parabolas, ``model(data: IsoFlopData)``."""
+
+    likelihood: Likelihood
+
+    def __call__(self, data: IsoFlopData) -> None:
+        with numpyro.plate("budget", data.loc0.shape[0]):
+            log_n_opt = numpyro.sample("log_n_opt", dist.Normal(data.loc0, data.scale0))
+            loss_opt = numpyro.sample("loss_opt", dist.LogNormal(data.log_floor, 0.5))
+            curvature = numpyro.sample("curvature", dist.LogNormal(jnp.log(0.05), 1.0))
+        sigma = numpyro.sample("sigma", dist.LogNormal(jnp.log(0.01), 1.0))
+        mean = loss_opt[data.index] + curvature[data.index] * (data.x - log_n_opt[data.index]) ** 2
+        with numpyro.plate("run", data.x.shape[0]):
+            numpyro.sample(OBSERVED, self.likelihood.distribution(jnp.log(mean), sigma), obs=data.log_y)
+
+    def unobserved(self, data: IsoFlopData) -> IsoFlopData:
+        """``data`` without observations (the posterior predictive simulates them)."""
+        return data._replace(log_y=None)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class IsoFlopResult:
+class IsoFlopResult(Posterior):
     """Posterior of a Bayesian iso-FLOP analysis.
 
     Attributes:
         idata: ``arviz.InferenceData``; posterior ``log_n_opt``, ``loss_opt``,
-            ``curvature`` (dim ``budget``) and ``sigma``.
-        compute: the budgets in FLOPs, one per ``budget`` coordinate.
+            ``curvature`` (dim ``budget``) and ``sigma``, with log-likelihood,
+            predictive, observed and constant data of every run.
         data: the runs fitted.
+        settings: sampler settings, seed included.
+        compute: the budgets in FLOPs, one per ``budget`` coordinate.
+        likelihood: the observation model.
         flops_per_token: k in ``C = k·N·D``.
     """
 
-    idata: az.InferenceData
-    compute: np.ndarray
-    data: ScalingData
-    flops_per_token: float
+    compute: np.ndarray = dataclasses.field(kw_only=True)
+    likelihood: Likelihood = dataclasses.field(kw_only=True)
+    flops_per_token: float = dataclasses.field(kw_only=True)
 
-    @functools.cached_property
-    def diagnostics(self) -> Diagnostics:
-        """R-hat, bulk ESS and divergences of the per-budget parabolas."""
-        return diagnose(self.idata, _LATENTS)
+    kind: ClassVar[str] = "isoflop"
+    latents: ClassVar[tuple[str, ...]] = ("log_n_opt", "loss_opt", "curvature", "sigma")
 
-    def _draws(self, name: str) -> np.ndarray:
-        values = self.idata.posterior[name].values
-        return values.reshape(-1, *values.shape[2:])
+    def predict_draws(self, N: Any, C: Any) -> np.ndarray:
+        """Posterior draws ``(draws, points)`` of the loss (nats) of N parameters on a fitted budget C (FLOPs).
+
+        The parabolas describe only the budgets fitted; ``C`` must be one of them.
+        """
+        n, c = np.broadcast_arrays(np.atleast_1d(np.asarray(N, dtype=float)), np.atleast_1d(np.asarray(C, dtype=float)))
+        check_positive(n.copy(), range(n.size), "N", "prediction input")
+        budget = np.searchsorted(self.compute, c)
+        known = (budget < self.compute.size) & np.isclose(self.compute[np.minimum(budget, self.compute.size - 1)], c)
+        if not known.all():
+            raise ValueError(f"C must be one of the fitted budgets {self.compute.tolist()}; got {c[~known].tolist()}")
+        m, loss, curv = (self.draws(v)[:, budget] for v in ("log_n_opt", "loss_opt", "curvature"))
+        return loss + curv * (np.log(n) - m) ** 2
+
+    def predict(self, N: Any, C: Any, level: float = LEVEL) -> pd.DataFrame:
+        """Median and interval at ``level`` of the iso-FLOP curve's loss (nats) at (N, C), one row per point."""
+        draws = self.predict_draws(N, C)
+        n, c = np.broadcast_arrays(np.atleast_1d(np.asarray(N, dtype=float)), np.atleast_1d(np.asarray(C, dtype=float)))
+        lo, med, hi = np.quantile(draws, [(1 - level) / 2, 0.5, (1 + level) / 2], axis=0)
+        return pd.DataFrame({"N": n, "C": c, "median": med, "lower": lo, "upper": hi})
+
+    def _meta(self) -> dict[str, Any]:
+        return {
+            "compute": self.compute.tolist(),
+            "likelihood": {"name": self.likelihood.name, "nu": self.likelihood.nu},
+            "flops_per_token": self.flops_per_token,
+        }
+
+    @classmethod
+    def _restore(cls, idata: az.InferenceData, meta: Mapping[str, Any], law: Any) -> IsoFlopResult:
+        return cls(
+            idata=idata,
+            data=data_from_idata(idata, meta),
+            settings=settings_from_meta(meta),
+            compute=np.asarray(meta["compute"], dtype=float),
+            likelihood=Likelihood(meta["likelihood"]["name"], meta["likelihood"]["nu"]),
+            flops_per_token=float(meta["flops_per_token"]),
+        )
 
     def exponent_draws(self) -> dict[str, np.ndarray]:
         """Draws of ``a`` and the intercept ``log N_opt`` at ``C = 1`` FLOP of the line ``log N_opt = g + a·log C``."""
         log_c = np.log(self.compute)
         centred = log_c - log_c.mean()
-        m = self._draws("log_n_opt")
+        m = self.draws("log_n_opt")
         a = (m - m.mean(axis=1, keepdims=True)) @ centred / (centred @ centred)
         return {"a": a, "intercept": m.mean(axis=1) - a * log_c.mean()}
 
     def summary(self, level: float = LEVEL) -> pd.DataFrame:
         """Per budget: ``N_opt``, ``D_opt`` (= C/(k·N_opt)), ``tokens_per_param`` and ``loss_opt`` with intervals."""
-        n = np.exp(self._draws("log_n_opt"))
+        n = np.exp(self.draws("log_n_opt"))
         d = self.compute / (self.flops_per_token * n)
-        draws = {"N_opt": n, "D_opt": d, "tokens_per_param": d / n, "loss_opt": self._draws("loss_opt")}
+        draws = {"N_opt": n, "D_opt": d, "tokens_per_param": d / n, "loss_opt": self.draws("loss_opt")}
         return table_of_draws(draws, pd.Index(self.compute, name="compute"), level)
 
     def exponents(self, level: float = LEVEL) -> pd.DataFrame:
@@ -144,12 +207,8 @@ def fit_isoflop(
     *,
     likelihood: str | Likelihood = "student_t",
     flops_per_token: float = 6.0,
-    num_warmup: int = 1000,
-    num_samples: int = 2000,
-    num_chains: int = 4,
-    seed: int = 0,
-    progress: bool = False,
-    **columns: Any,
+    settings: SamplerSettings | None = None,
+    **options: Any,
 ) -> IsoFlopResult:
     """Fit a parabola in log N to each compute budget's runs and a power law through the optima.
 
@@ -160,13 +219,11 @@ def fit_isoflop(
         group: column holding each run's budget in FLOPs.
         likelihood: observation model on log-loss (default Student-t, nu = 4).
         flops_per_token: k in ``C = k·N·D``, for ``D_opt``.
-        num_warmup, num_samples, num_chains: NUTS settings (dense mass matrix,
-            target acceptance 0.95). The default 2000 draws per chain are
-            cheap here and needed: with three or four runs per budget the
-            noise scale is weakly identified and mixes slowly.
-        seed: PRNG seed; the same seed gives the same draws.
-        progress: show NumPyro's progress bar.
-        **columns: column names for :meth:`ScalingData.from_table`.
+        settings: sampler settings, as for :func:`bayescale.fit`. With three or
+            four runs per budget the noise scale is weakly identified and mixes
+            slowly; more draws (``num_samples=2000``) are cheap here.
+        **options: :class:`~bayescale.sampling.SamplerSettings` fields as keywords,
+            then column names for :meth:`ScalingData.from_table`.
 
     Returns:
         An :class:`IsoFlopResult`; diagnostics warn as for :func:`bayescale.fit`.
@@ -176,9 +233,10 @@ def fit_isoflop(
             fewer than two budgets, runs without N, or budget labels that are
             not positive numbers.
     """
-    check_sampler_args(num_warmup, num_samples, num_chains, seed)
+    settings = sampler_settings(settings, options)
+    lik = get_likelihood(likelihood)
     if not isinstance(data, ScalingData):
-        data = as_data(data, group=group, **columns)
+        data = as_data(data, group=group, **options)
     if data.N is None:
         raise DataError("iso-FLOP analysis needs model sizes N (the params column)")
     labels = data.group if data.group is not None else data.C
@@ -202,12 +260,10 @@ def fit_isoflop(
     loc0 = np.array([x[index == j].mean() for j in range(compute.size)])
     scale0 = np.array([max(np.ptp(x[index == j]), 0.1) for j in range(compute.size)])
     floor = np.log([loss[index == j].min() for j in range(compute.size)])
-    model = functools.partial(_model, likelihood=get_likelihood(likelihood))
-    config = NUTSConfig(num_warmup, num_samples, target_accept_prob=0.95, dense_mass=True)
-    with jax.enable_x64(True):
-        args = (jnp.asarray(x), jnp.asarray(index), jnp.asarray(np.log(loss)), jnp.asarray(loc0),
-                jnp.asarray(scale0), jnp.asarray(floor))
-        idata = sample_numpyro(model, args, config, num_chains, seed, progress, ("budget", compute))
-    result = IsoFlopResult(idata=idata, compute=compute, data=data, flops_per_token=float(flops_per_token))
+    model_input = IsoFlopData(x=x, index=index, log_y=np.log(loss), loc0=loc0, scale0=scale0, log_floor=floor)
+    idata = sample_model(IsoFlopModel(lik), model_input, settings, observed=model_input.log_y,
+                         constant=constant_data(data), dim=("budget", compute), desc="iso-FLOP fit")
+    result = IsoFlopResult(idata=idata, data=data, settings=settings, compute=compute, likelihood=lik,
+                           flops_per_token=float(flops_per_token))
     warn_unconverged(result.diagnostics, "iso-FLOP fit")
     return result

@@ -41,6 +41,8 @@ __all__ = [
 Array = Any
 Params = Mapping[str, Array]
 LogMean = Callable[[Params, Params], Array]
+LogOptimum = Callable[[Params, Array], Array]
+"""``(params, log(C/k)) -> log N_opt``: a law's closed-form compute-optimal size."""
 Centring = Callable[[Array, Params, Params], Array]
 """``(u, params_so_far, log_centre) -> natural value`` for a centred amplitude."""
 
@@ -63,8 +65,12 @@ class Law:
         noise_prior: prior of ``sigma``, the noise scale on the log target.
         formula: the law in words, for tables and reports.
         options: keyword arguments that rebuild the law with :func:`get_law`.
-        builtin: true for registry laws, whose compiled programs are shared by
-            every law of the same name and options.
+        builtin: true for registry laws. Built-in laws compare equal by name and
+            options, so equal laws share compiled programs (also across
+            :func:`bayescale.load`); a custom law equals only itself.
+        log_optimum: optional closed form of the compute-optimal size for a law
+            in N and D, ``log_optimum(params, log(C/k)) -> log N_opt``; without
+            it allocation minimises the law numerically along the iso-FLOP line.
     """
 
     name: str
@@ -77,6 +83,7 @@ class Law:
     formula: str = ""
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     builtin: bool = False
+    log_optimum: LogOptimum | None = None
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.covariates if c not in COVARIATES]
@@ -97,6 +104,17 @@ class Law:
 
     def __repr__(self) -> str:
         return f"Law({self.name!r}: {self.formula})"
+
+    def _identity(self) -> tuple:
+        if self.builtin:
+            return (self.name, tuple(sorted(self.options.items())))
+        return (id(self),)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Law) and self.builtin == other.builtin and self._identity() == other._identity()
+
+    def __hash__(self) -> int:
+        return hash(self._identity())
 
 
 # Default priors, all on natural parameters. They are weakly informative for
@@ -133,6 +151,11 @@ def chinchilla() -> Law:
         d_term = jnp.log(p["B"]) - p["beta"] * x["D"]
         return jnp.logaddexp(jnp.log(p["E"]), jnp.logaddexp(n_term, d_term))
 
+    def log_optimum(p: Params, log_c_over_k: Array) -> Array:
+        # N_opt = G·(C/k)^(beta/s), G = (alpha·A/(beta·B))^(1/s), s = alpha + beta.
+        s = p["alpha"] + p["beta"]
+        return (jnp.log(p["alpha"] * p["A"]) - jnp.log(p["beta"] * p["B"])) / s + p["beta"] / s * log_c_over_k
+
     return Law(
         name="chinchilla",
         params=("E", "alpha", "beta", "A", "B"),
@@ -147,6 +170,7 @@ def chinchilla() -> Law:
         log_mean=log_mean,
         centred={"A": _term_at_centre("alpha", "N"), "B": _term_at_centre("beta", "D")},
         formula="L = E + A/N^alpha + B/D^beta",
+        log_optimum=log_optimum,
     )
 
 
@@ -305,6 +329,7 @@ def custom(
     centred: Mapping[str, Centring] | None = None,
     noise_prior: dist.Distribution | None = None,
     formula: str = "",
+    log_optimum: LogOptimum | None = None,
 ) -> Law:
     """A user's own law, fitted with the same machinery as the built-in ones.
 
@@ -318,6 +343,8 @@ def custom(
         centred: optional centred amplitudes (see :class:`Law`).
         noise_prior: prior of the log-scale noise; default ``HalfNormal(0.1)``.
         formula: the law in words.
+        log_optimum: optional closed-form compute-optimal size for a law in N
+            and D (see :class:`Law`).
 
     Returns:
         A :class:`Law`. Saved results of a custom law load with ``bs.load(path, law=...)``.
@@ -331,6 +358,7 @@ def custom(
         centred=dict(centred or {}),
         noise_prior=noise_prior if noise_prior is not None else dist.HalfNormal(0.1),
         formula=formula,
+        log_optimum=log_optimum,
     )
 
 

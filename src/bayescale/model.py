@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import types
+import warnings
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -19,16 +21,33 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
+import scipy.stats
 import numpyro.distributions as dist
 from numpyro import handlers
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
+from numpyro.infer.util import potential_energy
 
-from .data import ScalingData
+from .data import DataError, DataWarning, ScalingData
 from .laws import Law
 from .likelihoods import NU_PRIOR, Likelihood
 
-__all__ = ["Spec", "ModelData", "make_spec", "model_data", "to_natural", "build_model", "OBSERVED"]
+__all__ = [
+    "Spec",
+    "ModelData",
+    "Layout",
+    "FlatModel",
+    "make_spec",
+    "check_data",
+    "model_data",
+    "to_natural",
+    "build_model",
+    "layout_of",
+    "unflatten",
+    "potential_of",
+    "potential_fn",
+    "OBSERVED",
+]
 
 OBSERVED = "log_loss"
 """Name of the observed site: the natural log of the target."""
@@ -58,22 +77,27 @@ class Spec:
         law: the :class:`~bayescale.laws.Law`.
         likelihood: the :class:`~bayescale.likelihoods.Likelihood`.
         priors: a prior for every latent (law parameters, ``sigma``, and ``nu``
-            when learned).
+            when learned); for a member of a hierarchical fit, only the latents
+            whose prior is a plain distribution (see ``roles``).
+        roles: empty for a fit of its own; for a member of a hierarchical fit,
+            ``(parameter, role)`` pairs with role ``"shared"``, ``"pooled"`` or
+            ``"group"`` (amplitudes and pooled parameters have no prior of their
+            own there: see :mod:`bayescale.hierarchical`).
     """
 
     law: Law
     likelihood: Likelihood
     priors: Mapping[str, dist.Distribution]
+    roles: tuple[tuple[str, str], ...] = ()
 
     @functools.cached_property
     def key(self) -> tuple:
         """Value identity: equal keys define the same model (compiled programs are reused)."""
-        law = (self.law.name, tuple(sorted(self.law.options.items()))) if self.law.builtin else (id(self.law),)
         priors = tuple(
             (name, type(p).__name__, tuple(np.asarray(getattr(p, a), dtype=float).tobytes() for a in p.arg_constraints))
             for name, p in sorted(self.priors.items())
         )
-        return (law, self.likelihood, priors)
+        return (self.law, self.likelihood, priors, self.roles)
 
     def __hash__(self) -> int:
         return hash(self.key)
@@ -117,6 +141,35 @@ def make_spec(law: Law, likelihood: Likelihood, priors: Mapping[str, Any] | None
             raise ValueError(f"prior for {name!r} must be on positive numbers, got {prior.support}")
         defaults[name] = prior
     return Spec(law, likelihood, types.MappingProxyType(defaults))
+
+
+def check_data(data: ScalingData, spec: Spec) -> None:
+    """Raise :class:`DataError` on data the law cannot be fitted to; warn on data that looks mislabelled."""
+    for c in spec.law.covariates:
+        data.covariate(c)
+    if data.n < len(spec.latents):
+        raise DataError(
+            f"{data.n} runs are too few to fit {spec.law.name!r}, which has {len(spec.latents)} parameters"
+            f" {list(spec.latents)}"
+        )
+    if data.N is not None and data.D is not None and np.all(data.D < data.N):
+        warnings.warn(
+            "tokens D are fewer than parameters N in every run: are the params and tokens columns swapped?",
+            DataWarning,
+            stacklevel=3,
+        )
+    falling = spec.law.builtin and spec.law.name != "power"
+    if falling and data.n >= 5:
+        x = "C" if data.C is not None else spec.law.covariates[0]
+        trend = scipy.stats.spearmanr(data.covariate(x), data.loss).statistic
+        if trend > 0.5:
+            warnings.warn(
+                f"column {data.target!r} increases with {x} (rank correlation {trend:.2f}), but {spec.law.name!r}"
+                " models a loss that falls with scale: is it an accuracy or a reward? Fit 1 - accuracy,"
+                " or use the 'power' law",
+                DataWarning,
+                stacklevel=3,
+            )
 
 
 def _positive_support(prior: dist.Distribution) -> bool:
@@ -185,16 +238,19 @@ def to_natural(spec: Spec, z: jax.Array, centre: Mapping[str, jax.Array]) -> tup
     return params, log_det
 
 
-def build_model(spec: Spec):  # noqa: ANN201 - a NumPyro model
-    """The NumPyro model ``model(data: ModelData)`` for ``spec``.
+@dataclasses.dataclass(frozen=True)
+class FlatModel:
+    """The NumPyro model of one dataset, ``model(data: ModelData)``; equal specs give equal models.
 
     Sites: ``z`` (sampler coordinates), a ``prior`` factor, one deterministic
     site per latent in natural units, and the observed site ``log_loss``.
     """
-    k = len(spec.latents)
 
-    def model(data: ModelData) -> None:
-        z = numpyro.sample("z", dist.ImproperUniform(constraints.real_vector, (), (k,)))
+    spec: Spec
+
+    def __call__(self, data: ModelData) -> None:
+        spec = self.spec
+        z = numpyro.sample("z", dist.ImproperUniform(constraints.real_vector, (), (len(spec.latents),)))
         params, log_det = to_natural(spec, z, data.centre)
         log_prior = sum(spec.priors[name].log_prob(params[name]) for name in spec.latents)
         numpyro.factor("prior", log_prior + log_det)
@@ -205,4 +261,65 @@ def build_model(spec: Spec):  # noqa: ANN201 - a NumPyro model
         with numpyro.plate("run", data.mask.shape[0]), handlers.mask(mask=data.mask):
             numpyro.sample(OBSERVED, obs, obs=data.log_y)
 
-    return model
+    def unobserved(self, data: ModelData) -> ModelData:
+        """``data`` with the observations removed (the posterior predictive simulates them)."""
+        return data._replace(log_y=None)
+
+    def layout(self) -> Layout:
+        """One flat site ``z`` of all latents."""
+        return (("z", (len(self.spec.latents),)),)
+
+
+def build_model(spec: Spec) -> FlatModel:
+    """The NumPyro model of ``spec`` (see :class:`FlatModel`)."""
+    return FlatModel(spec)
+
+
+Layout = tuple[tuple[str, tuple[int, ...]], ...]
+"""The sampler's flat vector as ``(site, unconstrained shape)`` pairs, in order."""
+
+
+def layout_of(model: Any, data: Any) -> Layout:
+    """The latent sample sites of a NumPyro model and their unconstrained shapes, in trace order."""
+    trace = handlers.trace(handlers.seed(model, 0)).get_trace(data)
+    return tuple(
+        (name, tuple(biject_to(site["fn"].support).inverse_shape(jnp.shape(site["value"]))))
+        for name, site in trace.items()
+        if site["type"] == "sample" and not site["is_observed"]
+    )
+
+
+def unflatten(z: jax.Array, layout: Layout) -> dict[str, jax.Array]:
+    """Split a flat vector ``(k,)`` into unconstrained site values by ``layout``."""
+    out, start = {}, 0
+    for name, shape in layout:
+        size = math.prod(shape)
+        out[name] = z[start:start + size].reshape(shape)
+        start += size
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def potential_of(model: Any, layout: Layout):  # noqa: ANN201 - a potential function
+    """``potential(z, data) -> -log density`` of a NumPyro model over its flat vector (one per model).
+
+    ``model`` must be hashable by value (a frozen dataclass), so equal models share
+    one potential and so one compiled sampler. A value that is not finite becomes
+    ``+inf`` (a rejected proposal). Far out, a term can overflow before the density
+    does (a centred amplitude's Jacobian ``X_c / alpha`` past the float range while
+    ``X_c`` is not), giving ``-inf``: NUTS would accept that point and never leave
+    it (seen in 5 of 800 kaplan_d and kaplan_c calibration fits, one chain each,
+    step size adapted down to 1e-308).
+    """
+
+    def potential(z: jax.Array, data: Any) -> jax.Array:
+        value = potential_energy(model, (data,), {}, unflatten(z, layout))
+        return jnp.where(jnp.isfinite(value), value, jnp.inf)
+
+    return potential
+
+
+def potential_fn(spec: Spec):  # noqa: ANN201 - a potential function
+    """The potential of ``spec``'s flat model (see :func:`potential_of`)."""
+    model = FlatModel(spec)
+    return potential_of(model, model.layout())

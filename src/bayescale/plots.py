@@ -17,10 +17,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 
-from .allocation import allocation_exponent_draws, compute_optimal_draws, has_allocation
+from .allocation import allocation_exponent_draws, has_allocation, optimal_allocation
 from .batch import BatchResult
 from .isoflop import IsoFlopResult
-from .results import LEVEL, FitResult
+from .posterior import LEVEL, FitResult
 
 __all__ = [
     "plot_fit",
@@ -106,7 +106,7 @@ def plot_fit(
     else:
         ax.scatter(observed, data.loss, s=12, alpha=0.6, color="k", zorder=3, label="runs")
         if nd:
-            _band(ax, grid, compute_optimal_draws(fit, grid)["loss_opt"], level, "C0", "loss at the optimum")
+            _band(ax, grid, optimal_allocation(fit.law, fit.draws(), grid)["loss_opt"], level, "C0", "loss at the optimum")
         else:
             _band(ax, grid, fit.predict_draws(**{x: grid}), level, "C0", f"posterior median, {level:.0%} band")
     ax.legend(fontsize="small")
@@ -152,7 +152,7 @@ def plot_isoflop(
             _mark_optimum(ax, tuple(table.loc[c].to_numpy()), float(np.median(l0)), color)
     else:
         budgets = np.asarray(compute if compute is not None else _levels(result.data.covariate("C"), 4), dtype=float)
-        opt = compute_optimal_draws(result, budgets)
+        opt = optimal_allocation(result.law, result.draws(), budgets)
         colors = _colors(budgets.size)
         for j, (c, color) in enumerate(zip(budgets, colors)):
             n_med = np.median(opt["N_opt"][:, j])

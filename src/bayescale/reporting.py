@@ -28,7 +28,7 @@ import pandas as pd
 
 from . import plots
 from .allocation import allocation_exponents, compute_optimal, has_allocation
-from .results import LEVEL, FitResult
+from .posterior import LEVEL, FitResult
 
 __all__ = ["report", "DEFAULT_COMPUTE"]
 
@@ -144,7 +144,7 @@ def report(
                  "covariates": list(fit.data.available())},
         "law": {"name": fit.law.name, "formula": fit.law.formula, "params": list(fit.law.params)},
         "likelihood": {"name": fit.spec.likelihood.name, "nu": fit.spec.likelihood.nu},
-        "sampler": {**fit.config._asdict(), "num_chains": int(fit.idata.posterior.sizes["chain"]), "seed": fit.seed},
+        "sampler": fit.settings.to_dict(),
         "diagnostics": {
             "ok": diag.ok,
             "problems": list(diag.problems),

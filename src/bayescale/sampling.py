@@ -19,6 +19,7 @@ Two execution strategies sit behind :func:`sample_lanes`:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -33,7 +34,16 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from numpyro.infer.hmc import hmc
 from tqdm.auto import tqdm
 
-__all__ = ["NUTSConfig", "Draws", "sample_lanes", "compile_ahead", "default_strategy", "resolve_strategy"]
+__all__ = [
+    "SamplerSettings",
+    "sampler_settings",
+    "NUTSConfig",
+    "Draws",
+    "sample_lanes",
+    "compile_ahead",
+    "default_strategy",
+    "resolve_strategy",
+]
 
 Potential = Callable[[jax.Array, Any], jax.Array]
 
@@ -46,6 +56,92 @@ class NUTSConfig(NamedTuple):
     target_accept_prob: float = 0.95
     max_tree_depth: int = 10
     dense_mass: bool = True
+
+
+_STRATEGIES = ("auto", "vmap", "loop")
+_PRECISIONS = ("auto", "float64", "float32")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSettings:
+    """How every ``fit_*`` samples: one object, one set of defaults.
+
+    Every fitting function takes ``settings=SamplerSettings(...)`` and, as a
+    convenience, the same fields as keyword arguments (``bs.fit(data, seed=3)``),
+    which override ``settings``.
+
+    Attributes:
+        num_warmup: adaptation iterations per chain.
+        num_samples: kept draws per chain.
+        num_chains: independent chains (at least 2 for R-hat).
+        target_accept_prob: NUTS target acceptance (0.95: on datasets of tens of
+            runs 0.8 left divergences in most Chinchilla fits; on 240 runs 0.95 costs
+            about 20% more time, see benchmarks/RESULTS.md).
+        max_tree_depth: NUTS maximum tree depth.
+        dense_mass: adapt a dense mass matrix (the parameters of additive laws are
+            strongly correlated; a diagonal one needs about six times more
+            leapfrog steps).
+        strategy: how lanes run: ``"auto"``, ``"vmap"`` or ``"loop"`` (see module docs).
+        precision: ``"auto"`` (float64 on CPU, float32 on accelerators),
+            ``"float64"`` or ``"float32"``.
+        progress: show tqdm progress bars.
+        seed: PRNG seed; the same seed gives identical draws.
+    """
+
+    num_warmup: int = 1000
+    num_samples: int = 1000
+    num_chains: int = 4
+    target_accept_prob: float = 0.95
+    max_tree_depth: int = 10
+    dense_mass: bool = True
+    strategy: str = "auto"
+    precision: str = "auto"
+    progress: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, least in (("num_warmup", 0), ("num_samples", 1), ("num_chains", 1), ("max_tree_depth", 1), ("seed", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < least:
+                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+        if not isinstance(self.target_accept_prob, (int, float)) or not 0 < self.target_accept_prob < 1:
+            raise ValueError(f"target_accept_prob must be in (0, 1), got {self.target_accept_prob!r}")
+        if self.strategy not in _STRATEGIES:
+            raise ValueError(f"strategy must be one of {_STRATEGIES}, got {self.strategy!r}")
+        if self.precision not in _PRECISIONS:
+            raise ValueError(f"precision must be one of {_PRECISIONS}, got {self.precision!r}")
+
+    @property
+    def nuts(self) -> NUTSConfig:
+        """The settings that shape the compiled kernel."""
+        return NUTSConfig(self.num_warmup, self.num_samples, float(self.target_accept_prob), self.max_tree_depth,
+                          self.dense_mass)
+
+    @property
+    def x64(self) -> bool:
+        """Whether to sample in float64 (``precision``, with ``"auto"`` resolved by backend)."""
+        if self.precision == "auto":
+            return jax.default_backend() == "cpu"
+        return self.precision == "float64"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Fields by name (JSON-ready)."""
+        return dataclasses.asdict(self)
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(SamplerSettings))
+
+
+def sampler_settings(settings: SamplerSettings | None, options: dict[str, Any]) -> SamplerSettings:
+    """``settings`` (default: :class:`SamplerSettings`) with the sampler fields in ``options`` applied.
+
+    The sampler fields are removed from ``options``; what remains (column options
+    for loading a table) is left to the caller.
+    """
+    if settings is not None and not isinstance(settings, SamplerSettings):
+        raise ValueError(f"settings must be a SamplerSettings, got {type(settings).__name__}")
+    chosen = {name: options.pop(name) for name in _FIELDS if name in options}
+    return dataclasses.replace(settings or SamplerSettings(), **chosen)
 
 
 class Draws(NamedTuple):

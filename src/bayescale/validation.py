@@ -18,8 +18,8 @@ import pandas as pd
 from matplotlib.axes import Axes
 
 from .data import DataError, ScalingData, as_data
-from .inference import fit as fit_law
-from .results import LEVEL, FitResult
+from .fit import fit as fit_law
+from .posterior import LEVEL, FitResult
 
 __all__ = ["Validation", "validate", "HOLDOUTS"]
 
@@ -94,13 +94,7 @@ def validate(
             "law": original.law,
             "likelihood": original.spec.likelihood,
             "priors": dict(original.spec.priors),
-            "num_warmup": original.config.num_warmup,
-            "num_samples": original.config.num_samples,
-            "num_chains": int(original.idata.posterior.sizes["chain"]),
-            "seed": original.seed,
-            "dense_mass": original.config.dense_mass,
-            "target_accept_prob": original.config.target_accept_prob,
-            "max_tree_depth": original.config.max_tree_depth,
+            "settings": original.settings,
         }
     else:
         data = as_data(fit_or_data)

@@ -1,0 +1,622 @@
+"""Posteriors: InferenceData built in one place, the result contract, and exact save/load.
+
+Every result of bayescale (:class:`FitResult` of one dataset, a member of a batch
+or of a hierarchical fit, the hierarchical and iso-FLOP results themselves)
+derives from :class:`Posterior` and so honours one contract:
+
+- ``idata``: ``arviz.InferenceData`` with ``posterior``, ``sample_stats``,
+  ``log_likelihood`` and ``posterior_predictive`` of the observed ``log_loss``,
+  ``observed_data`` and ``constant_data`` (the runs: N, D, C, loss);
+- ``draws()``, ``summary()``, ``diagnostics`` (a :class:`Diagnostics`);
+- ``predict_draws()`` / ``predict()`` of the loss at new points;
+- ``save(path)`` and :func:`load` give back an equal result.
+
+:func:`build_idata` is the one place that turns sampler draws of a NumPyro model
+into InferenceData.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import arviz as az
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as dist
+import pandas as pd
+import xarray as xr
+from numpyro.infer import Predictive
+from numpyro.infer.util import constrain_fn, log_likelihood
+
+from .data import ScalingData, check_positive, fill_covariates
+from .laws import Law, get_law
+from .likelihoods import Likelihood
+from .model import OBSERVED, Layout, ModelData, Spec, build_model, make_spec, unflatten
+from .sampling import Draws, SamplerSettings
+
+__all__ = [
+    "Posterior",
+    "FitResult",
+    "Diagnostics",
+    "ConvergenceWarning",
+    "build_idata",
+    "fit_idata",
+    "compile_fit_idata",
+    "load",
+    "LEVEL",
+    "RHAT_MAX",
+    "ESS_MIN",
+]
+
+LEVEL = 0.9
+"""Default credible level of intervals."""
+RHAT_MAX = 1.01
+"""Split R-hat above this is flagged."""
+ESS_MIN = 400
+"""Bulk effective sample size below this is flagged."""
+
+_FORMAT_VERSION = 2
+
+
+class ConvergenceWarning(UserWarning):
+    """The sampler did not converge: high R-hat, low ESS or divergences."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Diagnostics:
+    """Convergence diagnostics of one fit.
+
+    Attributes:
+        table: per parameter ``r_hat``, ``ess_bulk``, ``ess_tail``.
+        divergences: number of divergent post-warmup transitions.
+        num_draws: post-warmup draws over all chains.
+        mean_steps: mean leapfrog steps per iteration.
+        problems: human-readable problems; empty when the fit looks converged.
+    """
+
+    table: pd.DataFrame
+    divergences: int
+    num_draws: int
+    mean_steps: float
+    problems: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        """No R-hat above 1.01, no bulk ESS below 400 and no divergence."""
+        return not self.problems
+
+    @classmethod
+    def combine(cls, parts: Mapping[str, Diagnostics]) -> Diagnostics:
+        """Diagnostics of several fits as one: table indexed by (group, parameter), problems named by group."""
+        if not parts:
+            raise ValueError("no diagnostics to combine")
+        return cls(
+            table=pd.concat({name: d.table for name, d in parts.items()}, names=["group", "parameter"]),
+            divergences=sum(d.divergences for d in parts.values()),
+            num_draws=sum(d.num_draws for d in parts.values()),
+            mean_steps=float(np.mean([d.mean_steps for d in parts.values()])),
+            problems=tuple(f"{name}: {p}" for name, d in parts.items() for p in d.problems),
+        )
+
+    @property
+    def max_r_hat(self) -> float:
+        """Largest split R-hat over parameters."""
+        return float(self.table["r_hat"].max())
+
+    @property
+    def min_ess_bulk(self) -> float:
+        """Smallest bulk ESS over parameters."""
+        return float(self.table["ess_bulk"].min())
+
+
+def diagnose(idata: az.InferenceData, names: tuple[str, ...]) -> Diagnostics:
+    """Compute :class:`Diagnostics` from the posterior and sample stats of ``idata``."""
+    table = az.summary(idata, var_names=list(names), kind="diagnostics")[["r_hat", "ess_bulk", "ess_tail"]]
+    stats = idata.sample_stats
+    divergences = int(stats["diverging"].sum())
+    problems = []
+    rhat = table["r_hat"]
+    if stats.sizes["chain"] < 2:
+        problems.append("only one chain: R-hat cannot be computed; use num_chains >= 2")
+    elif (rhat > RHAT_MAX).any() or rhat.isna().any():
+        bad = rhat[(rhat > RHAT_MAX) | rhat.isna()]
+        problems.append(f"R-hat > {RHAT_MAX} for " + ", ".join(f"{k} ({v:.3f})" for k, v in bad.items()))
+    ess = table["ess_bulk"]
+    if (ess < ESS_MIN).any() or ess.isna().any():
+        bad = ess[(ess < ESS_MIN) | ess.isna()]
+        problems.append(f"bulk ESS < {ESS_MIN} for " + ", ".join(f"{k} ({v:.0f})" for k, v in bad.items()))
+    if divergences:
+        problems.append(f"{divergences} divergent transitions (refit with target_accept_prob=0.99 or more runs)")
+    return Diagnostics(
+        table=table,
+        divergences=divergences,
+        num_draws=int(stats.sizes["chain"] * stats.sizes["draw"]),
+        mean_steps=float(stats["n_steps"].mean()),
+        problems=tuple(problems),
+    )
+
+
+def warn_unconverged(diagnostics: Diagnostics, subject: str, stacklevel: int = 2) -> None:
+    """Emit a :class:`ConvergenceWarning` "``subject`` may not have converged: ..." when checks failed.
+
+    ``stacklevel`` counts from the caller of this function, as for ``warnings.warn``.
+    """
+    if not diagnostics.ok:
+        warnings.warn(
+            f"{subject} may not have converged: " + "; ".join(diagnostics.problems),
+            ConvergenceWarning,
+            stacklevel=stacklevel + 1,
+        )
+
+
+def _interval_columns(level: float) -> tuple[str, str]:
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    lo = (1 - level) / 2
+    return f"{100 * lo:g}%", f"{100 * (1 - lo):g}%"
+
+
+def describe_draws(draws: Mapping[str, np.ndarray], level: float = LEVEL) -> pd.DataFrame:
+    """Mean, sd, median and equal-tailed interval at ``level`` of each flat array of draws."""
+    lo_name, hi_name = _interval_columns(level)
+    rows = {}
+    for name, values in draws.items():
+        v = np.asarray(values, dtype=float).reshape(-1)
+        lo, med, hi = np.quantile(v, [(1 - level) / 2, 0.5, (1 + level) / 2])
+        rows[name] = {"mean": v.mean(), "sd": v.std(ddof=1), "median": med, lo_name: lo, hi_name: hi}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def table_of_draws(draws: Mapping[str, np.ndarray], index: pd.Index, level: float = LEVEL) -> pd.DataFrame:
+    """Median and interval of draws ``(n, len(index))`` per quantity, one row per index entry, grouped columns."""
+    parts = []
+    for name, values in draws.items():
+        rows = [describe_draws({name: values[:, j]}, level).iloc[0] for j in range(values.shape[1])]
+        part = pd.DataFrame(rows, index=index).drop(columns=["mean", "sd"])
+        part.columns = pd.MultiIndex.from_product([[name], part.columns])
+        parts.append(part)
+    return pd.concat(parts, axis=1)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _pointwise(model: Any, layout: Layout, z: jax.Array, data: Any, key: jax.Array):  # noqa: ANN202
+    """Sample and deterministic sites, posterior predictive of the observations, pointwise log-likelihood.
+
+    ``z`` holds flat unconstrained draws ``(S, k)``; one program computes everything.
+    """
+    samples = jax.vmap(lambda v: constrain_fn(model, (data,), {}, unflatten(v, layout)))(z)
+    sites = Predictive(model, posterior_samples=samples, parallel=True)(key, model.unobserved(data))
+    return {**samples, **sites}, log_likelihood(model, samples, data, parallel=True)[OBSERVED]
+
+
+def build_idata(
+    model: Any,
+    layout: Layout,
+    draws: Draws,
+    data: Any,
+    key: jax.Array,
+    *,
+    observed: np.ndarray,
+    constant: Mapping[str, np.ndarray],
+    exclude: tuple[str, ...] = (),
+    dim: tuple[str, Any] | None = None,
+) -> az.InferenceData:
+    """InferenceData from the draws of one model's chains (leading axis = chain).
+
+    Args:
+        model: the NumPyro model ``model(data)`` (with ``model.unobserved(data)``).
+        layout: its flat vector's sites (see :func:`bayescale.model.layout_of`).
+        draws: the sampler's output, ``z`` of shape ``(chains, samples, k)``.
+        data: the model's data, possibly padded.
+        key: PRNG key of the posterior predictive.
+        observed: the observed log target of the real runs, ``(n,)``; padded runs
+            beyond ``n`` are dropped.
+        constant: per-run arrays ``(n,)`` for ``constant_data``.
+        exclude: sites left out of the posterior (e.g. the flat vector ``z``).
+        dim: ``(name, labels)``: variables with one value per label get that dimension.
+
+    Returns:
+        ``arviz.InferenceData`` with posterior, posterior_predictive, log_likelihood,
+        sample_stats, observed_data and constant_data.
+    """
+    chains, samples, k = draws.z.shape
+    n = observed.shape[0]
+    sites, loglik = _pointwise(model, layout, jnp.asarray(draws.z.reshape(chains * samples, k)), data, key)
+    shape = lambda a: np.asarray(a).reshape(chains, samples, *np.shape(a)[1:])  # noqa: E731
+    # Factor sites (``numpyro.factor``) come back as empty arrays: they are not variables.
+    posterior = {
+        name: shape(value) for name, value in sites.items()
+        if name not in exclude and name != OBSERVED and np.size(value) > 0
+    }
+    coords: dict[str, Any] = {"run": np.arange(n)}
+    dims: dict[str, list[str]] = {OBSERVED: ["run"], **{name: ["run"] for name in constant}}
+    if dim is not None:
+        label, values = dim
+        coords[label] = list(values)
+        dims.update({name: [label] for name, v in posterior.items() if v.shape[2:] == (len(values),)})
+    return az.from_dict(
+        posterior=posterior,
+        posterior_predictive={OBSERVED: shape(sites[OBSERVED])[..., :n]},
+        log_likelihood={OBSERVED: shape(loglik)[..., :n]},
+        sample_stats={
+            "diverging": draws.diverging,
+            "n_steps": draws.num_steps,
+            "acceptance_rate": draws.accept_prob,
+            "lp": -draws.potential_energy,
+            "step_size": np.broadcast_to(draws.step_size[:, None], draws.diverging.shape),
+        },
+        observed_data={OBSERVED: observed},
+        constant_data=dict(constant),
+        coords=coords,
+        dims=dims,
+    )
+
+
+def constant_data(data: ScalingData) -> dict[str, np.ndarray]:
+    """The per-run arrays of ``data`` stored in ``constant_data``: loss, covariates, M and group."""
+    constant = {"loss": data.loss}
+    constant.update({c: getattr(data, c) for c in data.available()})
+    if data.flops_per_token is not None:
+        constant["M"] = data.flops_per_token
+    if data.group is not None:
+        constant["group"] = np.asarray(data.group).astype(str)
+    return constant
+
+
+def fit_idata(spec: Spec, data: ScalingData, md: ModelData, draws: Draws, key: jax.Array) -> az.InferenceData:
+    """InferenceData of one dataset's flat fit (``md`` may be padded; the first ``data.n`` runs are kept)."""
+    model = build_model(spec)
+    return build_idata(model, model.layout(), draws, md, key, observed=np.log(data.loss),
+                       constant=constant_data(data), exclude=("z",))
+
+
+def compile_fit_idata(spec: Spec, md: ModelData, num_draws: int, key: jax.Array) -> None:
+    """Compile the program :func:`fit_idata` runs for ``num_draws`` draws, without running it."""
+    model = build_model(spec)
+    z = jax.ShapeDtypeStruct((num_draws, len(spec.latents)), md.log_y.dtype)
+    _pointwise.lower(model, model.layout(), z, md, key).compile()
+
+
+_KINDS: dict[str, type[Posterior]] = {}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Posterior:
+    """The contract every bayescale result honours (see the module docs).
+
+    Attributes:
+        idata: ``arviz.InferenceData``, the one container of draws.
+        data: the fitted runs.
+        settings: the sampler settings, seed included.
+    """
+
+    idata: az.InferenceData
+    data: ScalingData
+    settings: SamplerSettings
+
+    kind: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.kind:
+            _KINDS[cls.kind] = cls
+
+    @property
+    def latents(self) -> tuple[str, ...]:
+        """Names of the posterior variables that diagnostics cover."""
+        raise NotImplementedError
+
+    @property
+    def seed(self) -> int:
+        """The seed the fit was run with."""
+        return self.settings.seed
+
+    def draws(self, name: str | None = None) -> dict[str, np.ndarray] | np.ndarray:
+        """Posterior draws with chains concatenated, ``(draws, *shape)``: one array, or a dict of all latents."""
+        if name is not None:
+            if name not in self.latents:
+                raise KeyError(f"unknown parameter {name!r}; parameters are {list(self.latents)}")
+            values = self.idata.posterior[name].values
+            return values.reshape(-1, *values.shape[2:])
+        return {n: self.draws(n) for n in self.latents}
+
+    @functools.cached_property
+    def diagnostics(self) -> Diagnostics:
+        """R-hat, bulk/tail ESS and divergences (computed once)."""
+        return diagnose(self.idata, self.latents)
+
+    def summary(self, level: float = LEVEL) -> pd.DataFrame:
+        """Posterior table: mean, sd, median, equal-tailed interval at ``level``, r_hat, ess_bulk, ess_tail."""
+        return describe_draws(self.draws(), level).join(self.diagnostics.table)
+
+    def predict_draws(self, *args: Any, **kwargs: Any) -> np.ndarray:
+        """Posterior draws ``(draws, points)`` of the loss (nats) at new points."""
+        raise NotImplementedError
+
+    def _meta(self) -> dict[str, Any]:
+        """What ``save`` records beyond ``idata`` (JSON-ready)."""
+        raise NotImplementedError
+
+    @classmethod
+    def _restore(cls, idata: az.InferenceData, meta: Mapping[str, Any], law: Law | None) -> Posterior:
+        raise NotImplementedError
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the result to a netCDF file; :func:`load` reads it back exactly.
+
+        The file is written under a temporary name in the same folder and renamed
+        into place, so a reader never sees a partial file.
+        """
+        meta = {
+            "format": _FORMAT_VERSION,
+            "kind": self.kind,
+            "settings": self.settings.to_dict(),
+            "data": {
+                "target": self.data.target,
+                "source": self.data.source,
+                "counts_embeddings": self.data.counts_embeddings,
+                "index": [str(i) for i in (self.data.index if self.data.index is not None else [])],
+            },
+            **self._meta(),
+        }
+        idata = self.idata.copy()
+        idata.posterior.attrs["bayescale"] = json.dumps(meta)
+        path = os.fspath(path)
+        tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{os.getpid()}.tmp")
+        try:
+            idata.to_netcdf(tmp, engine="h5netcdf")
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FitResult(Posterior):
+    """The posterior of one scaling-law fit to one dataset (alone, or as a member of a batch or hierarchy).
+
+    Attributes:
+        idata: ``arviz.InferenceData`` with groups ``posterior`` (natural
+            parameters, plus ``sigma`` and ``nu`` when learned), ``sample_stats``,
+            ``log_likelihood``, ``posterior_predictive``, ``observed_data``
+            (``log_loss``) and ``constant_data`` (N, D, C, loss per run).
+        data: the fitted runs.
+        settings: sampler settings, seed included.
+        spec: law, likelihood and priors.
+    """
+
+    spec: Spec = dataclasses.field(kw_only=True)
+
+    kind: ClassVar[str] = "fit"
+
+    @property
+    def law(self) -> Law:
+        """The fitted law."""
+        return self.spec.law
+
+    @property
+    def latents(self) -> tuple[str, ...]:
+        """Natural parameters, ``sigma`` (and ``nu`` when learned)."""
+        return self.spec.latents
+
+    @property
+    def posterior(self) -> xr.Dataset:
+        """Posterior draws of the natural parameters, dims ``(chain, draw)``."""
+        return self.idata.posterior[list(self.spec.latents)]
+
+    def warn_if_unconverged(self, label: str = "") -> None:
+        """Emit a :class:`ConvergenceWarning` listing the problems, if any."""
+        where = f" ({label})" if label else ""
+        warn_unconverged(self.diagnostics, f"fit of {self.law.name!r}{where}", stacklevel=3)
+
+    def params(self, stat: str = "median") -> dict[str, float]:
+        """Point summary (``"median"`` or ``"mean"``) of every parameter."""
+        if stat not in ("median", "mean"):
+            raise ValueError(f"stat must be 'median' or 'mean', got {stat!r}")
+        agg = np.median if stat == "median" else np.mean
+        return {k: float(agg(v)) for k, v in self.draws().items()}
+
+    def predict_draws(
+        self,
+        N: Any = None,
+        D: Any = None,
+        C: Any = None,
+        *,
+        N_total: Any = None,
+        flops_per_token: Any = None,
+        noise: bool = False,
+        seed: int = 0,
+    ) -> np.ndarray:
+        """Posterior draws of the predicted loss at new points.
+
+        Args:
+            N: parameters; D: tokens; C: FLOPs (arrays broadcast together). Missing
+                covariates are derived with ``C = 6·N·D`` (or ``M·D``).
+            N_total: total parameters, for the mixture-of-experts law.
+            flops_per_token: M for ``C = M·D``.
+            noise: add observation noise (posterior predictive for a new run)
+                instead of the law's mean curve.
+            seed: PRNG seed for the noise.
+
+        Returns:
+            Array ``(draws, points)`` in the target's units (nats).
+        """
+        with jax.enable_x64(True):
+            log_x = self._log_covariates(N, D, C, flops_per_token, N_total)
+            params = {k: jnp.asarray(v) for k, v in self.draws().items()}
+            loc = jax.vmap(lambda p: self.law.log_mean(p, log_x))(params)
+            if noise:
+                nu = params["nu"][:, None] if self.spec.likelihood.learns_nu else None
+                obs = self.spec.likelihood.distribution(loc, params["sigma"][:, None], nu)
+                loc = obs.sample(jax.random.PRNGKey(seed))
+        return np.exp(np.asarray(loc))
+
+    def predict(
+        self,
+        N: Any = None,
+        D: Any = None,
+        C: Any = None,
+        *,
+        N_total: Any = None,
+        flops_per_token: Any = None,
+        level: float = LEVEL,
+        seed: int = 0,
+    ) -> pd.DataFrame:
+        """Credible bands of the loss at new points (extrapolation).
+
+        Args:
+            N, D, C, N_total: covariates as for :meth:`predict_draws`.
+            flops_per_token: M for ``C = M·D``.
+            level: credible level of the intervals.
+            seed: seed of the predictive noise.
+
+        Returns:
+            DataFrame, one row per point: the covariates, ``median``, ``lower`` and
+            ``upper`` of the law's mean loss, and ``pred_lower``/``pred_upper`` of a
+            new run's observed loss (noise included). Loss in nats.
+        """
+        lo_q, hi_q = (1 - level) / 2, (1 + level) / 2
+        _interval_columns(level)
+        mean = self.predict_draws(N, D, C, N_total=N_total, flops_per_token=flops_per_token)
+        new = self.predict_draws(N, D, C, N_total=N_total, flops_per_token=flops_per_token, noise=True, seed=seed)
+        covs = self._covariates(N, D, C, flops_per_token, N_total)
+        table = pd.DataFrame({k: v for k, v in covs.items() if v is not None})
+        table["median"] = np.median(mean, axis=0)
+        table["lower"], table["upper"] = np.quantile(mean, [lo_q, hi_q], axis=0)
+        table["pred_lower"], table["pred_upper"] = np.quantile(new, [lo_q, hi_q], axis=0)
+        return table
+
+    def _covariates(
+        self, N: Any, D: Any, C: Any, flops_per_token: Any, N_total: Any = None
+    ) -> dict[str, np.ndarray | None]:
+        given = {"N": N, "D": D, "C": C, "flops_per_token": flops_per_token, "N_total": N_total}
+        present = {k: np.atleast_1d(np.asarray(v, dtype=float)) for k, v in given.items() if v is not None}
+        if not present:
+            raise ValueError(f"give covariates for the law {self.law.name!r}: it uses {self.law.covariates}")
+        arrays = np.broadcast_arrays(*present.values())
+        checked = {
+            k: check_positive(a.copy(), range(a.size), k, "prediction input") for k, a in zip(present, arrays)
+        }
+        n, d, c = fill_covariates(checked.get("N"), checked.get("D"), checked.get("C"), checked.get("flops_per_token"))
+        return {"N": n, "D": d, "C": c, "N_total": checked.get("N_total")}
+
+    def _log_covariates(
+        self, N: Any, D: Any, C: Any, flops_per_token: Any, N_total: Any = None
+    ) -> dict[str, jax.Array]:
+        covs = self._covariates(N, D, C, flops_per_token, N_total)
+        missing = [c for c in self.law.covariates if covs[c] is None]
+        if missing:
+            raise ValueError(
+                f"law {self.law.name!r} needs {missing}: give them, or two of N, D, C to derive them"
+            )
+        return {c: jnp.asarray(np.log(covs[c]), dtype=jnp.float64) for c in self.law.covariates}
+
+    def _meta(self) -> dict[str, Any]:
+        return {
+            "law": {"name": self.law.name, "options": dict(self.law.options)},
+            "likelihood": {"name": self.spec.likelihood.name, "nu": self.spec.likelihood.nu},
+            "priors": {k: _prior_to_json(v) for k, v in self.spec.priors.items()},
+            "roles": [list(r) for r in self.spec.roles],
+        }
+
+    @classmethod
+    def _restore(cls, idata: az.InferenceData, meta: Mapping[str, Any], law: Law | None) -> FitResult:
+        law = _law_from_meta(meta, law)
+        likelihood = Likelihood(meta["likelihood"]["name"], meta["likelihood"]["nu"])
+        priors = {k: _prior_from_json(v) for k, v in meta["priors"].items()}
+        roles = tuple(tuple(r) for r in meta.get("roles", ()))
+        spec = Spec(law, likelihood, priors, roles) if roles else make_spec(law, likelihood, priors)
+        return cls(idata=idata, data=data_from_idata(idata, meta), settings=settings_from_meta(meta), spec=spec)
+
+
+def _prior_to_json(prior: dist.Distribution) -> dict[str, Any]:
+    args = {k: np.asarray(getattr(prior, k)).tolist() for k in prior.arg_constraints}
+    return {"type": type(prior).__name__, "args": args}
+
+
+def _prior_from_json(spec: Mapping[str, Any]) -> dist.Distribution:
+    cls = getattr(dist, spec["type"], None)
+    if cls is None:
+        raise ValueError(f"cannot rebuild prior of type {spec['type']!r}")
+    return cls(**spec["args"])
+
+
+def _law_from_meta(meta: Mapping[str, Any], law: Law | None) -> Law:
+    if law is not None:
+        return law
+    try:
+        return get_law(meta["law"]["name"], **meta["law"]["options"])
+    except ValueError:
+        raise ValueError(
+            f"the result uses the custom law {meta['law']['name']!r}: pass it as load(path, law=...)"
+        ) from None
+
+
+def settings_from_meta(meta: Mapping[str, Any]) -> SamplerSettings:
+    """The sampler settings recorded by ``save`` (format 1 files kept NUTS settings and seed apart)."""
+    if "settings" in meta:
+        return SamplerSettings(**meta["settings"])
+    return SamplerSettings(**meta["config"], seed=meta["seed"])
+
+
+def data_from_idata(idata: az.InferenceData, meta: Mapping[str, Any]) -> ScalingData:
+    """The runs stored in ``idata.constant_data`` and the metadata written by ``save``."""
+    const = idata.constant_data
+    optional = lambda name: const[name].values if name in const else None  # noqa: E731
+    return ScalingData(
+        loss=const["loss"].values,
+        N=optional("N"),
+        D=optional("D"),
+        C=optional("C"),
+        group=optional("group"),
+        N_total=optional("N_total"),
+        flops_per_token=optional("M"),
+        counts_embeddings=meta["data"]["counts_embeddings"],
+        index=np.asarray(meta["data"]["index"], dtype=object),
+        target=meta["data"]["target"],
+        source=meta["data"]["source"],
+    )
+
+
+def load(path: str | os.PathLike[str], law: Law | None = None) -> Posterior:
+    """Read any result written by its ``save`` method (a fit, hierarchical or iso-FLOP result).
+
+    Args:
+        path: the netCDF file.
+        law: the law object, required for custom laws (functions are not saved).
+
+    Returns:
+        The result, equal to the one saved: the same draws, data, law, likelihood,
+        priors and settings.
+
+    Raises:
+        ValueError: the file is not a bayescale result, or cannot be read (the
+            message names the file).
+    """
+    path = os.fspath(path)
+    try:
+        idata = az.from_netcdf(path, engine="h5netcdf")
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read {path!r}: {err}") from None
+    if "posterior" not in idata.groups() or "bayescale" not in idata.posterior.attrs:
+        raise ValueError(f"{path!r} was not written by bayescale")
+    meta = json.loads(idata.posterior.attrs["bayescale"])
+    del idata.posterior.attrs["bayescale"]
+    kind = meta.get("kind", "fit")
+    if kind not in _KINDS:
+        raise ValueError(f"{path!r} holds a result of unknown kind {kind!r}")
+    return _KINDS[kind]._restore(idata, meta, law)
+
+
+def summaries_by_group(fits: Mapping[str, FitResult], level: float = LEVEL) -> pd.DataFrame:
+    """Long table of several fits' summaries: one row per (group, parameter)."""
+    parts = [fit.summary(level).rename_axis("parameter").reset_index().assign(group=name) for name, fit in fits.items()]
+    table = pd.concat(parts, ignore_index=True)
+    return table[["group", "parameter", *[c for c in table.columns if c not in ("group", "parameter")]]]
