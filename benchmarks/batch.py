@@ -24,9 +24,9 @@ import numpyro
 from numpyro.infer import MCMC, NUTS
 
 import bayescale as bs
-from bayescale.inference import initial_points
+from bayescale.start import initial_points
 from bayescale.model import build_model, make_spec, model_data
-from bayescale.sampling import NUTSConfig
+from bayescale.sampling import SamplerSettings
 
 
 def datasets(k: int, seed: int = 0) -> dict[str, bs.ScalingData]:
@@ -48,7 +48,7 @@ def mcmc_loop(data: dict[str, bs.ScalingData], draws: int) -> float:
         for i, d in enumerate(data.values()):
             md = model_data(d, spec.law)
             z0 = initial_points(spec, md, jax.random.PRNGKey(i), 4)
-            kernel = NUTS(model, dense_mass=True, target_accept_prob=NUTSConfig().target_accept_prob)
+            kernel = NUTS(model, dense_mass=True, target_accept_prob=SamplerSettings().target_accept_prob)
             mcmc = MCMC(kernel, num_warmup=draws, num_samples=draws, num_chains=4,
                         chain_method="vectorized", progress_bar=False)
             mcmc.run(jax.random.PRNGKey(i), md, init_params={"z": z0})
@@ -72,7 +72,7 @@ def main() -> None:
         result = bs.fit_batch(data, num_warmup=args.draws, num_samples=args.draws, num_chains=4,
                               strategy=args.strategy, progress=False)
         batch_s = time.perf_counter() - start
-        diag = result.diagnostics()
+        diag = result.status()
         ok = (diag["max_r_hat"] <= 1.01).mean()
         min_ess = diag["min_ess_bulk"].min()
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

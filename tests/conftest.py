@@ -1,4 +1,7 @@
-"""Shared fixtures: simulated Chinchilla runs and a small fitted posterior."""
+"""Shared fixtures: simulated runs and small fitted posteriors of every result type (built once per session)."""
+
+import dataclasses
+import warnings
 
 import numpy as np
 import pytest
@@ -7,6 +10,9 @@ import bayescale as bs
 
 CHINCHILLA = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
 SMALL = {"num_warmup": 500, "num_samples": 500, "num_chains": 4}
+"""Sampler size of statistical checks (converges on 40+ runs)."""
+TINY = bs.SamplerSettings(num_warmup=150, num_samples=150, num_chains=2)
+"""Sampler size of the fast tests that check behaviour, not statistics."""
 
 
 @pytest.fixture(scope="session")
@@ -20,6 +26,44 @@ def chinchilla_data() -> bs.ScalingData:
 def chinchilla_fit(chinchilla_data: bs.ScalingData) -> bs.FitResult:
     """Student-t posterior of the 200 simulated runs (small draws)."""
     return bs.fit(chinchilla_data, seed=0, **SMALL)
+
+
+@pytest.fixture(scope="session")
+def small_groups() -> dict[str, bs.ScalingData]:
+    """Three groups of 10 Chinchilla runs with group-specific E."""
+    out = {}
+    for g in range(3):
+        N, D = bs.chinchilla_design(10, seed=10 + g)
+        out[f"g{g}"] = bs.simulate("chinchilla", {**CHINCHILLA, "E": 1.6 + 0.1 * g}, N=N, D=D, noise=0.02, seed=20 + g)
+    return out
+
+
+def _quiet(fn, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+    with warnings.catch_warnings():  # tiny samplers do not converge; not what these fixtures are for
+        warnings.simplefilter("ignore", bs.ConvergenceWarning)
+        return fn(*args, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def tiny_hierarchical(small_groups: dict) -> bs.HierarchicalResult:
+    return _quiet(bs.fit_hierarchical, small_groups, settings=TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_batch(small_groups: dict) -> bs.BatchResult:
+    return _quiet(bs.fit_batch, small_groups, settings=TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_isoflop() -> bs.IsoFlopResult:
+    return _quiet(bs.fit_isoflop, bs.datasets.load("palm2"), settings=TINY)
+
+
+def unconverged(fit: bs.FitResult) -> bs.FitResult:
+    """The same fit with chain 0 of alpha shifted: R-hat far above 1.01."""
+    idata = fit.idata.copy()
+    idata.posterior["alpha"][0] = idata.posterior["alpha"][0] + 0.2
+    return dataclasses.replace(fit, idata=idata)
 
 
 def interval(draws: np.ndarray, level: float = 0.95) -> tuple[float, float]:

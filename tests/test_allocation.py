@@ -8,7 +8,6 @@ import pytest
 
 import bayescale as bs
 from bayescale.model import make_spec
-from bayescale.sampling import NUTSConfig
 from conftest import CHINCHILLA, SMALL
 
 
@@ -19,7 +18,7 @@ def degenerate_fit(params: dict, law: str = "chinchilla", draws: int = 4) -> bs.
     idata = az.from_dict(posterior={k: np.full((1, draws), float(v)) for k, v in values.items()})
     data = bs.ScalingData.from_arrays(loss=[3.0, 2.9], N=[1e8, 2e8], D=[1e9, 2e9])
     spec = make_spec(law_obj, bs.likelihoods.student_t())
-    return bs.FitResult(idata=idata, spec=spec, data=data, config=NUTSConfig(), seed=0)
+    return bs.FitResult(idata=idata, data=data, settings=bs.SamplerSettings(), spec=spec)
 
 
 def test_published_chinchilla_by_hand() -> None:
@@ -42,16 +41,17 @@ def test_published_chinchilla_by_hand() -> None:
 
 def test_closed_form_equals_numerical_minimisation_per_draw(chinchilla_fit: bs.FitResult) -> None:
     budgets = [1e19, 1e22, 1e25]
-    closed = bs.compute_optimal_draws(chinchilla_fit, budgets)
-    numeric_law = dataclasses.replace(chinchilla_fit.law, builtin=False)
+    closed = bs.optimal_allocation(chinchilla_fit.law, chinchilla_fit.draws(), budgets)
+    numeric_law = dataclasses.replace(chinchilla_fit.law, builtin=False, log_optimum=None)
     numeric_fit = dataclasses.replace(chinchilla_fit, spec=dataclasses.replace(chinchilla_fit.spec, law=numeric_law))
-    numeric = bs.compute_optimal_draws(numeric_fit, budgets)
+    numeric = bs.optimal_allocation(numeric_law, numeric_fit.draws(), budgets)
     for key in ("N_opt", "D_opt", "loss_opt"):
         np.testing.assert_allclose(numeric[key], closed[key], rtol=1e-6)
     exps = bs.allocation_exponents(numeric_fit, compute=1e22)
     assert exps.loc["a", "median"] == pytest.approx(bs.allocation_exponents(chinchilla_fit).loc["a", "median"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_intervals_narrow_with_more_data() -> None:
     widths = []
     for n in (40, 400):

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 import bayescale as bs
-from bayescale.inference import potential_fn
+from bayescale.model import potential_fn
 from bayescale.model import make_spec, model_data
 from conftest import CHINCHILLA
 
@@ -44,7 +44,7 @@ def test_batch_matches_single_fits_and_survives_a_bad_group() -> None:
     bad.iloc[3, bad.columns.get_loc("loss")] = np.nan
     frame = pd.concat([d.to_frame().assign(arch=k) for k, d in data.items()] + [bad.assign(arch="broken")])
     result = bs.fit_batch(frame, group="arch", strategy="loop", **QUICK)
-    diag = result.diagnostics()
+    diag = result.status()
     assert diag.loc["broken", "status"] == "failed" and "'loss'" in diag.loc["broken", "reason"]
     assert set(result.results) == {"g0", "g1"}
     # g0 has 64 rows (no padding): bit-identical to a single fit with seed + index.
@@ -76,6 +76,7 @@ def test_resume_from_out_dir(tmp_path) -> None:  # noqa: ANN001
     np.testing.assert_array_equal(loaded["g1"].posterior["A"].values, first["g1"].posterior["A"].values)
 
 
+@pytest.mark.slow
 def test_vmap_strategy_shards_over_devices() -> None:
     script = textwrap.dedent("""
         import jax, numpy as np, bayescale as bs

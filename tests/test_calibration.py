@@ -34,6 +34,7 @@ def shrink(fit: bs.FitResult, factor: float) -> bs.FitResult:
     return dataclasses.replace(fit, idata=idata)
 
 
+@pytest.mark.slow
 def test_intervals_cover_at_nominal_rate(simulated: tuple) -> None:
     truths, batch = simulated
     cal = calibration.rank_statistics(batch, truths, compute=1e24)
@@ -45,6 +46,7 @@ def test_intervals_cover_at_nominal_rate(simulated: tuple) -> None:
     assert cal.plot_ranks().size >= len(cal.ranks.columns)
 
 
+@pytest.mark.slow
 def test_overconfident_posterior_is_caught(simulated: tuple) -> None:
     truths, batch = simulated
     squeezed = {name: shrink(fit, 0.3) for name, fit in batch.results.items()}
@@ -127,6 +129,7 @@ def exact_power_posterior(
     return np.stack([t[:, 0], t[:, 1] - t[:, 0] * xc, np.exp(t[:, 2])], -1), w / w.sum()
 
 
+@pytest.mark.slow
 def test_posterior_equals_exact_importance_sampling() -> None:
     """NUTS through bayescale's model matches an independent exact posterior, dataset by dataset.
 

@@ -6,6 +6,8 @@ import pytest
 
 import bayescale as bs
 from bayescale.data import DataError, DataWarning, fill_covariates
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 
 def table(**overrides: object) -> pd.DataFrame:
@@ -103,3 +105,48 @@ def test_fill_covariates_round_trip() -> None:
     _, _, c = fill_covariates(n, d, None)
     n2, _, _ = fill_covariates(None, d, c)
     np.testing.assert_allclose(n2, n)
+
+
+BAD_CELLS = {
+    "NaN": (np.nan, "missing values"),
+    "inf": (np.inf, "infinite"),
+    "zero": (0.0, "must be > 0"),
+    "negative": (-3.0, "must be > 0"),
+    "string": ("n/a", "non-numeric"),
+    "boolean": (True, "booleans"),
+}
+
+
+@st.composite
+def valid_tables(draw: st.DrawFn) -> pd.DataFrame:
+    n = draw(st.integers(1, 30))
+    positive = st.floats(1e-6, 1e30, allow_nan=False, allow_infinity=False)
+    columns = {c: draw(st.lists(positive, min_size=n, max_size=n)) for c in ("N", "D", "loss")}
+    index = draw(st.lists(st.integers(-1000, 1000), min_size=n, max_size=n, unique=True))
+    return pd.DataFrame(columns, index=index)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(valid_tables())
+def test_valid_tables_load_unchanged(frame: pd.DataFrame) -> None:
+    data = bs.ScalingData.from_table(frame)
+    np.testing.assert_array_equal(data.loss, frame["loss"].to_numpy())
+    np.testing.assert_array_equal(data.N, frame["N"].to_numpy())
+    np.testing.assert_allclose(data.C, 6 * frame["N"].to_numpy() * frame["D"].to_numpy(), rtol=1e-12)
+    assert np.all(np.isfinite(data.C))
+    assert list(data.index) == list(frame.index)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(valid_tables(), st.sampled_from(["N", "D", "loss"]), st.sampled_from(sorted(BAD_CELLS)), st.data())
+def test_one_bad_cell_names_column_and_row(frame: pd.DataFrame, column: str, kind: str, data: st.DataObject) -> None:
+    row = data.draw(st.sampled_from(list(frame.index)))
+    value, message = BAD_CELLS[kind]
+    frame = frame.astype(object)
+    frame.loc[row, column] = value
+    with pytest.raises(DataError) as err:
+        bs.ScalingData.from_table(frame)
+    text = str(err.value)
+    assert f"'{column}'" in text and message in text
+    if kind != "boolean":  # a boolean anywhere makes the whole column suspect
+        assert f"rows {row!r}" in text or f"rows {row}" in text

@@ -30,6 +30,7 @@ def hierarchical(groups: tuple) -> bs.HierarchicalResult:
                                num_warmup=500, num_samples=500)
 
 
+@pytest.mark.slow
 def test_recovers_shared_exponents_and_group_values(groups: tuple, hierarchical: bs.HierarchicalResult) -> None:
     _, truth = groups
     summary = hierarchical.summary(level=0.95).set_index(["group", "parameter"])
@@ -47,6 +48,7 @@ def test_recovers_shared_exponents_and_group_values(groups: tuple, hierarchical:
     assert hierarchical.diagnostics.divergences == 0
 
 
+@pytest.mark.slow
 def test_pooling_narrows_n_opt_and_covers_truth(groups: tuple, hierarchical: bs.HierarchicalResult) -> None:
     data, truth = groups
     separate = bs.fit_batch(data, seed=0, progress=False, **SMALL)
@@ -60,6 +62,7 @@ def test_pooling_narrows_n_opt_and_covers_truth(groups: tuple, hierarchical: bs.
     assert covered.mean() >= 0.8
 
 
+@pytest.mark.slow
 def test_group_result_is_a_fit_result(hierarchical: bs.HierarchicalResult) -> None:
     one = hierarchical["g2"]
     assert isinstance(one, bs.FitResult) and one.data.n == 8
@@ -78,37 +81,7 @@ def test_bad_roles(groups: tuple) -> None:
         bs.fit_hierarchical({"only": data["g0"]})
 
 
-def test_compare_ranks_true_law_first(chinchilla_data: bs.ScalingData, chinchilla_fit: bs.FitResult) -> None:
-    kaplan = bs.fit(chinchilla_data, law="kaplan_nd", seed=0, **SMALL)
-    table = bs.compare({"chinchilla": chinchilla_fit, "kaplan_nd": kaplan})
-    assert table.index[0] == "chinchilla"
-    assert table.loc["kaplan_nd", "elpd_diff"] > 2 * table.loc["kaplan_nd", "dse"]
-    assert {"max_pareto_k", "bad_k"} <= set(table.columns)
-    other = bs.fit(bs.simulate("chinchilla", CHINCHILLA, N=chinchilla_data.N[:50], D=chinchilla_data.D[:50]),
-                   seed=0, **SMALL)
-    with pytest.raises(ValueError, match="other runs"):
-        bs.compare({"a": chinchilla_fit, "b": other})
-
-
-def test_moe_and_dense_runs_fitted_together(tmp_path) -> None:  # noqa: ANN001
-    rng = np.random.default_rng(0)
-    N, D = bs.chinchilla_design(120, seed=0)
-    experts = np.where(rng.random(120) < 0.5, 1.0, rng.choice([4.0, 8.0, 16.0], 120))  # half dense
-    truth = {**CHINCHILLA, "w": 0.4}
-    data = bs.simulate("moe", truth, N=N, D=D, N_total=N * experts, noise=0.02, seed=1)
-    fit = bs.fit(data, law="moe", seed=0, **SMALL)
-    summary = fit.summary(level=0.95)
-    for name in ("w", "alpha", "beta", "E"):
-        assert summary.loc[name, "2.5%"] <= truth[name] <= summary.loc[name, "97.5%"], name
-    # an MoE model predicts a lower loss than a dense model with the same active parameters
-    moe, dense = fit.predict_draws(N=[1e9, 1e9], D=[2e10, 2e10], N_total=[8e9, 1e9]).T
-    assert np.mean(moe < dense) == 1.0
-    fit.save(tmp_path / "moe.nc")
-    np.testing.assert_array_equal(bs.load(tmp_path / "moe.nc").data.N_total, data.N_total)
-    with pytest.raises(bs.DataError, match="below active parameters"):
-        bs.ScalingData.from_arrays(loss=[3.0, 2.9], N=[2e8, 1e8], D=[1e9, 1e9], N_total=[1e8, 1e8])
-
-
+@pytest.mark.slow
 def test_hierarchical_moe_keeps_total_parameters() -> None:
     """Every covariate reaches the pooled fit: the moe law's N_total included."""
     data = {}

@@ -32,6 +32,7 @@ def isoflop_fit() -> bs.IsoFlopResult:
     return bs.fit_isoflop(isoflop_runs(np.array([1e18, 1e19, 1e20, 1e21, 1e22])), seed=0, **SMALL)
 
 
+@pytest.mark.slow
 def test_recovers_optimum_and_exponent(isoflop_fit: bs.IsoFlopResult) -> None:
     table = isoflop_fit.summary(level=0.95)["N_opt"]
     truth = true_n_opt(isoflop_fit.compute)
@@ -46,11 +47,13 @@ def test_recovers_optimum_and_exponent(isoflop_fit: bs.IsoFlopResult) -> None:
     assert isoflop_fit.diagnostics.ok, isoflop_fit.diagnostics.problems
 
 
+@pytest.mark.slow
 def test_extrapolated_n_opt_follows_the_line(isoflop_fit: bs.IsoFlopResult) -> None:
     far = isoflop_fit.n_opt([1e24])["N_opt"]
     assert far["5%"].iloc[0] < true_n_opt(np.array([1e24]))[0] < far["95%"].iloc[0]
 
 
+@pytest.mark.slow
 def test_compare_with_parametric_fit(isoflop_fit: bs.IsoFlopResult, chinchilla_fit: bs.FitResult) -> None:
     table = isoflop_fit.compare(chinchilla_fit)
     assert list(table.index) == [*isoflop_fit.compute, "a"]
@@ -59,6 +62,7 @@ def test_compare_with_parametric_fit(isoflop_fit: bs.IsoFlopResult, chinchilla_f
     assert table.loc["a", ("isoflop", "median")] == pytest.approx(table.loc["a", ("parametric", "median")], abs=0.05)
 
 
+@pytest.mark.slow
 def test_palm2_matches_least_squares_vertices() -> None:
     frame = bs.datasets.load_frame("palm2")
     result = bs.fit_isoflop(bs.datasets.load("palm2"), seed=0, num_samples=1000, num_warmup=500, num_chains=4)

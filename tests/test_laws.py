@@ -24,6 +24,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_recovers_truth(name: str) -> None:
     truth, covariates, noise = CASES[name]
@@ -35,6 +36,7 @@ def test_recovers_truth(name: str) -> None:
         assert lo < value < hi, f"{name}: {param}={value} outside 95% interval [{lo:.4g}, {hi:.4g}]"
 
 
+@pytest.mark.slow
 def test_chinchilla_recovers_published_values(chinchilla_fit: bs.FitResult) -> None:
     assert chinchilla_fit.diagnostics.max_r_hat <= 1.01
     for param, value in CHINCHILLA.items():
@@ -42,6 +44,7 @@ def test_chinchilla_recovers_published_values(chinchilla_fit: bs.FitResult) -> N
         assert lo < value < hi, f"{param}={value} outside [{lo:.4g}, {hi:.4g}]"
 
 
+@pytest.mark.slow
 def test_custom_law_fits_like_builtin(chinchilla_data: bs.ScalingData) -> None:
     def log_mean(p, x):  # noqa: ANN001, ANN202
         return jnp.logaddexp(jnp.log(p["E"]), jnp.log(p["A"]) - p["alpha"] * x["N"])
@@ -82,3 +85,23 @@ def test_law_log_mean_matches_formula() -> None:
     expected = ((8.8e13 / n) ** (0.076 / 0.095) + 5.4e13 / d) ** 0.095
     got = np.exp(kaplan.log_mean({k: jnp.asarray(v) for k, v in p.items()}, {"N": jnp.log(n), "D": jnp.log(d)}))
     np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_moe_and_dense_runs_fitted_together(tmp_path) -> None:  # noqa: ANN001
+    rng = np.random.default_rng(0)
+    N, D = bs.chinchilla_design(120, seed=0)
+    experts = np.where(rng.random(120) < 0.5, 1.0, rng.choice([4.0, 8.0, 16.0], 120))  # half dense
+    truth = {**CHINCHILLA, "w": 0.4}
+    data = bs.simulate("moe", truth, N=N, D=D, N_total=N * experts, noise=0.02, seed=1)
+    fit = bs.fit(data, law="moe", seed=0, **SMALL)
+    summary = fit.summary(level=0.95)
+    for name in ("w", "alpha", "beta", "E"):
+        assert summary.loc[name, "2.5%"] <= truth[name] <= summary.loc[name, "97.5%"], name
+    # an MoE model predicts a lower loss than a dense model with the same active parameters
+    moe, dense = fit.predict_draws(N=[1e9, 1e9], D=[2e10, 2e10], N_total=[8e9, 1e9]).T
+    assert np.mean(moe < dense) == 1.0
+    fit.save(tmp_path / "moe.nc")
+    np.testing.assert_array_equal(bs.load(tmp_path / "moe.nc").data.N_total, data.N_total)
+    with pytest.raises(bs.DataError, match="below active parameters"):
+        bs.ScalingData.from_arrays(loss=[3.0, 2.9], N=[2e8, 1e8], D=[1e9, 1e9], N_total=[1e8, 1e8])

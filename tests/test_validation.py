@@ -9,6 +9,7 @@ import pytest  # noqa: E402
 import bayescale as bs  # noqa: E402
 
 
+@pytest.mark.slow
 def test_correct_law_covers_held_out_runs(chinchilla_fit: bs.FitResult) -> None:
     check = bs.validate(chinchilla_fit, holdout="largest compute", fraction=0.2)
     n_held = int(round(0.2 * chinchilla_fit.data.n))

@@ -13,7 +13,7 @@ import arviz as az
 import numpy as np
 import pandas as pd
 
-from .posterior import FitResult
+from .posterior import Posterior
 
 __all__ = ["compare", "ReliabilityWarning", "PARETO_K_MAX"]
 
@@ -25,7 +25,7 @@ class ReliabilityWarning(UserWarning):
     """The PSIS-LOO estimate is unreliable: some Pareto k values are too high."""
 
 
-def compare(fits: Mapping[str, FitResult]) -> pd.DataFrame:
+def compare(fits: Mapping[str, Posterior]) -> pd.DataFrame:
     """Rank fits of the same runs by PSIS-LOO expected log predictive density.
 
     Args:

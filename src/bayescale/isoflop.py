@@ -30,7 +30,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple
 
 import arviz as az
-import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro

@@ -195,7 +195,7 @@ def plot_allocation(
     budgets = np.asarray(compute if compute is not None else np.logspace(18, 26, 60), dtype=float)
     if budgets.size < 2:
         raise ValueError("plot_allocation needs at least two budgets")
-    draws = compute_optimal_draws(fit, budgets, flops_per_token)
+    draws = optimal_allocation(fit.law, fit.draws(), budgets, flops_per_token)
     if axes is None:
         axes = plt.subplots(1, 3, figsize=(13, 3.8), constrained_layout=True)[1]
     data_c = fit.data.covariate("C")

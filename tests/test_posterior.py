@@ -1,0 +1,163 @@
+"""The result contract, over every result type: idata groups, draws, summary, diagnostics, predict, save/load."""
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import bayescale as bs
+from conftest import CHINCHILLA, TINY
+
+GROUPS = ("posterior", "sample_stats", "log_likelihood", "posterior_predictive", "observed_data", "constant_data")
+
+
+def _results(request: pytest.FixtureRequest) -> dict[str, tuple[bs.Posterior, dict]]:
+    """Every result type with points at which to predict."""
+    fit = request.getfixturevalue("chinchilla_fit")
+    hier = request.getfixturevalue("tiny_hierarchical")
+    batch = request.getfixturevalue("tiny_batch")
+    iso = request.getfixturevalue("tiny_isoflop")
+    nd = {"N": [1e9, 1e10], "D": [2e10, 2e11]}
+    return {
+        "fit": (fit, nd),
+        "batch member": (batch["g1"], nd),
+        "hierarchical member": (hier["g0"], nd),
+        "hierarchical": (hier, {"group": "g2", **nd}),
+        "isoflop": (iso, {"N": [1e9, 3e9], "C": [iso.compute[0]] * 2}),
+    }
+
+
+KINDS = ("fit", "batch member", "hierarchical member", "hierarchical", "isoflop")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_contract(kind: str, request: pytest.FixtureRequest, tmp_path) -> None:  # noqa: ANN001
+    result, points = _results(request)[kind]
+    assert isinstance(result, bs.Posterior)
+    assert set(GROUPS) <= set(result.idata.groups())
+    runs = result.data.n
+    assert result.idata.log_likelihood["log_loss"].shape[-1] == runs
+    assert result.idata.observed_data["log_loss"].shape == (runs,)
+    np.testing.assert_allclose(result.idata.constant_data["loss"].values, result.data.loss)
+    chains, draws = result.idata.posterior.sizes["chain"], result.idata.posterior.sizes["draw"]
+    for name, values in result.draws().items():
+        assert values.shape[0] == chains * draws, name
+    summary = result.summary()
+    assert isinstance(summary, pd.DataFrame) and len(summary) > 0
+    assert isinstance(result.diagnostics, bs.Diagnostics)
+    assert result.diagnostics.table["r_hat"].notna().all()
+    predicted = result.predict_draws(**points)
+    assert predicted.shape == (chains * draws, 2) and np.all(np.isfinite(predicted) & (predicted > 0))
+    assert len(result.predict(**points)) == 2
+
+    path = tmp_path / "result.nc"
+    result.save(path)
+    loaded = bs.load(path)
+    assert type(loaded) is type(result)
+    assert loaded.settings == result.settings
+    for name in result.latents:
+        np.testing.assert_array_equal(loaded.draws(name), result.draws(name))
+    for group in GROUPS:
+        assert loaded.idata[group].equals(result.idata[group]), group
+    np.testing.assert_array_equal(loaded.data.loss, result.data.loss)
+    pd.testing.assert_frame_equal(loaded.summary(), result.summary())
+    np.testing.assert_array_equal(loaded.predict_draws(**points), predicted)
+    if isinstance(result, bs.FitResult):
+        assert loaded.spec == result.spec
+    assert not list(tmp_path.glob(".*.tmp")), "a temporary file was left behind"
+
+
+def test_hierarchical_member_saves_loads_and_compares(tiny_hierarchical: bs.HierarchicalResult,
+                                                      small_groups: dict, tmp_path) -> None:  # noqa: ANN001
+    """Regressions: `h[g].save` then `bs.load` failed (no constant_data); `bs.compare` with a member
+    raised 'log likelihood not found'."""
+    member = tiny_hierarchical["g0"]
+    member.save(tmp_path / "h.nc")
+    loaded = bs.load(tmp_path / "h.nc")
+    np.testing.assert_array_equal(loaded.draws("E"), member.draws("E"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        alone = bs.fit(small_groups["g0"], settings=TINY)
+        table = bs.compare({"member": member, "alone": alone, "loaded": loaded})
+    assert set(table.index) == {"member", "alone", "loaded"}
+    assert table.loc["member", "elpd_loo"] == pytest.approx(table.loc["loaded", "elpd_loo"])
+    # allocation takes any posterior honouring the contract, loaded or not
+    pd.testing.assert_frame_equal(bs.compute_optimal(loaded, [1e22]), bs.compute_optimal(member, [1e22]))
+
+
+def test_hierarchical_member_spec_states_only_priors_it_used(tiny_hierarchical: bs.HierarchicalResult) -> None:
+    spec = tiny_hierarchical["g0"].spec
+    roles = dict(spec.roles)
+    assert roles == dict(tiny_hierarchical.roles)
+    # shared exponents keep the law's prior; pooled E and the amplitudes have no prior of their own
+    assert set(spec.priors) == {"alpha", "beta", "sigma"}
+
+
+def test_batch_diagnostics_is_one_diagnostics(tiny_batch: bs.BatchResult) -> None:
+    diag = tiny_batch.diagnostics
+    assert isinstance(diag, bs.Diagnostics)
+    assert set(diag.table.index.get_level_values("group")) == {"g0", "g1", "g2"}
+    assert diag.divergences == sum(tiny_batch[g].diagnostics.divergences for g in ("g0", "g1", "g2"))
+    assert all(p.split(":")[0] in ("g0", "g1", "g2") for p in diag.problems)
+    assert list(tiny_batch.status().index) == ["g0", "g1", "g2"]
+
+
+def test_idata_groups_and_summary(chinchilla_fit: bs.FitResult) -> None:
+    idata = chinchilla_fit.idata
+    for group in ("posterior", "sample_stats", "log_likelihood", "posterior_predictive", "observed_data", "constant_data"):
+        assert group in idata.groups(), group
+    assert idata.log_likelihood["log_loss"].shape == (4, 500, 200)
+    table = chinchilla_fit.summary(level=0.9)
+    assert list(table.index) == ["E", "alpha", "beta", "A", "B", "sigma"]
+    assert {"mean", "sd", "median", "5%", "95%", "r_hat", "ess_bulk", "ess_tail"} <= set(table.columns)
+    assert (table["5%"] < table["median"]).all() and (table["median"] < table["95%"]).all()
+
+
+def test_loo_works_on_idata(chinchilla_fit: bs.FitResult) -> None:
+    import arviz as az
+
+    loo = az.loo(chinchilla_fit.idata)
+    assert np.isfinite(loo.elpd_loo)
+
+
+def test_predict_bands_contain_truth_and_widen_when_extrapolating(chinchilla_fit: bs.FitResult) -> None:
+    N = np.array([1e9, 1e11])
+    D = 20 * N
+    table = chinchilla_fit.predict(N=N, D=D, level=0.95)
+    truth = CHINCHILLA["E"] + CHINCHILLA["A"] * N ** -CHINCHILLA["alpha"] + CHINCHILLA["B"] * D ** -CHINCHILLA["beta"]
+    assert ((table["lower"] < truth) & (truth < table["upper"])).all()
+    assert (table["pred_lower"] <= table["lower"]).all() and (table["pred_upper"] >= table["upper"]).all()
+    width = (table["upper"] - table["lower"]) / table["median"]
+    assert width[1] > width[0]
+    by_compute = chinchilla_fit.predict(N=N, C=6 * N * D)
+    np.testing.assert_allclose(by_compute["median"], chinchilla_fit.predict(N=N, D=D)["median"])
+    with pytest.raises(ValueError, match="needs \\['D'\\]"):
+        chinchilla_fit.predict(N=N)
+    with pytest.raises(ValueError, match="'N'.*must be > 0"):
+        chinchilla_fit.predict(N=[-1.0], D=[1e10])
+
+
+def test_save_load_round_trip(chinchilla_fit: bs.FitResult, tmp_path) -> None:  # noqa: ANN001
+    path = tmp_path / "fit.nc"
+    chinchilla_fit.save(path)
+    loaded = bs.load(path)
+    for name in chinchilla_fit.spec.latents:
+        np.testing.assert_array_equal(loaded.posterior[name].values, chinchilla_fit.posterior[name].values)
+    np.testing.assert_array_equal(loaded.data.N, chinchilla_fit.data.N)
+    np.testing.assert_array_equal(loaded.data.loss, chinchilla_fit.data.loss)
+    assert loaded.spec == chinchilla_fit.spec and loaded.law.name == "chinchilla"
+    assert loaded.settings == chinchilla_fit.settings and loaded.seed == chinchilla_fit.seed
+    assert loaded.summary().equals(chinchilla_fit.summary())
+
+
+def test_isoflop_predicts_only_fitted_budgets(tiny_isoflop: bs.IsoFlopResult) -> None:
+    with pytest.raises(ValueError, match="fitted budgets"):
+        tiny_isoflop.predict_draws(N=[1e9], C=[3e20])
+
+
+def test_load_names_the_file_it_cannot_read(tmp_path) -> None:  # noqa: ANN001
+    bad = tmp_path / "broken.nc"
+    bad.write_bytes(b"not a netcdf file")
+    with pytest.raises(ValueError, match="broken.nc"):
+        bs.load(bad)
