@@ -103,7 +103,7 @@ class BatchResult:
     """Fits of many groups.
 
     Attributes:
-        results: group name -> :class:`~bayescale.results.FitResult`.
+        results: group name -> :class:`~bayescale.posterior.FitResult`.
         failures: group name -> reason, for groups that could not be fitted.
         order: group names in input order.
         stats: run statistics: wall time, lane efficiency (mean over max leapfrog

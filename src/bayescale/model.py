@@ -1,10 +1,16 @@
-"""The NumPyro model built from a law, a likelihood and priors.
+"""The model: a law, a likelihood and priors as a NumPyro model, and its potential.
 
-The model is a plain function of one :class:`ModelData` pytree. It samples a
-single real vector ``z`` (the sampler's coordinates: centred amplitudes, logs of
-positive parameters) and maps it to the natural parameters with an exact change
-of variables, so priors are stated on the natural scale while NUTS moves in a
-well-conditioned one. Natural parameters are recorded as deterministic sites.
+The flat model (:class:`FlatModel`) is a plain callable of one :class:`ModelData`
+pytree. It samples a single real vector ``z`` (the sampler's coordinates: centred
+amplitudes, logs of positive parameters) and maps it to the natural parameters
+with an exact change of variables, so priors are stated on the natural scale
+while NUTS moves in a well-conditioned one. Natural parameters are recorded as
+deterministic sites.
+
+Any NumPyro model that is hashable by value (the flat one, and the hierarchical
+and iso-FLOP models) gets its potential over one flat unconstrained vector from
+:func:`potential_of`, which is what the one sampler path runs. Input checks that
+need the law (:func:`check_data`) live here too.
 """
 
 from __future__ import annotations
@@ -51,6 +57,9 @@ __all__ = [
 
 OBSERVED = "log_loss"
 """Name of the observed site: the natural log of the target."""
+
+Layout = tuple[tuple[str, tuple[int, ...]], ...]
+"""The sampler's flat vector as ``(site, unconstrained shape)`` pairs, in order."""
 
 
 class ModelData(NamedTuple):
@@ -273,10 +282,6 @@ class FlatModel:
 def build_model(spec: Spec) -> FlatModel:
     """The NumPyro model of ``spec`` (see :class:`FlatModel`)."""
     return FlatModel(spec)
-
-
-Layout = tuple[tuple[str, tuple[int, ...]], ...]
-"""The sampler's flat vector as ``(site, unconstrained shape)`` pairs, in order."""
 
 
 def layout_of(model: Any, data: Any) -> Layout:
