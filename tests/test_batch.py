@@ -12,8 +12,7 @@ import pandas as pd
 import pytest
 
 import bayescale as bs
-from bayescale.model import potential_fn
-from bayescale.model import make_spec, model_data
+from bayescale.model import make_spec, model_data, potential_fn
 from conftest import CHINCHILLA
 
 QUICK = {"num_warmup": 300, "num_samples": 300, "num_chains": 2, "progress": False}

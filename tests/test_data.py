@@ -3,11 +3,11 @@
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import bayescale as bs
 from bayescale.data import DataError, DataWarning, fill_covariates
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 
 def table(**overrides: object) -> pd.DataFrame:

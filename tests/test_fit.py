@@ -4,12 +4,12 @@ import warnings
 
 import numpy as np
 import numpyro.distributions as dist
+import pandas as pd
 import pytest
 
 import bayescale as bs
-from conftest import CHINCHILLA, SMALL, interval
-import pandas as pd
 from bayescale.data import DataError
+from conftest import CHINCHILLA, SMALL, interval
 
 
 @pytest.mark.slow

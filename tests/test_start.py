@@ -1,11 +1,11 @@
 """Starting points: the Huber point fit (bs.fit_map) and where chains begin."""
 
 import numpy as np
+import numpyro.distributions as dist
 import pytest
 
 import bayescale as bs
 from conftest import CHINCHILLA
-import numpyro.distributions as dist
 
 
 def test_fit_map_agrees_with_posterior_median(chinchilla_data: bs.ScalingData, chinchilla_fit: bs.FitResult) -> None:
