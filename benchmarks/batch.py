@@ -18,15 +18,14 @@ import resource
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import numpyro
 from numpyro.infer import MCMC, NUTS
 
 import bayescale as bs
-from bayescale.start import initial_points
 from bayescale.model import build_model, make_spec, model_data
 from bayescale.sampling import SamplerSettings
+from bayescale.start import initial_points
 
 
 def datasets(k: int, seed: int = 0) -> dict[str, bs.ScalingData]:

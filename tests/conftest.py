@@ -1,12 +1,17 @@
 """Shared fixtures: simulated runs and small fitted posteriors of every result type (built once per session)."""
 
 import dataclasses
+import os
+import tempfile
 import warnings
 
 import numpy as np
 import pytest
 
 import bayescale as bs
+
+# Compiled programs are cached in a folder of this run (shared with the notebook kernels), never the user's.
+os.environ.setdefault(bs.cache.ENV, tempfile.mkdtemp(prefix="bayescale-test-cache-"))
 
 CHINCHILLA = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
 SMALL = {"num_warmup": 500, "num_samples": 500, "num_chains": 4}

@@ -97,3 +97,36 @@ def test_vmap_strategy_shards_over_devices() -> None:
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.startswith("ok")
+
+
+@pytest.mark.slow
+def test_two_processes_share_one_out_dir(tmp_path) -> None:  # noqa: ANN001
+    """Two processes under jax.distributed (coordinator on 127.0.0.1) each fit their shard into one
+    out_dir; load_batch reads every group back, identical to a one-process run."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = textwrap.dedent("""
+        import sys, jax
+        jax.distributed.initialize(coordinator_address="127.0.0.1:%d", num_processes=2, process_id=int(sys.argv[1]))
+        import bayescale as bs
+        from test_batch import groups, QUICK
+        data = {**groups(), "g2": groups()["g0"]}
+        bs.fit_batch(data, shard=(jax.process_index(), jax.process_count()), out_dir=sys.argv[2], seed=3, **QUICK)
+        jax.distributed.shutdown()
+    """ % port)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(i), str(tmp_path / "shared")], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-2000:]
+    shared = bs.load_batch(tmp_path / "shared")
+    data = {**groups(), "g2": groups()["g0"]}
+    alone = bs.fit_batch(data, seed=3, **QUICK)
+    assert shared.order == alone.order == ["g0", "g1", "g2"]
+    for name in alone.order:
+        for param in ("E", "alpha", "beta", "A", "B", "sigma"):
+            np.testing.assert_array_equal(shared[name].draws(param), alone[name].draws(param))

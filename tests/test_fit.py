@@ -1,7 +1,9 @@
 """bs.fit: robustness, reproducibility, settings, priors, diagnostics, precision."""
 
+import dataclasses
 import warnings
 
+import jax
 import numpy as np
 import numpyro.distributions as dist
 import pandas as pd
@@ -9,7 +11,7 @@ import pytest
 
 import bayescale as bs
 from bayescale.data import DataError
-from conftest import CHINCHILLA, SMALL, interval
+from conftest import CHINCHILLA, SMALL, TINY, interval
 
 
 @pytest.mark.slow
@@ -146,3 +148,27 @@ def test_extreme_magnitudes_give_finite_posterior() -> None:
     assert all(np.all(np.isfinite(v)) for v in draws.values())
     lo, hi = np.quantile(draws["E"], [0.005, 0.995])
     assert lo < truth["E"] < hi
+
+
+def test_refit_of_an_edited_table_compiles_nothing(chinchilla_data: bs.ScalingData) -> None:
+    """Tables are padded to shape buckets: a table one run shorter, fitted with another seed,
+    reuses every compiled program (counted as XLA backend compilations)."""
+    compiles = []
+
+    def listener(name: str, *args: object, **kwargs: object) -> None:
+        if name == "/jax/core/compile/backend_compile_duration":
+            compiles.append(name)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", bs.ConvergenceWarning)
+            bs.fit(chinchilla_data.subset(np.arange(chinchilla_data.n) < 190), settings=TINY)
+            assert compiles, "the listener saw no compilation"
+            compiles.clear()
+            refit = bs.fit(chinchilla_data.subset(np.arange(chinchilla_data.n) < 189),
+                           settings=dataclasses.replace(TINY, seed=1))
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert compiles == [], f"{len(compiles)} programs compiled again"
+    assert refit.data.n == 189 and refit.idata.log_likelihood["log_loss"].shape[-1] == 189

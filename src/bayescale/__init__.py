@@ -13,7 +13,7 @@ This namespace only re-exports names from the modules below; importing it
 changes no global state (no warnings filters, no JAX configuration).
 """
 
-from . import allocation, calibration, datasets, laws, likelihoods, plots
+from . import allocation, cache, calibration, datasets, laws, likelihoods, plots
 from .allocation import (
     allocation_exponent_draws,
     allocation_exponents,
@@ -57,6 +57,7 @@ __all__ = [
     "allocation",
     "allocation_exponent_draws",
     "allocation_exponents",
+    "cache",
     "calibration",
     "chinchilla_design",
     "compare",

@@ -1,12 +1,11 @@
 """Batch fits: many datasets through one compiled NUTS kernel.
 
-Datasets (groups) are padded to a shape bucket (the next power of two of their
-row count, at least 8) with padded rows masked out of the likelihood, so one
-compiled program per law and bucket serves every group. Each group keeps its
+Datasets (groups) are padded to a shape bucket (:func:`bayescale.model.bucket_size`)
+with padded rows masked out of the likelihood, so one compiled program per law
+and bucket serves every group. Each group keeps its
 own initial point, PRNG keys, step size and mass matrix: group ``i`` (in input
-order) is sampled exactly as ``bs.fit(group_data, seed=seed + i)`` would be, up
-to floating-point reordering from padding (bit-identical when no padding is
-needed and the strategy is ``"loop"``).
+order) is sampled exactly as ``bs.fit(group_data, seed=seed + i)`` would be
+(bit-identical with the ``"loop"`` strategy: both pad to the same bucket).
 
 Lanes (groups x chains) run with :func:`bayescale.sampling.sample_lanes`:
 vectorised and sharded over devices on accelerators, one compiled program per
@@ -34,23 +33,19 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from . import cache
 from .allocation import compute_optimal_by_group
 from .data import ScalingData
 from .laws import Law, get_law
 from .likelihoods import Likelihood, get_likelihood
-from .model import Spec, check_data, make_spec, model_data, potential_fn
+from .model import Spec, bucket_size, check_data, make_spec, model_data, potential_fn
 from .posterior import LEVEL, Diagnostics, FitResult, fit_idata, load, summaries_by_group
 from .sampling import SamplerSettings, resolve_strategy, sample_lanes, sampler_settings
 from .start import initial_points
 
 __all__ = ["fit_batch", "BatchResult", "load_batch"]
 
-_MIN_BUCKET = 8
 _MEMORY_FRACTION = 0.25
-
-
-def _bucket(n: int) -> int:
-    return max(_MIN_BUCKET, 1 << (n - 1).bit_length())
 
 
 def split_groups(
@@ -269,6 +264,7 @@ def fit_batch(
         have status ``"warning"`` in :meth:`BatchResult.diagnostics`.
     """
     settings = sampler_settings(settings, options)
+    cache.ensure()
     spec = make_spec(get_law(law), get_likelihood(likelihood), priors)
     groups, failures, order = split_groups(data, group, options)
     for name, d in groups.items():
@@ -293,7 +289,7 @@ def fit_batch(
 
     buckets: dict[int, list] = {}
     for item in todo:
-        buckets.setdefault(_bucket(item[2].n), []).append(item)
+        buckets.setdefault(bucket_size(item[2].n), []).append(item)
     iterations = settings.num_warmup + settings.num_samples
     size_of_chunk = chunk_size or _chunk_size(settings.num_chains, len(spec.latents), iterations, strategy)
     chunks = [(size, items[i:i + size_of_chunk]) for size, items in sorted(buckets.items())

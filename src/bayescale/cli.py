@@ -9,6 +9,7 @@ Examples::
     bayescale report results/
     bayescale batch runs.csv --group-col arch --out batch-results/
     bayescale datasets
+    bayescale info          # versions, devices, compilation cache folder
 
 Bad input exits with status 2 and a one-line reason; ``--strict`` makes a fit
 that did not converge exit with status 1.
@@ -18,12 +19,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import sys
 from collections.abc import Sequence
 
+import arviz as az
+import jax
+import numpyro
 import pandas as pd
 
-from . import datasets
+from . import __version__, cache, datasets
 from .allocation import compute_for_loss, compute_optimal, has_allocation
 from .batch import BatchResult, fit_batch, load_batch
 from .data import DataError, ScalingData
@@ -148,6 +153,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=__doc__.split("Examples::", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"bayescale {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def sampler(p: argparse.ArgumentParser) -> None:
@@ -201,13 +207,32 @@ def _parser() -> argparse.ArgumentParser:
     budgets(rep)
 
     sub.add_parser("datasets", help="list the bundled datasets")
+    sub.add_parser("info", help="versions, devices and the compilation cache's location")
     return parser
+
+
+def _info() -> int:
+    folder = cache.ensure()
+    lines = {
+        "bayescale": __version__,
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "numpyro": numpyro.__version__,
+        "arviz": az.__version__,
+        "devices": ", ".join(f"{d.platform}:{d.id}" for d in jax.devices()),
+        "compilation cache": str(folder) if folder else f"off (set {cache.ENV} to a folder to switch it on)",
+    }
+    for key, value in lines.items():
+        print(f"{key + ':':20s}{value}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (0 ok, 1 not converged with ``--strict``, 2 bad input)."""
     args = _parser().parse_args(argv)
     try:
+        if args.command == "info":
+            return _info()
         if args.command == "datasets":
             with pd.option_context("display.max_colwidth", 120):
                 print(datasets.list().to_string(index=False))

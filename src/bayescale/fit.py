@@ -18,10 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 
+from . import cache
 from .data import ScalingData, as_data
 from .laws import Law, get_law
 from .likelihoods import Likelihood, get_likelihood
-from .model import check_data, layout_of, make_spec, model_data, potential_fn, potential_of
+from .model import bucket_size, check_data, layout_of, make_spec, model_data, potential_fn, potential_of
 from .posterior import FitResult, build_idata, compile_fit_idata, fit_idata
 from .sampling import SamplerSettings, compile_ahead, sample_lanes, sampler_settings
 from .start import initial_points, prior_points
@@ -59,6 +60,7 @@ def fit(
         is emitted when R-hat > 1.01, bulk ESS < 400 or any transition diverged.
     """
     settings = sampler_settings(settings, options)
+    cache.ensure()
     data = as_data(data, **options)
     spec = make_spec(get_law(law), get_likelihood(likelihood), priors)
     check_data(data, spec)
@@ -66,7 +68,7 @@ def fit(
     init_key, sample_key, predictive_key = jax.random.split(jax.random.PRNGKey(settings.seed), 3)
     x64 = settings.x64
     with jax.enable_x64(x64):
-        md = model_data(data, spec.law)
+        md = model_data(data, spec.law, size=bucket_size(data.n))  # one compiled program per bucket
         lanes = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (chains, *a.shape)), md)
         keys = jax.random.split(sample_key, chains)
         potential = potential_fn(spec)
@@ -114,6 +116,7 @@ def sample_model(
     Returns:
         ``arviz.InferenceData`` of the model's posterior.
     """
+    cache.ensure()
     init_key, sample_key, predictive_key = jax.random.split(jax.random.PRNGKey(settings.seed), 3)
     chains = settings.num_chains
     with jax.enable_x64(settings.x64):

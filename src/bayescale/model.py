@@ -46,6 +46,7 @@ __all__ = [
     "make_spec",
     "check_data",
     "model_data",
+    "bucket_size",
     "to_natural",
     "build_model",
     "layout_of",
@@ -184,6 +185,23 @@ def check_data(data: ScalingData, spec: Spec) -> None:
 def _positive_support(prior: dist.Distribution) -> bool:
     lower = getattr(prior.support, "lower_bound", None)
     return lower is not None and float(np.min(lower)) >= 0
+
+
+MIN_BUCKET = 8
+"""Smallest padded size of a dataset."""
+
+
+def bucket_size(n: int) -> int:
+    """Rows a dataset of ``n`` runs is padded to: the smallest of 8, 12, 16, 24, 32, 48, ... (two sizes
+    per octave) that holds them.
+
+    Programs are compiled per padded size, so editing a table (a run more or fewer)
+    reuses them; at most a third of the rows of a bucket are padding.
+    """
+    size = MIN_BUCKET
+    while size < n:
+        size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
+    return size
 
 
 def model_data(data: ScalingData, law: Law, size: int | None = None, dtype: Any = None) -> ModelData:
