@@ -13,7 +13,7 @@ This namespace only re-exports names from the modules below; importing it
 changes no global state (no warnings filters, no JAX configuration).
 """
 
-from . import allocation, cache, calibration, datasets, laws, likelihoods, plots
+from . import allocation, cache, calibration, datasets, extrapolation, laws, likelihoods, plots
 from .allocation import (
     allocation_exponent_draws,
     allocation_exponents,
@@ -64,6 +64,7 @@ __all__ = [
     "compute_for_loss",
     "compute_optimal",
     "datasets",
+    "extrapolation",
     "fit",
     "fit_batch",
     "fit_hierarchical",

@@ -53,6 +53,8 @@ __all__ = [
     "LEVEL",
     "RHAT_MAX",
     "ESS_MIN",
+    "MISFIT",
+    "distance",
 ]
 
 LEVEL = 0.9
@@ -63,6 +65,9 @@ ESS_MIN = 400
 """Bulk effective sample size below this is flagged."""
 
 _FORMAT_VERSION = 2
+
+MISFIT = "misfit_scale"
+"""Posterior variable of the structural-error scale (see :mod:`bayescale.extrapolation`)."""
 
 
 class ConvergenceWarning(UserWarning):
@@ -154,6 +159,12 @@ def warn_unconverged(diagnostics: Diagnostics, subject: str, stacklevel: int = 2
             ConvergenceWarning,
             stacklevel=stacklevel + 1,
         )
+
+
+def distance(law: Law, data: ScalingData, log_x: Mapping[str, Any]) -> np.ndarray:
+    """E-folds beyond the runs of ``data``: norm over the law's covariates of ``max(0, log x - max log x_data)``."""
+    excess = [np.maximum(0.0, np.asarray(log_x[c]) - np.log(data.covariate(c)).max()) for c in law.covariates]
+    return np.sqrt(np.sum(np.square(excess), axis=0))
 
 
 def _interval_columns(level: float) -> tuple[str, str]:
@@ -443,15 +454,22 @@ class FitResult(Posterior):
             flops_per_token: M for ``C = M·D``.
             noise: add observation noise (posterior predictive for a new run)
                 instead of the law's mean curve.
-            seed: PRNG seed for the noise.
+            seed: PRNG seed for the noise and the structural error.
 
         Returns:
-            Array ``(draws, points)`` in the target's units (nats).
+            Array ``(draws, points)`` in the target's units (nats). With a structural
+            error (:func:`bayescale.extrapolation.structural_error`) the mean curve
+            includes it: zero inside the data, growing with the distance beyond it.
         """
         with jax.enable_x64(True):
             log_x = self._log_covariates(N, D, C, flops_per_token, N_total)
             params = {k: jnp.asarray(v) for k, v in self.draws().items()}
             loc = jax.vmap(lambda p: self.law.log_mean(p, log_x))(params)
+            if MISFIT in self.idata.posterior:
+                tau = jnp.asarray(self.idata.posterior[MISFIT].values.reshape(-1))
+                reach = jnp.sqrt(jnp.asarray(distance(self.law, self.data, log_x)))
+                shock = jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(seed), 1), loc.shape, loc.dtype)
+                loc = loc + tau[:, None] * reach[None, :] * shock
             if noise:
                 nu = params["nu"][:, None] if self.spec.likelihood.learns_nu else None
                 obs = self.spec.likelihood.distribution(loc, params["sigma"][:, None], nu)

@@ -1,0 +1,97 @@
+"""Do the bands hold beyond the data? Held-out scores on real training runs.
+
+For each real dataset in ``../shared/realdata`` (or ``--realdata``): fit the Chinchilla law to
+the smaller runs, predict the held-out larger ones, and score a new run's predictive
+distribution at each held-out point:
+
+- OLMo 2 ladder, c4_en and mean-of-11 validation loss: fit N <= 1.3B (24 runs), hold out 3.2B (6);
+- over-training study, one dataset per training mix (c4, RedPajama, RefinedWeb), loss on c4
+  validation: fit N <= 154M, hold out 412M;
+- data-constrained study, single-epoch final losses: fit N < 2B, hold out the largest sizes (2.2-3.9B).
+
+Scores per dataset and mode: 50% and 90% coverage, median relative width of the 90% band,
+mean interval score at 90% (Gneiting and Raftery 2007, on log-loss: width + 20 x miss) and
+mean log predictive density of log-loss (Gaussian KDE of the predictive draws). Modes: the
+single law (``bs.fit`` defaults) and the same fit with the structural-error term
+(``bs.extrapolation.structural_error``).
+
+Run: ``python benchmarks/extrapolation.py [--realdata ../shared/realdata]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import warnings
+
+import numpy as np
+import pandas as pd
+import scipy.stats
+
+import bayescale as bs
+
+
+def datasets(root: str) -> dict[str, tuple[bs.ScalingData, np.ndarray]]:
+    """name -> (runs, held-out mask)."""
+    out = {}
+    olmo = pd.read_csv(os.path.join(root, "olmo_ladder", "ladder_final_checkpoints.csv"))
+    for column in ("val_loss_c4_en", "val_loss_mean11"):
+        data = bs.ScalingData.from_table(olmo, params="N", tokens="D_tokens", loss=column)
+        out[f"olmo {column[9:]}"] = (data, data.N > 2e9)
+    over = pd.read_csv(os.path.join(root, "overtrain", "overtrain_models.csv"))
+    for mix, part in over.groupby("dataset"):
+        data = bs.ScalingData.from_table(part.reset_index(drop=True), params="N_params", tokens="D_tokens",
+                                         loss="loss_c4_val")
+        out[f"overtrain {mix}"] = (data, data.N > 3e8)
+    contour = pd.read_csv(os.path.join(root, "datablations", "datablations_contour_losses.csv"))
+    single = contour[contour["epochs"] == 1].reset_index(drop=True)
+    data = bs.ScalingData.from_table(single, params="num_params", tokens="token_num", loss="openLM_loss")
+    out["datablations 1 epoch"] = (data, data.N > 2e9)
+    return out
+
+
+def scores(fit: bs.FitResult, test: bs.ScalingData) -> dict[str, float]:
+    draws = np.log(fit.predict_draws(N=test.N, D=test.D, noise=True, seed=1))
+    y = np.log(test.loss)
+    lo50, hi50, lo90, med, hi90 = np.quantile(draws, [0.25, 0.75, 0.05, 0.5, 0.95], axis=0)
+    interval_score = (hi90 - lo90) + 20 * np.maximum(lo90 - y, 0) + 20 * np.maximum(y - hi90, 0)
+    lpd = [np.log(scipy.stats.gaussian_kde(draws[:, j])(y[j])[0] + 1e-300) for j in range(y.size)]
+    return {
+        "n": y.size,
+        "cover50": float(np.mean((lo50 <= y) & (y <= hi50))),
+        "cover90": float(np.mean((lo90 <= y) & (y <= hi90))),
+        "width90": float(np.median(np.exp(hi90) - np.exp(lo90)) / np.median(np.exp(med))),
+        "interval_score": float(np.mean(interval_score)),
+        "lpd": float(np.mean(lpd)),
+        "max_rel_error": float(np.max(np.abs(np.exp(y - med) - 1))),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--realdata", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "realdata"))
+    args = parser.parse_args()
+    rows = []
+    for name, (data, held) in datasets(args.realdata).items():
+        train, test = data.subset(~held), data.subset(held)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", bs.DataWarning)
+            single = bs.fit(train, seed=0)
+        structural = bs.extrapolation.structural_error(single)
+        tau = np.median(structural.idata.posterior[bs.posterior.MISFIT].values)
+        for mode, result in (("single law", single), ("structural", structural)):
+            rows.append({"dataset": name, "mode": mode, "train": train.n, **scores(result, test),
+                         "tau": tau if mode == "structural" else np.nan, "converged": single.diagnostics.ok})
+        print(pd.DataFrame(rows[-2:]).to_string(index=False, float_format=lambda v: f"{v:.3g}"), flush=True)
+    table = pd.DataFrame(rows)
+    print("\n" + table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    pooled = table.groupby("mode").apply(
+        lambda t: pd.Series({"cover50": np.average(t["cover50"], weights=t["n"]),
+                             "cover90": np.average(t["cover90"], weights=t["n"]),
+                             "width90": t["width90"].median(), "interval_score": t["interval_score"].mean(),
+                             "lpd": t["lpd"].mean()}), include_groups=False)
+    print("\npooled over held-out points:\n" + pooled.to_string(float_format=lambda v: f"{v:.3g}"))
+
+
+if __name__ == "__main__":
+    main()

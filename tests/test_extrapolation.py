@@ -1,0 +1,81 @@
+"""Structural error: zero inside the data, learned from the fit's own extrapolation record, honest beyond it."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+import bayescale as bs
+from bayescale.posterior import MISFIT
+
+
+def runs(kind: str, seed: int) -> tuple[bs.ScalingData, np.ndarray, np.ndarray]:
+    """40 runs at 1e18-1e21 FLOPs and 10 held out at 2e21-1e23, 0.5% log-noise: from the offset power law
+    itself (``"law"``), or from a curve whose exponent steepens with scale (``"bend"``, outside the law)."""
+
+    def curve(C: np.ndarray) -> np.ndarray:
+        x = np.log(C / 1e18)
+        alpha = 0.10 + 0.012 * x if kind == "bend" else 0.15
+        return 1.8 + 3.0 * np.exp(-alpha * x)
+
+    rng = np.random.default_rng(seed)
+    C = np.exp(rng.uniform(np.log(1e18), np.log(1e21), 40))
+    held = np.geomspace(2e21, 1e23, 10)
+    loss = curve(C) * np.exp(0.005 * rng.standard_normal(40))
+    truth = curve(held) * np.exp(0.005 * rng.standard_normal(10))
+    return bs.ScalingData.from_arrays(loss=loss, C=C), held, truth
+
+
+def fits(kind: str, seed: int) -> tuple[bs.FitResult, bs.FitResult, np.ndarray, np.ndarray]:
+    data, held, truth = runs(kind, seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bs.ConvergenceWarning)
+        single = bs.fit(data, law="offset_power", num_warmup=500, num_samples=500, seed=seed)
+    return single, bs.extrapolation.structural_error(single), held, truth
+
+
+def coverage(result: bs.FitResult, held: np.ndarray, truth: np.ndarray) -> float:
+    band = result.predict(C=held)
+    return float(np.mean((band["pred_lower"] <= truth) & (truth <= band["pred_upper"])))
+
+
+def width(result: bs.FitResult, held: np.ndarray) -> float:
+    band = result.predict(C=held)
+    return float(np.median((band["pred_upper"] - band["pred_lower"]) / band["median"]))
+
+
+def test_zero_inside_the_data_and_saved(tmp_path) -> None:  # noqa: ANN001
+    single, structural, held, _ = fits("bend", 0)
+    inside = single.data.C[:5]
+    np.testing.assert_array_equal(structural.predict_draws(C=inside), single.predict_draws(C=inside))
+    assert MISFIT in structural.idata.posterior and MISFIT not in single.idata.posterior
+    assert width(structural, held) > width(single, held)
+    structural.save(tmp_path / "s.nc")
+    loaded = bs.load(tmp_path / "s.nc")
+    np.testing.assert_array_equal(loaded.predict_draws(C=held, seed=3), structural.predict_draws(C=held, seed=3))
+    with pytest.raises(ValueError, match="cuts must be quantiles"):
+        bs.extrapolation.structural_error(single, cuts=(0.5, 1.5))
+
+
+@pytest.mark.slow
+def test_covers_a_law_outside_the_candidate_set() -> None:
+    """A curve that bends away from the law: the single law's 90% bands cover under 0.6 of the held-out
+    runs, the structural error's at least 0.8."""
+    single_cover, structural_cover = [], []
+    for seed in range(3):
+        single, structural, held, truth = fits("bend", seed)
+        single_cover.append(coverage(single, held, truth))
+        structural_cover.append(coverage(structural, held, truth))
+    assert np.mean(single_cover) < 0.6
+    assert np.mean(structural_cover) >= 0.8
+
+
+@pytest.mark.slow
+def test_costs_little_when_the_law_is_right() -> None:
+    """Data from the law itself: the structural error's bands are at most 1.3x the single law's."""
+    ratios = []
+    for seed in range(3):
+        single, structural, held, truth = fits("law", seed)
+        ratios.append(width(structural, held) / width(single, held))
+        assert coverage(structural, held, truth) >= 0.8
+    assert np.mean(ratios) <= 1.3
