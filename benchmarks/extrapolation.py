@@ -1,6 +1,7 @@
 """Do the bands hold beyond the data? Held-out scores on real training runs.
 
-For each real dataset in ``../shared/realdata`` (or ``--realdata``): fit the Chinchilla law to
+For each bundled real dataset (``bs.datasets``, copied from ``../shared/realdata`` with their
+licences): fit the Chinchilla law to
 the smaller runs, predict the held-out larger ones, and score a new run's predictive
 distribution at each held-out point:
 
@@ -15,13 +16,12 @@ mean log predictive density of log-loss (Gaussian KDE of the predictive draws). 
 single law (``bs.fit`` defaults) and the same fit with the structural-error term
 (``bs.extrapolation.structural_error``).
 
-Run: ``python benchmarks/extrapolation.py [--realdata ../shared/realdata]``.
+Run: ``python benchmarks/extrapolation.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import warnings
 
 import numpy as np
@@ -31,19 +31,18 @@ import scipy.stats
 import bayescale as bs
 
 
-def datasets(root: str) -> dict[str, tuple[bs.ScalingData, np.ndarray]]:
+def datasets() -> dict[str, tuple[bs.ScalingData, np.ndarray]]:
     """name -> (runs, held-out mask)."""
     out = {}
-    olmo = pd.read_csv(os.path.join(root, "olmo_ladder", "ladder_final_checkpoints.csv"))
     for column in ("val_loss_c4_en", "val_loss_mean11"):
-        data = bs.ScalingData.from_table(olmo, params="N", tokens="D_tokens", loss=column)
+        data = bs.datasets.load("olmo_ladder", loss=column)
         out[f"olmo {column[9:]}"] = (data, data.N > 2e9)
-    over = pd.read_csv(os.path.join(root, "overtrain", "overtrain_models.csv"))
+    over = bs.datasets.load_frame("overtrain")
     for mix, part in over.groupby("dataset"):
         data = bs.ScalingData.from_table(part.reset_index(drop=True), params="N_params", tokens="D_tokens",
                                          loss="loss_c4_val")
         out[f"overtrain {mix}"] = (data, data.N > 3e8)
-    contour = pd.read_csv(os.path.join(root, "datablations", "datablations_contour_losses.csv"))
+    contour = bs.datasets.load_frame("datablations_final")
     single = contour[contour["epochs"] == 1].reset_index(drop=True)
     data = bs.ScalingData.from_table(single, params="num_params", tokens="token_num", loss="openLM_loss")
     out["datablations 1 epoch"] = (data, data.N > 2e9)
@@ -68,11 +67,9 @@ def scores(fit: bs.FitResult, test: bs.ScalingData) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--realdata", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "realdata"))
-    args = parser.parse_args()
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     rows = []
-    for name, (data, held) in datasets(args.realdata).items():
+    for name, (data, held) in datasets().items():
         train, test = data.subset(~held), data.subset(held)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", bs.DataWarning)

@@ -10,6 +10,21 @@
   (design seed 0, noise seed 1).
 - ``kaplan_synthetic``: 120 runs from Kaplan's joint law (alpha_N=0.076,
   alpha_D=0.095, N_c=8.8e13, D_c=5.4e13), same design, 1% log-noise (seeds 2, 3).
+
+Real training runs, unchanged, with their licences in ``data/licenses/`` and their
+sources in ``data/SOURCES.md``:
+
+- ``olmo_ladder``: final checkpoints of the OLMo 2 ladder (AllenAI, Apache-2.0): 30
+  runs, 190M-3.2B parameters (``N``, all but the input embedding), ``D_tokens``
+  tokens, validation losses ``val_loss_<set>`` in nats/token (``load`` uses
+  ``val_loss_c4_en``), 5-shot downstream accuracies and bits per byte.
+- ``overtrain``: the over-training study of Gadre et al. 2024 (MIT): 95 models,
+  10.6M-412M parameters (``N_params``), ``D_tokens``, three training mixes
+  (``dataset``), validation losses ``loss_<set>`` (``load`` uses ``loss_c4_val``)
+  and downstream errors ``err_<task>``.
+- ``datablations_final``: final losses of the data-constrained study of Muennighoff
+  et al. 2023 (MIT over Apache-2.0): ``num_params``, ``token_num`` tokens seen,
+  ``epochs`` over the unique data, ``openLM_loss`` nats/token.
 """
 
 from __future__ import annotations
@@ -34,7 +49,16 @@ _DATASETS = {
     "palm2": "PaLM 2 iso-FLOP table: 12 runs at 1e20, 1e21, 1e22 FLOPs (Anil et al. 2023); group column 'budget'.",
     "chinchilla_synthetic": "240 runs simulated from the published Chinchilla law, 2% log-noise.",
     "kaplan_synthetic": "120 runs simulated from Kaplan's joint law L(N, D), 1% log-noise.",
+    "olmo_ladder": "OLMo 2 ladder, 30 real runs 190M-3.2B params, validation losses and downstream accuracies.",
+    "overtrain": "Over-training study (Gadre et al. 2024), 95 real runs 10.6M-412M params, 3 training mixes.",
+    "datablations_final": "Data-constrained study (Muennighoff et al. 2023), final losses with repeated data.",
 }
+_COLUMNS = {
+    "olmo_ladder": {"params": "N", "tokens": "D_tokens", "loss": "val_loss_c4_en"},
+    "overtrain": {"params": "N_params", "tokens": "D_tokens", "loss": "loss_c4_val"},
+    "datablations_final": {"params": "num_params", "tokens": "token_num", "loss": "openLM_loss"},
+}
+"""Column options of the real tables for ``load``; pass others (e.g. ``loss="val_loss_mean11"``) to override."""
 
 
 def list() -> pd.DataFrame:  # noqa: A001 - mirrors `bs.datasets.list()` in the docs
@@ -63,8 +87,15 @@ def load_frame(name: str) -> pd.DataFrame:
         return pd.read_csv(handle)
 
 
-def load(name: str) -> ScalingData:
-    """A bundled dataset as :class:`~bayescale.data.ScalingData` (see ``list()``)."""
+def load(name: str, **columns: str) -> ScalingData:
+    """A bundled dataset as :class:`~bayescale.data.ScalingData` (see ``list()``).
+
+    Args:
+        name: the dataset.
+        **columns: column options of :meth:`ScalingData.from_table`, overriding the
+            dataset's defaults (for the real tables, e.g. ``loss="val_loss_mean11"``).
+    """
     frame = load_frame(name)
     group = "budget" if "budget" in frame.columns else None
-    return ScalingData.from_table(frame, group=group, source=f"bayescale.datasets:{name}")
+    options = {"group": group, **_COLUMNS.get(name, {}), **columns}
+    return ScalingData.from_table(frame, source=f"bayescale.datasets:{name}", **options)
