@@ -52,6 +52,7 @@ CUTS = (0.4, 0.5, 0.6, 0.7, 0.8)
 """Default cut points: quantiles of the scale covariate below which runs are fitted."""
 _GRID = np.geomspace(*MISFIT_PRIOR_RANGE, 600)
 _BACKTEST_DRAWS = 500
+"""Warmup and draws per chain of each rolling-origin refit, at most (the fit's own settings when fewer)."""
 
 
 def scale_covariate(law: Law) -> str:
@@ -66,8 +67,8 @@ def _backtest(fit: FitResult, cuts: Sequence[float]) -> pd.DataFrame:
     above, the error of the predictive mean of log-loss, the predictive variance and the distance."""
     data, law = fit.data, fit.law
     order_by = data.covariate(scale_covariate(law))
-    settings = dataclasses.replace(fit.settings, num_warmup=_BACKTEST_DRAWS, num_samples=_BACKTEST_DRAWS,
-                                   progress=False)
+    settings = dataclasses.replace(fit.settings, num_warmup=min(fit.settings.num_warmup, _BACKTEST_DRAWS),
+                                   num_samples=min(fit.settings.num_samples, _BACKTEST_DRAWS), progress=False)
     rows = []
     for q in cuts:
         below = order_by <= np.quantile(order_by, q)
