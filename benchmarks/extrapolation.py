@@ -13,7 +13,8 @@ distribution at each held-out point:
 Scores per dataset and mode: 50% and 90% coverage, median relative width of the 90% band,
 mean interval score at 90% (Gneiting and Raftery 2007, on log-loss: width + 20 x miss) and
 mean log predictive density of log-loss (Gaussian KDE of the predictive draws). Modes: the
-single law (``bs.fit`` defaults) and the same fit with the structural-error term
+single law (``bs.fit`` defaults), the Chinchilla law stacked with Kaplan's joint law
+(``bs.stack``, PSIS-LOO stacking weights), and the single law with the structural-error term
 (``bs.extrapolation.structural_error``).
 
 Run: ``python benchmarks/extrapolation.py``.
@@ -26,7 +27,6 @@ import warnings
 
 import numpy as np
 import pandas as pd
-import scipy.stats
 
 import bayescale as bs
 
@@ -49,23 +49,6 @@ def datasets() -> dict[str, tuple[bs.ScalingData, np.ndarray]]:
     return out
 
 
-def scores(fit: bs.FitResult, test: bs.ScalingData) -> dict[str, float]:
-    draws = np.log(fit.predict_draws(N=test.N, D=test.D, noise=True, seed=1))
-    y = np.log(test.loss)
-    lo50, hi50, lo90, med, hi90 = np.quantile(draws, [0.25, 0.75, 0.05, 0.5, 0.95], axis=0)
-    interval_score = (hi90 - lo90) + 20 * np.maximum(lo90 - y, 0) + 20 * np.maximum(y - hi90, 0)
-    lpd = [np.log(scipy.stats.gaussian_kde(draws[:, j])(y[j])[0] + 1e-300) for j in range(y.size)]
-    return {
-        "n": y.size,
-        "cover50": float(np.mean((lo50 <= y) & (y <= hi50))),
-        "cover90": float(np.mean((lo90 <= y) & (y <= hi90))),
-        "width90": float(np.median(np.exp(hi90) - np.exp(lo90)) / np.median(np.exp(med))),
-        "interval_score": float(np.mean(interval_score)),
-        "lpd": float(np.mean(lpd)),
-        "max_rel_error": float(np.max(np.abs(np.exp(y - med) - 1))),
-    }
-
-
 def main() -> None:
     argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     rows = []
@@ -74,12 +57,16 @@ def main() -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", bs.DataWarning)
             single = bs.fit(train, seed=0)
+            kaplan = bs.fit(train, law="kaplan_nd", seed=0)
         structural = bs.extrapolation.structural_error(single)
+        stacked = bs.stack({"chinchilla": single, "kaplan_nd": kaplan})
         tau = np.median(structural.idata.posterior[bs.posterior.MISFIT].values)
-        for mode, result in (("single law", single), ("structural", structural)):
-            rows.append({"dataset": name, "mode": mode, "train": train.n, **scores(result, test),
+        for mode, result in (("single law", single), ("stacked", stacked), ("structural", structural)):
+            draws = np.log(result.predict_draws(N=test.N, D=test.D, noise=True, seed=1))
+            rows.append({"dataset": name, "mode": mode, "train": train.n, **bs.validation.scores(draws, np.log(test.loss)),
                          "tau": tau if mode == "structural" else np.nan, "converged": single.diagnostics.ok})
-        print(pd.DataFrame(rows[-2:]).to_string(index=False, float_format=lambda v: f"{v:.3g}"), flush=True)
+        print(pd.DataFrame(rows[-3:]).to_string(index=False, float_format=lambda v: f"{v:.3g}"),
+              f"stacking weight of chinchilla: {stacked.weights['chinchilla']:.2f}", flush=True)
     table = pd.DataFrame(rows)
     print("\n" + table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     pooled = table.groupby("mode").apply(

@@ -71,6 +71,14 @@ def unconverged(fit: bs.FitResult) -> bs.FitResult:
     return dataclasses.replace(fit, idata=idata)
 
 
+@pytest.fixture(scope="session")
+def tiny_stacked(small_groups: dict) -> bs.StackedResult:
+    """The Chinchilla law and Kaplan's joint law, fitted to the same 10 runs and stacked."""
+    data = small_groups["g0"]
+    fits = {law: _quiet(bs.fit, data, law=law, settings=TINY) for law in ("chinchilla", "kaplan_nd")}
+    return bs.stack(fits, seed=1)
+
+
 def interval(draws: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)

@@ -21,6 +21,8 @@ CASES = {
     "kaplan_nd": ({"alpha_N": 0.076, "alpha_D": 0.095, "N_c": 8.8e13, "D_c": 5.4e13}, {"N": N_DES, "D": D_DES}, 0.01),
     "offset_power": ({"E": 1.7, "alpha": 0.15, "A": 1000.0}, {"C": LOG_UNIFORM(1e18, 1e22)}, 0.01),
     "power": ({"a": 0.3, "K": 0.1}, {"C": LOG_UNIFORM(1e18, 1e22, 60)}, 0.1),
+    "broken_power": ({"E": 1.7, "alpha": 0.2, "delta": 0.15, "X_b": 1e20, "A": 5000.0},
+                     {"C": LOG_UNIFORM(1e17, 1e23, 120)}, 0.005),
 }
 
 
@@ -105,3 +107,12 @@ def test_moe_and_dense_runs_fitted_together(tmp_path) -> None:  # noqa: ANN001
     np.testing.assert_array_equal(bs.load(tmp_path / "moe.nc").data.N_total, data.N_total)
     with pytest.raises(bs.DataError, match="below active parameters"):
         bs.ScalingData.from_arrays(loss=[3.0, 2.9], N=[2e8, 1e8], D=[1e9, 1e9], N_total=[1e8, 1e8])
+
+
+def test_broken_power_matches_its_formula() -> None:
+    law = bs.laws.get_law("broken_power", covariate="D")
+    p = {"E": 1.7, "alpha": 0.2, "delta": 0.15, "X_b": 1e11, "A": 300.0}
+    d = np.array([1e9, 1e11, 1e13])
+    expected = 1.7 + 300.0 * d**-0.2 * (1 + d / 1e11) ** -0.15
+    got = np.exp(law.log_mean({k: jnp.asarray(v) for k, v in p.items()}, {"D": jnp.log(d)}))
+    np.testing.assert_allclose(got, expected, rtol=1e-6)  # float32 outside the fits

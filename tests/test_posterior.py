@@ -18,6 +18,7 @@ def _results(request: pytest.FixtureRequest) -> dict[str, tuple[bs.Posterior, di
     hier = request.getfixturevalue("tiny_hierarchical")
     batch = request.getfixturevalue("tiny_batch")
     iso = request.getfixturevalue("tiny_isoflop")
+    stacked = request.getfixturevalue("tiny_stacked")
     nd = {"N": [1e9, 1e10], "D": [2e10, 2e11]}
     return {
         "fit": (fit, nd),
@@ -25,10 +26,11 @@ def _results(request: pytest.FixtureRequest) -> dict[str, tuple[bs.Posterior, di
         "hierarchical member": (hier["g0"], nd),
         "hierarchical": (hier, {"group": "g2", **nd}),
         "isoflop": (iso, {"N": [1e9, 3e9], "C": [iso.compute[0]] * 2}),
+        "stacked": (stacked, nd),
     }
 
 
-KINDS = ("fit", "batch member", "hierarchical member", "hierarchical", "isoflop")
+KINDS = ("fit", "batch member", "hierarchical member", "hierarchical", "isoflop", "stacked")
 
 
 @pytest.mark.parametrize("kind", KINDS)

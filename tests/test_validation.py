@@ -36,3 +36,27 @@ def test_bad_holdouts(chinchilla_data: bs.ScalingData) -> None:
         bs.validate(chinchilla_data, fraction=1.5)
     with pytest.raises(ValueError, match="holdout mask must be booleans"):
         bs.validate(chinchilla_data, holdout=np.ones(3, dtype=bool))
+
+
+def test_scores_against_exact_values() -> None:
+    draws = np.random.default_rng(0).standard_normal((200_000, 2))
+    s = bs.validation.scores(draws, np.array([0.0, 2.0]))
+    assert s["n"] == 2 and s["cover50"] == 0.5 and s["cover90"] == 0.5
+    z90 = 1.6449
+    expected_interval = 2 * z90 + 20 * (2.0 - z90) / 2  # width at both points, one miss of 2 - 1.645
+    assert s["interval_score"] == pytest.approx(expected_interval, rel=0.01)
+    expected_lpd = np.mean([-0.5 * np.log(2 * np.pi), -0.5 * np.log(2 * np.pi) - 2.0])
+    assert s["lpd"] == pytest.approx(expected_lpd, abs=0.03)
+
+
+@pytest.mark.slow
+def test_backtest_says_when_bands_under_cover(chinchilla_data: bs.ScalingData, chinchilla_fit: bs.FitResult) -> None:
+    held = bs.backtest(chinchilla_fit, cuts=(0.7,))
+    assert not held.under_covers and "they held" in held.message
+    assert list(held.table.index) == [0.7] and held.table["train"].tolist() == [140]
+    big = chinchilla_data.C >= np.quantile(chinchilla_data.C, 0.7)
+    broken = bs.ScalingData.from_arrays(loss=np.where(big, 1.06, 1.0) * chinchilla_data.loss,
+                                        N=chinchilla_data.N, D=chinchilla_data.D)
+    fit = bs.fit(broken, seed=0, num_warmup=500, num_samples=500)
+    check = bs.backtest(fit, cuts=(0.5, 0.6))
+    assert check.under_covers and "UNDER-COVER" in check.message and "structural_error" in check.message

@@ -13,7 +13,7 @@ This namespace only re-exports names from the modules below; importing it
 changes no global state (no warnings filters, no JAX configuration).
 """
 
-from . import allocation, cache, calibration, datasets, extrapolation, laws, likelihoods, plots
+from . import allocation, cache, calibration, datasets, extrapolation, laws, likelihoods, plots, stacking
 from .allocation import (
     allocation_exponent_draws,
     allocation_exponents,
@@ -34,12 +34,14 @@ from .posterior import ConvergenceWarning, Diagnostics, FitResult, Posterior, lo
 from .reporting import report
 from .sampling import SamplerSettings
 from .simulate import chinchilla_design, simulate
+from .stacking import StackedResult, stack
 from .start import MapResult, fit_map
-from .validation import Validation, validate
+from .validation import Backtest, Validation, backtest, validate
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Backtest",
     "BatchResult",
     "ConvergenceWarning",
     "DataError",
@@ -52,11 +54,13 @@ __all__ = [
     "MapResult",
     "Posterior",
     "SamplerSettings",
+    "StackedResult",
     "ScalingData",
     "Validation",
     "allocation",
     "allocation_exponent_draws",
     "allocation_exponents",
+    "backtest",
     "cache",
     "calibration",
     "chinchilla_design",
@@ -80,5 +84,7 @@ __all__ = [
     "plots",
     "report",
     "simulate",
+    "stack",
+    "stacking",
     "validate",
 ]

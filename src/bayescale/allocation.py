@@ -29,6 +29,7 @@ import pandas as pd
 
 from .laws import Law
 from .posterior import LEVEL, FitResult, describe_draws, table_of_draws
+from .stacking import StackedResult
 
 __all__ = [
     "compute_optimal",
@@ -157,7 +158,9 @@ def compute_optimal(
     """Planning table: compute-optimal N, D, tokens per parameter and loss, with intervals.
 
     Args:
-        fit: a fit of a law in N and D.
+        fit: a fit of a law in N and D, or a stacked result
+            (:func:`bayescale.stacking.stack`) of such fits, whose allocation is the
+            mixture of its members'.
         compute: budgets in FLOPs.
         flops_per_token: k in ``C = k·N·D`` (6 by default).
         level: credible level of the intervals.
@@ -168,7 +171,11 @@ def compute_optimal(
         (nats), each with ``median`` and the interval bounds. The draws are in
         :func:`optimal_allocation` of ``fit.law`` and ``fit.draws()``.
     """
-    draws = optimal_allocation(fit.law, fit.draws(), compute, flops_per_token)
+    if isinstance(fit, StackedResult):  # a mixture of laws: each draw slot takes its member's optimum
+        per_member = {n: optimal_allocation(m.law, m.draws(), compute, flops_per_token) for n, m in fit.members.items()}
+        draws = {key: fit.combine({n: v[key] for n, v in per_member.items()}) for key in next(iter(per_member.values()))}
+    else:
+        draws = optimal_allocation(fit.law, fit.draws(), compute, flops_per_token)
     return table_of_draws(draws, pd.Index(_budgets(compute), name="compute"), level)
 
 

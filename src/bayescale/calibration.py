@@ -63,6 +63,11 @@ def _offset_power(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
     return {"E": _uniform(rng, n, 1.5, 2.2), "alpha": alpha, "A": reducible * _C0**alpha}
 
 
+def _broken_power(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    truths = _offset_power(rng, n)
+    return {**truths, "delta": _uniform(rng, n, -0.1, 0.1), "X_b": _log_uniform(rng, n, 1e19, 1e21)}
+
+
 def _power(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
     a = _uniform(rng, n, 0.1, 0.5)
     at_c0 = _log_uniform(rng, n, 1e5, 1e7)  # e.g. a batch size in tokens at 1e20 FLOPs
@@ -88,6 +93,7 @@ RANGES: dict[str, Sampler] = {
     },
     "moe": lambda rng, n: {**RANGES["chinchilla"](rng, n), "w": _uniform(rng, n, 0.1, 0.9)},
     "offset_power": _offset_power,
+    "broken_power": _broken_power,
     "power": _power,
 }
 """Built-in law name -> sampler of realistic true values ``(rng, n) -> {param: (n,)}``.

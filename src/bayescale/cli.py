@@ -4,6 +4,7 @@ Examples::
 
     bayescale demo --out bayescale-demo
     bayescale fit runs.csv --law chinchilla --params-col N --tokens-col D --loss-col loss --out results/
+    bayescale fit runs.csv --structural-error --backtest --out results/   # bands for planning, checked
     bayescale plan results/ --compute 1e22 1e23 1e24
     bayescale plan results/ --target-loss 2.0 1.9
     bayescale report results/
@@ -32,9 +33,11 @@ from . import __version__, cache, datasets
 from .allocation import compute_for_loss, compute_optimal, has_allocation
 from .batch import BatchResult, fit_batch, load_batch
 from .data import DataError, ScalingData
+from .extrapolation import structural_error
 from .fit import fit
 from .laws import list_laws
 from .reporting import DEFAULT_COMPUTE, report
+from .validation import backtest
 from .posterior import FitResult, load
 
 __all__ = ["main"]
@@ -185,6 +188,10 @@ def _parser() -> argparse.ArgumentParser:
     fit_p = sub.add_parser("fit", help="fit a law to a CSV of training runs")
     table(fit_p)
     fit_p.add_argument("--out", default="results", help="output folder (default results)")
+    fit_p.add_argument("--structural-error", action="store_true",
+                       help="widen bands beyond the data by the law's misfit, learned rolling origin (for planning)")
+    fit_p.add_argument("--backtest", action="store_true",
+                       help="refit below several cut points and score the runs above; verdict in the report")
     sampler(fit_p)
     budgets(fit_p)
 
@@ -252,8 +259,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.csv, params=args.params_col, tokens=args.tokens_col, compute=args.compute_col, loss=args.loss_col
             )
             result = fit(data, law=args.law, likelihood=args.likelihood, **_sampler_args(args))
+        check = None
+        if getattr(args, "structural_error", False):
+            result = structural_error(result)
+        if getattr(args, "backtest", False):
+            check = backtest(result, structural=args.structural_error)
+            print(check.message)
         _write_fit(result, args.out, args.compute)
-        files = report(result, args.out, compute=args.compute)
+        if check is not None:
+            check.table.to_csv(os.path.join(args.out, "backtest.csv"))
+        files = report(result, args.out, compute=args.compute, backtest=check)
         print(f"report: {files['html']}")
         return 1 if args.strict and not result.diagnostics.ok else 0
     except (DataError, ValueError, OSError) as err:

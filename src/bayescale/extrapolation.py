@@ -33,18 +33,18 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 import scipy.stats
 
-from .data import DataError
+from .data import DataError, ScalingData
 from .laws import Law
 from .posterior import MISFIT, ConvergenceWarning, FitResult, distance
 from .fit import fit as fit_law
 
-__all__ = ["structural_error", "scale_covariate", "MISFIT_PRIOR_RANGE", "CUTS"]
+__all__ = ["structural_error", "rolling_refits", "scale_covariate", "MISFIT_PRIOR_RANGE", "CUTS"]
 
 MISFIT_PRIOR_RANGE = (1e-4, 1.0)
 """Support of the log-uniform prior on ``tau`` (log-loss per square-root e-fold)."""
@@ -62,14 +62,20 @@ def scale_covariate(law: Law) -> str:
     return law.covariates[0]
 
 
-def _backtest(fit: FitResult, cuts: Sequence[float]) -> pd.DataFrame:
-    """The fit's own extrapolation record: for each cut, refit on the runs below it and take, for each run
-    above, the error of the predictive mean of log-loss, the predictive variance and the distance."""
+def rolling_refits(fit: FitResult, cuts: Sequence[float], structural: bool = False
+                   ) -> Iterator[tuple[float, FitResult, ScalingData]]:
+    """For each cut: the same model refitted to the runs at or below that quantile of the scale covariate,
+    and the runs above it. Cuts that leave too few runs on either side are skipped.
+
+    Refits use the fit's settings with at most 500 warmup iterations and draws per chain; with
+    ``structural`` each refit gets its own structural error (:func:`structural_error`).
+    """
+    if any(not 0 < q < 1 for q in cuts):
+        raise ValueError(f"cuts must be quantiles in (0, 1), got {list(cuts)}")
     data, law = fit.data, fit.law
     order_by = data.covariate(scale_covariate(law))
     settings = dataclasses.replace(fit.settings, num_warmup=min(fit.settings.num_warmup, _BACKTEST_DRAWS),
                                    num_samples=min(fit.settings.num_samples, _BACKTEST_DRAWS), progress=False)
-    rows = []
     for q in cuts:
         below = order_by <= np.quantile(order_by, q)
         train, test = data.subset(below), data.subset(~below)
@@ -78,6 +84,15 @@ def _backtest(fit: FitResult, cuts: Sequence[float]) -> pd.DataFrame:
         with warnings.catch_warnings():  # a small refit that mixes less well still scores its extrapolation
             warnings.simplefilter("ignore", ConvergenceWarning)
             refit = fit_law(train, law, fit.spec.likelihood, dict(fit.spec.priors), settings=settings)
+        yield q, structural_error(refit) if structural else refit, test
+
+
+def _backtest(fit: FitResult, cuts: Sequence[float]) -> pd.DataFrame:
+    """The fit's own extrapolation record: for each held-out run of each cut, the error of the predictive
+    mean of log-loss, the predictive variance and the distance beyond the refit's runs."""
+    law = fit.law
+    rows = []
+    for q, refit, test in rolling_refits(fit, cuts):
         draws = np.log(refit.predict_draws(**{c: test.covariate(c) for c in law.covariates}, noise=True,
                                            seed=fit.seed))
         log_x = {c: np.log(test.covariate(c)) for c in law.covariates}
@@ -85,7 +100,7 @@ def _backtest(fit: FitResult, cuts: Sequence[float]) -> pd.DataFrame:
             "cut": q,
             "error": np.log(test.loss) - draws.mean(axis=0),
             "variance": draws.var(axis=0),
-            "distance": distance(law, train, log_x),
+            "distance": distance(law, refit.data, log_x),
         }))
     if not rows:
         raise DataError(f"no cut in {list(cuts)} leaves enough runs to fit {law.name!r} and some to hold out")
@@ -109,8 +124,6 @@ def structural_error(fit: FitResult, cuts: Sequence[float] = CUTS) -> FitResult:
     Raises:
         DataError: no cut leaves enough runs on both sides.
     """
-    if any(not 0 < q < 1 for q in cuts):
-        raise ValueError(f"cuts must be quantiles in (0, 1), got {list(cuts)}")
     table = _backtest(fit, cuts)
     weight = 1.0 / len(set(table["cut"]))
     variance = table["variance"].to_numpy()[None, :] + _GRID[:, None] ** 2 * table["distance"].to_numpy()[None, :]

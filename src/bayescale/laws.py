@@ -32,6 +32,7 @@ __all__ = [
     "kaplan_nd",
     "moe",
     "offset_power",
+    "broken_power",
     "power",
     "custom",
     "get_law",
@@ -293,6 +294,48 @@ def offset_power(covariate: str = "C") -> Law:
     )
 
 
+def broken_power(covariate: str = "C") -> Law:
+    """Power law with one smooth break, ``L = E + A·X^-alpha·(1 + X/X_b)^-delta`` (Caballero et al. 2022).
+
+    One covariate X (N, D or C). Below the break ``X_b`` the reducible loss falls with
+    exponent ``alpha``, above it with ``alpha + delta`` (``delta < 0``: the curve
+    flattens; sharpness fixed at 1, the broken neural scaling law with one break).
+    A single power law that bends is the most common misfit of long extrapolations.
+    Priors: ``E``, ``alpha`` and ``A`` as :func:`offset_power`; ``delta ~ Normal(0, 0.3)``;
+    ``X_b ~ LogNormal(40, 20)`` (sampled relative to the data centre, so the prior
+    is wide but the sampler's coordinate is well scaled).
+    """
+    if covariate not in COVARIATES:
+        raise ValueError(f"broken_power: covariate must be one of {COVARIATES}, got {covariate!r}")
+
+    def bend(p: Params, x: Array) -> Array:
+        return p["delta"] * jnp.logaddexp(0.0, x - jnp.log(p["X_b"]))
+
+    def log_mean(p: Params, x: Params) -> Array:
+        return jnp.logaddexp(jnp.log(p["E"]), jnp.log(p["A"]) - p["alpha"] * x[covariate] - bend(p, x[covariate]))
+
+    return Law(
+        name="broken_power",
+        params=("E", "alpha", "delta", "X_b", "A"),
+        covariates=(covariate,),
+        priors={
+            "E": _e_prior(),
+            "alpha": _exponent_prior(),
+            "delta": dist.Normal(0.0, 0.3),
+            "X_b": dist.LogNormal(40.0, 20.0),
+            "A": _amplitude_prior(),
+        },
+        log_mean=log_mean,
+        # X_b = X0·e^u; A from u = log of the reducible term at the centre.
+        centred={
+            "X_b": lambda u, p, c: jnp.exp(u + c[covariate]),
+            "A": lambda u, p, c: jnp.exp(u + p["alpha"] * c[covariate] + bend(p, c[covariate])),
+        },
+        formula=f"L = E + A·{covariate}^-alpha·(1 + {covariate}/X_b)^-delta",
+        options={"covariate": covariate},
+    )
+
+
 def power(covariate: str = "C") -> Law:
     """Pure power law ``Y = K·X^a`` for any positive target Y (batch size, learning rate...).
 
@@ -370,6 +413,7 @@ _REGISTRY: dict[str, Callable[..., Law]] = {
     "kaplan_nd": kaplan_nd,
     "moe": moe,
     "offset_power": offset_power,
+    "broken_power": broken_power,
     "power": power,
 }
 

@@ -28,7 +28,8 @@ import pandas as pd
 
 from . import plots
 from .allocation import allocation_exponents, compute_optimal, has_allocation
-from .posterior import LEVEL, FitResult
+from .posterior import LEVEL, MISFIT, FitResult
+from .validation import Backtest
 
 __all__ = ["report", "DEFAULT_COMPUTE"]
 
@@ -111,6 +112,7 @@ def report(
     compute: Sequence[float] | None = None,
     level: float = LEVEL,
     title: str | None = None,
+    backtest: Backtest | None = None,
 ) -> dict[str, Path]:
     """Write the planning report of ``fit`` into the folder ``path``.
 
@@ -121,6 +123,8 @@ def report(
             used only for laws in N and D.
         level: credible level of every interval.
         title: page title (default names the law and the data source).
+        backtest: a rolling-origin check of the fit (:func:`bayescale.backtest`): its
+            table and its plain verdict on the bands go into the report.
 
     Returns:
         Paths of the files written: ``html``, ``markdown``, ``json`` (and the
@@ -156,6 +160,14 @@ def report(
         "parameters": _records(summary, "parameter"),
         "plan": _records(plan, "compute") if plan is not None else None,
         "exponents": _records(exponents, "exponent") if exponents is not None else None,
+        "extrapolation": {
+            "structural_error": MISFIT in fit.idata.posterior,
+            "misfit_scale_median": (_jsonable(float(np.median(fit.idata.posterior[MISFIT].values)))
+                                    if MISFIT in fit.idata.posterior else None),
+            "backtest": _records(backtest.table, "cut") if backtest is not None else None,
+            "backtest_message": backtest.message if backtest is not None else None,
+            "backtest_under_covers": backtest.under_covers if backtest is not None else None,
+        },
         "versions": _versions(),
     }
     files = {"html": out / "report.html", "markdown": out / "report.md", "json": out / "report.json"}
@@ -168,6 +180,8 @@ def report(
     tables = [("Parameters", summary)]
     if plan is not None and exponents is not None:
         tables += [("Compute-optimal allocation", plan), ("Allocation exponents (N_opt ∝ C^a, D_opt ∝ C^b)", exponents)]
+    if backtest is not None:
+        tables.append(("Extrapolation check (rolling origin): " + backtest.message, backtest.table))
     files["markdown"].write_text(_markdown(meta, status, tables, images))
     files["html"].write_text(_html(meta, status, diag.ok, tables, images))
     return files
@@ -181,7 +195,7 @@ def _fmt(table: pd.DataFrame, flat: bool = False) -> pd.DataFrame:
 
 
 def _intro(meta: dict) -> list[tuple[str, str]]:
-    lik = meta["likelihood"]
+    lik, extra = meta["likelihood"], meta["extrapolation"]
     sampler = meta["sampler"]
     return [
         ("Data", f"{meta['data']['n_runs']} runs from {meta['data']['source']}"),
@@ -190,6 +204,8 @@ def _intro(meta: dict) -> list[tuple[str, str]]:
         ("Sampler", f"NUTS, {sampler['num_chains']} chains x {sampler['num_samples']} draws "
                     f"({sampler['num_warmup']} warmup), seed {sampler['seed']}"),
         ("Intervals", f"equal-tailed, {meta['level']:.0%}"),
+        ("Structural error", "none: bands assume the law holds beyond the data" if not extra["structural_error"]
+         else f"random walk beyond the data, scale {extra['misfit_scale_median']:.3g} log-loss per sqrt e-fold"),
         ("Versions", ", ".join(f"{k} {v}" for k, v in meta["versions"].items())),
     ]
 

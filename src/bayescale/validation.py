@@ -1,27 +1,36 @@
-"""Extrapolation check: refit without the largest runs and see whether they land in their intervals.
+"""Extrapolation checks: refit without the largest runs and see whether they land in their intervals.
 
 A scaling law is used to extrapolate, so the honest test of a fit is whether
 its predictive intervals hold beyond the data. :func:`validate` holds out the
 runs with the largest compute (or N, or D), refits on the rest with the same
 law, likelihood, priors and sampler settings, and reports how often the
 held-out losses fall inside their posterior predictive intervals.
+:func:`backtest` does so rolling origin, over several cut points, and scores
+each cut: 50% and 90% coverage, the width of the 90% band, the interval score
+and the log predictive density; it says plainly when the bands under-cover.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import scipy.stats
 from matplotlib.axes import Axes
 
 from .data import DataError, ScalingData, as_data
+from .extrapolation import CUTS, rolling_refits
 from .fit import fit as fit_law
 from .posterior import LEVEL, FitResult
 
-__all__ = ["Validation", "validate", "HOLDOUTS"]
+__all__ = ["Validation", "validate", "HOLDOUTS", "Backtest", "backtest", "scores", "UNDER_COVERAGE"]
+
+UNDER_COVERAGE = 0.8
+"""Pooled 90% coverage below this is reported as under-coverage."""
 
 HOLDOUTS = {"largest compute": "C", "largest params": "N", "largest tokens": "D"}
 """Names of the hold-out rules and the covariate each ranks runs by."""
@@ -133,3 +142,86 @@ def _holdout_mask(data: ScalingData, holdout: str | np.ndarray, fraction: float)
     if not mask.any() or mask.all():
         raise ValueError("holdout mask must hold out some runs and keep some")
     return mask
+
+
+def scores(log_draws: np.ndarray, log_observed: np.ndarray) -> dict[str, float]:
+    """Scores of predictive draws ``(draws, points)`` of log-loss against the observed log-losses ``(points,)``.
+
+    Returns:
+        ``n``; ``cover50`` and ``cover90`` (share inside the central intervals);
+        ``width90`` (median width of the 90% band over the median prediction, on the
+        loss scale); ``interval_score`` (Gneiting and Raftery 2007, 90%, on log-loss:
+        width plus 20 times the miss, mean over points; lower is better); ``lpd``
+        (mean log predictive density of log-loss, Gaussian KDE of the draws; higher is
+        better); ``max_rel_error`` of the median prediction.
+    """
+    y = np.asarray(log_observed, dtype=float)
+    lo50, hi50, lo90, med, hi90 = np.quantile(log_draws, [0.25, 0.75, 0.05, 0.5, 0.95], axis=0)
+    interval = (hi90 - lo90) + 20 * np.maximum(lo90 - y, 0) + 20 * np.maximum(y - hi90, 0)
+    lpd = [np.log(scipy.stats.gaussian_kde(log_draws[:, j])(y[j])[0] + 1e-300) for j in range(y.size)]
+    return {
+        "n": int(y.size),
+        "cover50": float(np.mean((lo50 <= y) & (y <= hi50))),
+        "cover90": float(np.mean((lo90 <= y) & (y <= hi90))),
+        "width90": float(np.median(np.exp(hi90) - np.exp(lo90)) / np.median(np.exp(med))),
+        "interval_score": float(np.mean(interval)),
+        "lpd": float(np.mean(lpd)),
+        "max_rel_error": float(np.max(np.abs(np.exp(y - med) - 1))),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class Backtest:
+    """Rolling-origin extrapolation scores of a model.
+
+    Attributes:
+        table: one row per cut (the quantile of the scale covariate below which runs
+            were fitted): ``train`` runs, and the :func:`scores` of the held-out runs.
+        structural: whether each refit carried the structural error.
+    """
+
+    table: pd.DataFrame
+    structural: bool
+
+    @property
+    def coverage(self) -> float:
+        """90% coverage pooled over every cut's held-out runs."""
+        return float(np.average(self.table["cover90"], weights=self.table["n"]))
+
+    @property
+    def under_covers(self) -> bool:
+        """Whether the pooled 90% coverage is below :data:`UNDER_COVERAGE`."""
+        return self.coverage < UNDER_COVERAGE
+
+    @property
+    def message(self) -> str:
+        """One plain sentence on whether the bands held."""
+        held = int(self.table["n"].sum())
+        text = f"90% bands covered {self.coverage:.0%} of {held} held-out runs over {len(self.table)} cuts"
+        if not self.under_covers:
+            return text + ": they held."
+        advice = "" if self.structural else "; use bs.extrapolation.structural_error for planning"
+        return text + f": they UNDER-COVER (below {UNDER_COVERAGE:.0%}){advice}."
+
+
+def backtest(fit: FitResult, cuts: Sequence[float] = CUTS, structural: bool = False) -> Backtest:
+    """Rolling-origin validation: refit below each cut, score the runs above it.
+
+    Args:
+        fit: the fit whose model (law, likelihood, priors, settings) is checked.
+        cuts: quantiles of the scale covariate (C for laws in N and D, else the law's
+            covariate) at which to cut.
+        structural: give each refit the structural error before scoring.
+
+    Returns:
+        :class:`Backtest`; its ``message`` says plainly when the bands under-cover.
+    """
+    rows = []
+    for q, refit, test in rolling_refits(fit, cuts, structural):
+        covariates = {c: test.covariate(c) for c in fit.law.covariates}
+        draws = np.log(refit.predict_draws(**covariates, noise=True, seed=fit.seed))
+        rows.append({"cut": q, "train": refit.data.n, **scores(draws, np.log(test.loss))})
+    if not rows:
+        raise DataError(f"no cut in {list(cuts)} leaves enough runs to fit {fit.law.name!r} and some to hold out")
+    return Backtest(table=pd.DataFrame(rows).set_index("cut"), structural=structural)
+
