@@ -2,7 +2,6 @@
 
 import dataclasses
 import os
-import tempfile
 import warnings
 
 import numpy as np
@@ -10,8 +9,9 @@ import pytest
 
 import bayescale as bs
 
-# Compiled programs are cached in a folder of this run (shared with the notebook kernels), never the user's.
-os.environ.setdefault(bs.cache.ENV, tempfile.mkdtemp(prefix="bayescale-test-cache-"))
+# The persistent compilation cache stays off in tests (and in the notebook kernels they start): never the
+# user's folder, and no disk writes on every compilation. tests/test_cache.py switches it on in subprocesses.
+os.environ.setdefault(bs.cache.ENV, "0")
 
 CHINCHILLA = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
 SMALL = {"num_warmup": 500, "num_samples": 500, "num_chains": 4}

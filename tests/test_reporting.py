@@ -6,6 +6,7 @@ from html.parser import HTMLParser
 import matplotlib
 
 matplotlib.use("Agg")
+import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 import bayescale as bs  # noqa: E402
@@ -62,3 +63,17 @@ def test_report_states_failed_diagnostics(chinchilla_fit: bs.FitResult, tmp_path
     assert "DIAGNOSTICS FAILED" in files["markdown"].read_text()
     meta = json.loads(files["json"].read_text())
     assert meta["diagnostics"]["ok"] is False and meta["diagnostics"]["max_r_hat"] > 1.01
+
+
+def test_report_carries_the_extrapolation_check(chinchilla_fit: bs.FitResult, tmp_path) -> None:  # noqa: ANN001
+    check = bs.Backtest(table=pd.DataFrame({"train": [120], "n": [80], "cover50": [0.2], "cover90": [0.5],
+                                            "width90": [0.01], "interval_score": [0.3], "lpd": [1.0],
+                                            "max_rel_error": [0.05]}, index=pd.Index([0.6], name="cut")),
+                        structural=False)
+    files = report(chinchilla_fit, tmp_path, compute=[1e22], backtest=check)
+    meta = json.loads(files["json"].read_text())
+    assert meta["extrapolation"]["backtest_under_covers"] is True and meta["extrapolation"]["structural_error"] is False
+    assert "UNDER-COVER" in meta["extrapolation"]["backtest_message"]
+    for name in ("html", "markdown"):
+        text = files[name].read_text()
+        assert "UNDER-COVER" in text and "bands assume the law holds beyond the data" in text

@@ -10,6 +10,11 @@ mixture: each posterior draw slot ``(chain, draw)`` belongs to one member, picke
 with probability equal to its weight (seeded), and every prediction or
 allocation takes that member's draw in that slot.
 
+Leave-one-out scores interpolation, not extrapolation: on the real OLMo ladder
+runs LOO stacking gave all the weight to Kaplan's joint law, which predicted the
+held-out larger models worst (benchmarks/RESULTS.md). For planning beyond the
+data prefer :func:`bayescale.extrapolation.structural_error`.
+
 Units: N in parameters, D in tokens, C in FLOPs, loss in nats.
 """
 
