@@ -118,8 +118,8 @@ def structural_error(fit: FitResult, cuts: Sequence[float] = CUTS) -> FitResult:
     Returns:
         A :class:`~bayescale.posterior.FitResult` equal to ``fit`` with a posterior
         variable ``misfit_scale`` (``tau``, one draw per posterior draw, from its grid
-        posterior). Its predictions widen with distance from the data; its
-        ``idata.attrs``-free save/load round trip is exact.
+        posterior). Its predictions widen with distance from the data, and it saves
+        and loads like any fit.
 
     Raises:
         DataError: no cut leaves enough runs on both sides.
