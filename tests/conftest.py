@@ -34,6 +34,12 @@ def chinchilla_fit(chinchilla_data: bs.ScalingData) -> bs.FitResult:
 
 
 @pytest.fixture(scope="session")
+def kaplan_fit(chinchilla_data: bs.ScalingData) -> bs.FitResult:
+    """Kaplan's joint law fitted to the same 200 Chinchilla runs (a wrong law for them)."""
+    return bs.fit(chinchilla_data, law="kaplan_nd", seed=0, **SMALL)
+
+
+@pytest.fixture(scope="session")
 def small_groups() -> dict[str, bs.ScalingData]:
     """Three groups of 10 Chinchilla runs with group-specific E."""
     out = {}

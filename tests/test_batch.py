@@ -86,7 +86,7 @@ def test_vmap_strategy_shards_over_devices() -> None:
             N, D = bs.chinchilla_design(48, seed=g)
             data[f"g{g}"] = bs.simulate("chinchilla", {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28},
                                         N=N, D=D, seed=g)
-        r = bs.fit_batch(data, strategy="vmap", num_warmup=300, num_samples=300, num_chains=2, progress=False)
+        r = bs.fit_batch(data, strategy="vmap", num_warmup=200, num_samples=200, num_chains=2, progress=False)
         assert not r.failures, r.failures
         for g in r.order:
             assert np.isfinite(r[g].draws("alpha")).all()
