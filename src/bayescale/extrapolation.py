@@ -63,9 +63,10 @@ def scale_covariate(law: Law) -> str:
 
 
 def rolling_refits(fit: FitResult, cuts: Sequence[float], structural: bool = False
-                   ) -> Iterator[tuple[float, FitResult, ScalingData]]:
+                   ) -> Iterator[tuple[float, FitResult, ScalingData, np.ndarray]]:
     """For each cut: the same model refitted to the runs at or below that quantile of the scale covariate,
-    and the runs above it. Cuts that leave too few runs on either side are skipped.
+    the runs above it, and the refit's predictive draws of their log-loss ``(draws, runs)`` (a new run's,
+    noise included, seeded by the fit's seed). Cuts that leave too few runs on either side are skipped.
 
     Refits use the fit's settings with at most 500 warmup iterations and draws per chain; with
     ``structural`` each refit gets its own structural error (:func:`structural_error`).
@@ -84,7 +85,9 @@ def rolling_refits(fit: FitResult, cuts: Sequence[float], structural: bool = Fal
         with warnings.catch_warnings():  # a small refit that mixes less well still scores its extrapolation
             warnings.simplefilter("ignore", ConvergenceWarning)
             refit = fit_law(train, law, fit.spec.likelihood, dict(fit.spec.priors), settings=settings)
-        yield q, structural_error(refit) if structural else refit, test
+        refit = structural_error(refit) if structural else refit
+        covariates = {c: test.covariate(c) for c in law.covariates}
+        yield q, refit, test, np.log(refit.predict_draws(**covariates, noise=True, seed=fit.seed))
 
 
 def _backtest(fit: FitResult, cuts: Sequence[float]) -> pd.DataFrame:
@@ -92,9 +95,7 @@ def _backtest(fit: FitResult, cuts: Sequence[float]) -> pd.DataFrame:
     mean of log-loss, the predictive variance and the distance beyond the refit's runs."""
     law = fit.law
     rows = []
-    for q, refit, test in rolling_refits(fit, cuts):
-        draws = np.log(refit.predict_draws(**{c: test.covariate(c) for c in law.covariates}, noise=True,
-                                           seed=fit.seed))
+    for q, refit, test, draws in rolling_refits(fit, cuts):
         log_x = {c: np.log(test.covariate(c)) for c in law.covariates}
         rows.append(pd.DataFrame({
             "cut": q,
@@ -127,8 +128,8 @@ def structural_error(fit: FitResult, cuts: Sequence[float] = CUTS) -> FitResult:
     table = _backtest(fit, cuts)
     weight = 1.0 / len(set(table["cut"]))
     variance = table["variance"].to_numpy()[None, :] + _GRID[:, None] ** 2 * table["distance"].to_numpy()[None, :]
-    log_lik = weight * scipy.stats.norm.logpdf(table["error"].to_numpy()[None, :], scale=np.sqrt(variance)).sum(axis=1)
-    log_post = log_lik  # log-uniform prior: the grid is log-spaced
+    # The grid is log-spaced, so equal prior mass per point is the log-uniform prior: the posterior is the likelihood.
+    log_post = weight * scipy.stats.norm.logpdf(table["error"].to_numpy()[None, :], scale=np.sqrt(variance)).sum(axis=1)
     weights = np.exp(log_post - log_post.max())
     cdf = np.cumsum(weights) / weights.sum()
     post = fit.idata.posterior

@@ -217,9 +217,7 @@ def backtest(fit: FitResult, cuts: Sequence[float] = CUTS, structural: bool = Fa
         :class:`Backtest`; its ``message`` says plainly when the bands under-cover.
     """
     rows = []
-    for q, refit, test in rolling_refits(fit, cuts, structural):
-        covariates = {c: test.covariate(c) for c in fit.law.covariates}
-        draws = np.log(refit.predict_draws(**covariates, noise=True, seed=fit.seed))
+    for q, refit, test, draws in rolling_refits(fit, cuts, structural):
         rows.append({"cut": q, "train": refit.data.n, **scores(draws, np.log(test.loss))})
     if not rows:
         raise DataError(f"no cut in {list(cuts)} leaves enough runs to fit {fit.law.name!r} and some to hold out")
