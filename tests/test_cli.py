@@ -86,3 +86,38 @@ def test_cli_flags_unconverged_fit(tmp_path, capsys) -> None:  # noqa: ANN001
         assert cli.main([*args, "--out", str(tmp_path / "a"), "--strict"]) == 1
     assert "-> WARNING: R-hat" in capsys.readouterr().out
     assert "DIAGNOSTICS FAILED" in (tmp_path / "a" / "report.html").read_text()
+
+
+def test_cli_error_paths_name_the_file_and_exit_2(chinchilla_fit: bs.FitResult, tmp_path, capsys) -> None:  # noqa: ANN001
+    import xarray as xr
+
+    folder = tmp_path / "foreign"
+    folder.mkdir()
+    xr.Dataset({"x": ("i", np.arange(3.0))}).to_netcdf(folder / "fit.nc", engine="h5netcdf")  # no posterior
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    chinchilla_fit.save(damaged / "fit.nc")
+    (damaged / "fit.nc").write_bytes((damaged / "fit.nc").read_bytes()[:2000])
+    for path, message in ((folder, "without a bayescale posterior"), (damaged, "unreadable, damaged")):
+        for command in (["plan", str(path)], ["report", str(path)]):
+            capsys.readouterr()
+            assert cli.main(command) == 2, command
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and str(path / "fit.nc") in err and message in err, err
+
+
+def test_cli_report_of_a_table_in_pf_days_is_complete(tmp_path, capsys) -> None:  # noqa: ANN001
+    """Compute given in PF-days: warned with the fix, and the fit still gets its whole report."""
+    frame = bs.datasets.load_frame("chinchilla_synthetic")
+    frame = frame.assign(C=6 * frame["N"] * frame["D"] / 8.64e19).drop(columns="D")
+    csv = tmp_path / "pf_days [draft] *v1*.csv"
+    frame[["N", "C", "loss"]].to_csv(csv, index=False)
+    out = tmp_path / "out"
+    with pytest.warns(bs.DataWarning, match="PF-days"):
+        code = cli.main(["fit", str(csv), "--samples", "100", "--warmup", "100", "--chains", "2", "--quiet",
+                         "--out", str(out)])
+    assert code == 0
+    assert {"report.html", "report.md", "report.json", "fit.nc", "summary.csv"} <= {p.name for p in out.iterdir()}
+    markdown = (out / "report.md").read_text()
+    assert "pf\\_days \\[draft\\] \\*v1\\*.csv" in markdown and "[draft]" not in markdown  # user strings escaped
+    assert "pf_days [draft] *v1*.csv" in bs.load(out / "fit.nc").data.source

@@ -1,5 +1,10 @@
 """ScalingData: loading, derived columns and validation errors."""
 
+import dataclasses
+import warnings
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
@@ -8,6 +13,7 @@ from hypothesis import strategies as st
 
 import bayescale as bs
 from bayescale.data import DataError, DataWarning, fill_covariates
+from bayescale.model import check_data, make_spec, model_data, potential_fn
 
 
 def table(**overrides: object) -> pd.DataFrame:
@@ -150,3 +156,71 @@ def test_one_bad_cell_names_column_and_row(frame: pd.DataFrame, column: str, kin
     assert f"'{column}'" in text and message in text
     if kind != "boolean":  # a boolean anywhere makes the whole column suspect
         assert f"rows {row!r}" in text or f"rows {row}" in text
+
+
+ANY_CELL = st.one_of(
+    st.floats(1e-3, 1e25),
+    st.sampled_from([np.nan, np.inf, -np.inf, 0.0, -1.0, "n/a", None, True, "1e9"]),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(8, 20).flatmap(lambda n: st.fixed_dictionaries(
+    {c: st.lists(ANY_CELL, min_size=n, max_size=n) for c in ("N", "D", "loss")})))
+def test_any_table_fits_or_raises_data_error_naming_a_column(columns: dict) -> None:
+    """Whatever the cells, a table either gives a finite posterior density or a DataError naming its column."""
+    frame = pd.DataFrame(columns)
+    spec = make_spec(bs.laws.get_law("chinchilla"), bs.likelihoods.student_t())
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DataWarning)
+            data = bs.ScalingData.from_table(frame)
+            check_data(data, spec)
+    except DataError as err:
+        assert any(f"'{c}'" in str(err) for c in columns), str(err)
+        return
+    assert data.n == len(frame)  # nothing dropped
+    with jax.enable_x64(True):
+        density = potential_fn(spec)(jnp.zeros(len(spec.latents) + 1), model_data(data, spec.law))
+    assert np.isfinite(float(density))
+
+
+def test_unit_mistakes_are_warned_with_their_fix() -> None:
+    base = table()
+    cases = {
+        "billions": (base.assign(N=base["N"] / 1e9), r"'N'.*millions or billions of parameters.*multiply"),
+        "tokens in millions": (base.assign(D=base["D"] / 1e6), r"'D'.*millions or billions of tokens"),
+        "PF-days": (base.assign(C=6 * base["N"] * base["D"] / 8.64e19), r"'C'.*PF-days: multiply it by 8.64e\+19"),
+        "PF-days alone": (base.drop(columns="D").assign(C=6 * base["N"] * base["D"] / 8.64e19), r"'C'.*PF-days"),
+        "log10 FLOPs": (base.drop(columns="D").assign(C=np.log10(6 * base["N"] * base["D"])), r"'C'.*log10 FLOPs"),
+        "swapped": (base.rename(columns={"N": "D", "D": "N"}), r"fewer than parameters.*swapped"),
+    }
+    for name, (frame, message) in cases.items():
+        with pytest.warns(DataWarning, match=message):
+            bs.ScalingData.from_table(frame)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        bs.ScalingData.from_table(base.assign(C=6 * base["N"] * base["D"]))  # right units: no warning
+
+
+def test_loss_units_and_constant_covariates_are_warned_by_the_law() -> None:
+    spec = make_spec(bs.laws.get_law("chinchilla"), bs.likelihoods.student_t())
+    N, D = bs.chinchilla_design(12, seed=0)
+    runs = bs.simulate("chinchilla", {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}, N=N, D=D, seed=0)
+    with pytest.warns(DataWarning, match="'loss' reaches .* percentage"):
+        check_data(dataclasses.replace(runs, loss=runs.loss * 100), spec)
+    with pytest.warns(DataWarning, match="covariate D is the same .* every run"):
+        check_data(dataclasses.replace(runs, D=np.full(runs.n, 1e10)), spec)
+
+
+def test_duplicated_runs_warned_kept_or_dropped() -> None:
+    frame = pd.concat([table(), table().iloc[[1, 3]]], ignore_index=True)
+    with pytest.warns(DataWarning, match=r"rows 4, 5 repeat earlier runs.*duplicates='drop'"):
+        assert bs.ScalingData.from_table(frame).n == 6
+    with pytest.warns(DataWarning, match=r"dropped 2 duplicated runs at rows 4, 5"):
+        assert bs.ScalingData.from_table(frame, duplicates="drop").n == 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        assert bs.ScalingData.from_table(frame, duplicates="keep").n == 6
+    with pytest.raises(DataError, match="duplicates must be"):
+        bs.ScalingData.from_table(frame, duplicates="maybe")

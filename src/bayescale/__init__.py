@@ -13,7 +13,7 @@ This namespace only re-exports names from the modules below; importing it
 changes no global state (no warnings filters, no JAX configuration).
 """
 
-from . import allocation, cache, calibration, datasets, extrapolation, laws, likelihoods, plots, stacking
+from . import allocation, cache, calibration, datasets, extrapolation, laws, likelihoods, plots, stacking, store
 from .allocation import (
     allocation_exponent_draws,
     allocation_exponents,
@@ -35,6 +35,7 @@ from .reporting import report
 from .sampling import SamplerSettings
 from .simulate import chinchilla_design, simulate
 from .stacking import StackedResult, stack
+from .store import ResumeWarning
 from .start import MapResult, fit_map
 from .validation import Backtest, Validation, backtest, validate
 
@@ -79,6 +80,7 @@ __all__ = [
     "likelihoods",
     "load",
     "load_batch",
+    "ResumeWarning",
     "loss_at",
     "optimal_allocation",
     "plots",

@@ -21,9 +21,9 @@ groups to the shared ``out_dir`` and :func:`load_batch` reads them all.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -35,57 +35,72 @@ from tqdm.auto import tqdm
 
 from . import cache
 from .allocation import compute_optimal_by_group
-from .data import ScalingData
+from .data import DataError, ScalingData
 from .laws import Law, get_law
 from .likelihoods import Likelihood, get_likelihood
 from .model import Spec, bucket_size, check_data, make_spec, model_data, potential_fn
-from .posterior import LEVEL, Diagnostics, FitResult, fit_idata, load, summaries_by_group
+from .posterior import LEVEL, Diagnostics, FitResult, fit_idata, load, spec_to_json, summaries_by_group
 from .sampling import SamplerSettings, resolve_strategy, sample_lanes, sampler_settings
 from .start import initial_points
+from .store import MANIFEST, Manifest, ResumeWarning, data_hash, group_file, label_from_json
 
-__all__ = ["fit_batch", "BatchResult", "load_batch"]
+__all__ = ["fit_batch", "BatchResult", "load_batch", "fingerprint"]
 
 _MEMORY_FRACTION = 0.25
 
 
+def _plain(label: Any) -> Any:
+    return label.item() if isinstance(label, np.generic) else label
+
+
 def split_groups(
     data: Any, group: str | None, columns: Mapping[str, Any]
-) -> tuple[dict[str, ScalingData], dict[str, str], list[str]]:
-    """Groups by name, the reasons of groups that fail validation, and all names in input order."""
-    failures: dict[str, str] = {}
-    order: list[str] = []
+) -> tuple[dict[Any, ScalingData], dict[Any, str], list[Any]]:
+    """Groups by label (labels keep their type), the reasons of groups that fail validation, all labels in order.
+
+    Raises:
+        DataError: a DataFrame without the group column, or with rows whose group label is missing.
+    """
+    failures: dict[Any, str] = {}
     if isinstance(data, Mapping):
         items = list(data.items())
     elif isinstance(data, ScalingData):
         items = list(data.groups().items())
     elif isinstance(data, pd.DataFrame):
         if group is None or group not in data.columns:
-            raise ValueError(f"group column {group!r} not found; columns are {list(map(str, data.columns))}")
+            raise DataError(f"group column {group!r} not found; columns are {list(map(str, data.columns))}")
+        missing = data.index[data[group].isna()]
+        if len(missing):
+            raise DataError(
+                f"column {group!r} (group) is missing labels at rows {list(missing[:5])}"
+                f"{f' and {len(missing) - 5} more' if len(missing) > 5 else ''}: label them, or drop them"
+                f" explicitly (frame.dropna(subset=[{group!r}]))"
+            )
         items = []
         for name, frame in data.groupby(group, sort=False):
-            order.append(str(name))
             try:
                 items.append((name, ScalingData.from_table(frame.drop(columns=group), **columns)))
             except ValueError as err:
-                failures[str(name)] = f"invalid data: {err}"
+                failures[_plain(name)] = f"invalid data: {err}"
+                items.append((name, None))
     elif isinstance(data, Sequence) and not isinstance(data, str):
-        items = [(str(i), d) for i, d in enumerate(data)]
+        items = list(enumerate(data))
     else:
-        raise ValueError("data must be a DataFrame with a group column, a dict of name -> ScalingData, or a list")
-    groups = {}
+        raise DataError("data must be a DataFrame with a group column, a dict of name -> ScalingData, or a list")
+    groups, order = {}, []
     for name, d in items:
-        if str(name) not in order:
-            order.append(str(name))
-        if not isinstance(d, ScalingData):
-            failures[str(name)] = f"not ScalingData but {type(d).__name__}"
-        else:
-            groups[str(name)] = d
+        name = _plain(name)
+        order.append(name)
+        if isinstance(d, ScalingData):
+            groups[name] = d
+        elif name not in failures:
+            failures[name] = f"not ScalingData but {type(d).__name__}"
     return groups, failures, order
 
 
 def _chunk_size(lanes_per_group: int, k: int, iterations: int, strategy: str) -> int:
-    if strategy == "loop":
-        return 64
+    if strategy == "loop":  # as many groups as keep the cores busy: each is saved as soon as its chunk ends
+        return max(1, (os.cpu_count() or 1) // lanes_per_group)
     per_group = lanes_per_group * iterations * (k + 6) * 8 * 3
     device = jax.devices()[0]
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
@@ -97,20 +112,25 @@ def _chunk_size(lanes_per_group: int, k: int, iterations: int, strategy: str) ->
 class BatchResult:
     """Fits of many groups.
 
+    Group labels keep their type: ``1`` and ``"1"`` are different groups.
+
     Attributes:
-        results: group name -> :class:`~bayescale.posterior.FitResult`.
-        failures: group name -> reason, for groups that could not be fitted.
-        order: group names in input order.
+        results: group label -> :class:`~bayescale.posterior.FitResult`.
+        failures: group label -> reason, for groups that could not be fitted.
+        order: group labels in input order.
         stats: run statistics: wall time, lane efficiency (mean over max leapfrog
             steps per iteration across lanes of a chunk; 1 is perfect).
+        resume: with ``out_dir``: group label -> ``"reused"``, ``"fitted"``, or
+            ``"refitted: <why the saved result could not be reused>"``.
     """
 
-    results: dict[str, FitResult]
-    failures: dict[str, str]
-    order: list[str]
+    results: dict[Any, FitResult]
+    failures: dict[Any, str]
+    order: list[Any]
     stats: dict[str, float] = dataclasses.field(default_factory=dict)
+    resume: dict[Any, str] = dataclasses.field(default_factory=dict)
 
-    def __getitem__(self, name: str) -> FitResult:
+    def __getitem__(self, name: Any) -> FitResult:
         if name in self.failures:
             raise KeyError(f"group {name!r} failed: {self.failures[name]}")
         return self.results[name]
@@ -124,21 +144,24 @@ class BatchResult:
         return Diagnostics.combine({n: self.results[n].diagnostics for n in self._fitted()})
 
     def status(self) -> pd.DataFrame:
-        """Per group: status (ok / warning / failed), reason, max R-hat, min bulk ESS, divergences."""
+        """Per group: status (ok / warning / failed), reason, max R-hat, min bulk ESS, divergences (and resume)."""
         rows = []
         for name in self.order:
+            row: dict[str, Any] = {"group": name}
             if name in self.failures:
-                rows.append({"group": name, "status": "failed", "reason": self.failures[name]})
-                continue
-            d = self.results[name].diagnostics
-            rows.append({
-                "group": name,
-                "status": "ok" if d.ok else "warning",
-                "reason": "; ".join(d.problems),
-                "max_r_hat": d.max_r_hat,
-                "min_ess_bulk": d.min_ess_bulk,
-                "divergences": d.divergences,
-            })
+                row |= {"status": "failed", "reason": self.failures[name]}
+            else:
+                d = self.results[name].diagnostics
+                row |= {
+                    "status": "ok" if d.ok else "warning",
+                    "reason": "; ".join(d.problems),
+                    "max_r_hat": d.max_r_hat,
+                    "min_ess_bulk": d.min_ess_bulk,
+                    "divergences": d.divergences,
+                }
+            if self.resume:
+                row["resume"] = self.resume.get(name, "")
+            rows.append(row)
         return pd.DataFrame(rows).set_index("group")
 
     def _fitted(self) -> list[str]:
@@ -156,44 +179,92 @@ class BatchResult:
         return compute_optimal_by_group({n: self.results[n] for n in self._fitted()}, compute, flops_per_token, level)
 
     def save(self, out_dir: str | os.PathLike[str]) -> None:
-        """Write each group's result and the failures to ``out_dir`` (read with :func:`load_batch`)."""
+        """Write every group and the manifest to ``out_dir`` (read with :func:`load_batch`)."""
+        manifest = Manifest(out_dir)
+        manifest.start(self.order)
         for name in self.order:
             if name in self.results:
-                _save_group(out_dir, self.order.index(name), name, self.results[name])
+                fit = self.results[name]
+                _save(manifest, name, fit, fingerprint(fit.spec, fit.settings, fit.data))
             else:
-                _save_failure(out_dir, self.order.index(name), name, self.failures[name])
+                manifest.record(name, "failed", {}, self.failures[name])
 
 
-def _group_file(out_dir: str | os.PathLike[str], index: int) -> str:
-    return os.path.join(os.fspath(out_dir), f"group_{index:06d}")
+def fingerprint(spec: Spec, settings: SamplerSettings, data: ScalingData) -> dict[str, Any]:
+    """What a group's result depends on: its data (hash), law, likelihood, priors and sampler settings with seed.
+
+    The progress bar is left out; the strategy is recorded as resolved on this machine.
+    """
+    run = {**settings.to_dict(), "strategy": resolve_strategy(settings.strategy)}
+    del run["progress"]
+    return {"data": data_hash(data), **spec_to_json(spec), "settings": run}
 
 
-def _save_group(out_dir: Any, index: int, name: str, result: FitResult) -> None:
-    os.makedirs(out_dir, exist_ok=True)
-    base = _group_file(out_dir, index)
-    result.save(base + ".nc")
-    with open(base + ".json", "w") as handle:
-        json.dump({"name": name, "status": "fitted"}, handle)
+def _changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    """Why a saved fingerprint differs from a new one, in words ("" when equal)."""
+    if old.get("data") != new["data"]:
+        return "its data changed"
+    for key in ("law", "likelihood", "priors", "roles"):
+        if old.get(key) != new[key]:
+            return f"its {key} changed"
+    before, now = old.get("settings", {}), new["settings"]
+    changed = [f"{k} {before.get(k)!r} -> {v!r}" for k, v in now.items() if before.get(k) != v]
+    return f"sampler settings changed ({', '.join(changed)})" if changed else ""
 
 
-def _save_failure(out_dir: Any, index: int, name: str, reason: str) -> None:
-    os.makedirs(out_dir, exist_ok=True)
-    with open(_group_file(out_dir, index) + ".json", "w") as handle:
-        json.dump({"name": name, "status": "failed", "reason": reason}, handle)
+def _save(manifest: Manifest, name: Any, fit: FitResult, print_: Mapping[str, Any]) -> None:
+    path = os.path.join(manifest.folder, group_file(name))
+    manifest.record(name, "fitted", print_, write=lambda: fit.save(path))
+
+
+def _reuse(manifest: Manifest, recorded: Mapping[str, Any], name: Any, print_: Mapping[str, Any],
+           law: Law) -> tuple[FitResult | None, str]:
+    """The saved result of group ``name`` if it can be reused, else ``None`` and why not ("" for a new group)."""
+    entry = recorded.get(group_file(name))
+    if entry is None:
+        return None, ""
+    if entry["status"] != "fitted":
+        return None, f"it failed before ({entry['reason']})"
+    why = _changes(entry["fingerprint"], print_)
+    if why:
+        return None, why
+    try:
+        fit = load(os.path.join(manifest.folder, group_file(name)), law=law)
+    except DataError as err:
+        return None, str(err)
+    if not isinstance(fit, FitResult) or data_hash(fit.data) != print_["data"]:
+        return None, f"{group_file(name)} holds another result than the manifest records"
+    return fit, ""
 
 
 def load_batch(out_dir: str | os.PathLike[str], law: Law | None = None) -> BatchResult:
-    """Read a :class:`BatchResult` from the folder written by ``fit_batch(out_dir=...)`` or ``save``."""
-    names = sorted(f for f in os.listdir(out_dir) if f.startswith("group_") and f.endswith(".json"))
+    """Read the latest batch written to ``out_dir`` by ``fit_batch(out_dir=...)`` or ``BatchResult.save``.
+
+    Groups of the batch that have no result yet (an interrupted run, a shard
+    still running) are listed in ``failures`` with that reason.
+
+    Raises:
+        DataError: no batch in ``out_dir``, or a saved group that cannot be read
+            (named; rerunning ``fit_batch`` with this ``out_dir`` refits it).
+    """
+    manifest = Manifest(out_dir)
+    if not os.path.exists(manifest.path):
+        raise DataError(f"{os.fspath(out_dir)}: no {MANIFEST}, so no bayescale batch")
+    recorded = manifest.read()
     results, failures, order = {}, {}, []
-    for file in names:
-        with open(os.path.join(out_dir, file)) as handle:
-            meta = json.load(handle)
-        order.append(meta["name"])
-        if meta["status"] == "failed":
-            failures[meta["name"]] = meta["reason"]
+    for item in recorded["order"]:
+        name = label_from_json(item)
+        order.append(name)
+        entry = recorded["groups"].get(group_file(name))
+        if entry is None:
+            failures[name] = "no result saved (the batch was interrupted, or its shard has not finished)"
+        elif entry["status"] == "failed":
+            failures[name] = entry["reason"]
         else:
-            results[meta["name"]] = load(os.path.join(out_dir, file[:-5] + ".nc"), law=law)
+            try:
+                results[name] = load(os.path.join(manifest.folder, group_file(name)), law=law)
+            except DataError as err:
+                raise DataError(f"{err}; rerunning fit_batch with this out_dir refits the group") from None
     return BatchResult(results, failures, order)
 
 
@@ -250,9 +321,15 @@ def fit_batch(
         law, likelihood, priors: as for :func:`bayescale.fit`.
         settings: sampler settings as for :func:`bayescale.fit`; group ``i`` uses
             seed ``settings.seed + i``; ``progress`` shows bars over chunks and iterations.
-        chunk_size: groups per chunk; default from device memory (vmap) or 64 (loop).
-        out_dir: save each finished group here and skip groups already saved
-            (resume after an interruption).
+        chunk_size: groups per chunk; default from device memory (vmap) or as many
+            as keep the CPU cores busy (loop).
+        out_dir: save each group here as soon as its chunk finishes, with a
+            manifest of what each result depends on (see :mod:`bayescale.store`).
+            Rerunning resumes: a saved group is reused only when its data, law,
+            likelihood, priors, sampler settings and seed all match and its file
+            reads back; otherwise it is refitted and a :class:`ResumeWarning`
+            says why. Groups of an earlier batch that are not in this one are
+            no longer listed (a warning names them).
         shard: ``(index, count)``: fit only groups ``i`` with ``i % count == index``
             (one share per process under ``jax.distributed``).
         **options: :class:`~bayescale.sampling.SamplerSettings` fields as keywords,
@@ -261,9 +338,17 @@ def fit_batch(
     Returns:
         :class:`BatchResult`. Groups with invalid data or a failed fit are listed
         in ``failures`` with the reason; the others finish. Unconverged groups
-        have status ``"warning"`` in :meth:`BatchResult.diagnostics`.
+        have status ``"warning"`` in :meth:`BatchResult.status`.
+
+    Raises:
+        DataError: rows without a group label (named), or data of no usable shape.
+        ValueError: a ``shard`` that selects nothing.
     """
     settings = sampler_settings(settings, options)
+    if shard is not None:
+        index, count = shard
+        if not (isinstance(count, int) and count >= 1 and isinstance(index, int) and 0 <= index < count):
+            raise ValueError(f"shard must be (index, count) with count >= 1 and 0 <= index < count, got {shard!r}")
     cache.ensure()
     spec = make_spec(get_law(law), get_likelihood(likelihood), priors)
     groups, failures, order = split_groups(data, group, options)
@@ -275,17 +360,37 @@ def fit_batch(
     strategy = resolve_strategy(settings.strategy)
     todo = [(i, n, groups[n]) for i, n in enumerate(order) if n in groups and n not in failures]
     if shard is not None:
-        index, count = shard
         todo = [t for t in todo if t[0] % count == index]
-    results: dict[str, FitResult] = {}
-    if out_dir is not None:
-        for i, name, _ in list(todo):
-            base = _group_file(out_dir, i)
-            if os.path.exists(base + ".json") and os.path.exists(base + ".nc"):
-                results[name] = load(base + ".nc", law=spec.law)
+    own = {n: dataclasses.replace(settings, seed=settings.seed + i) for i, n, _ in todo}
+    prints = {n: fingerprint(spec, own[n], d) for _, n, d in todo}
+    results: dict[Any, FitResult] = {}
+    resume: dict[Any, str] = {}
+    manifest = None if out_dir is None else Manifest(out_dir)
+    if manifest is not None:
+        stale = manifest.start(order)
+        if stale:
+            warnings.warn(
+                f"{manifest.folder}: {len(stale)} saved groups are not in this batch ({stale[:5]!r}"
+                f"{' ...' if len(stale) > 5 else ''}); their files stay, but load_batch no longer lists them",
+                ResumeWarning, stacklevel=2,
+            )
+        recorded = manifest.read()["groups"]
+        for _, name, _ in todo:
+            fit, why = _reuse(manifest, recorded, name, prints[name], spec.law)
+            if fit is not None:
+                results[name] = fit
+            resume[name] = "reused" if fit is not None else f"refitted: {why}" if why else "fitted"
+        refits = {n: r for n, r in resume.items() if r.startswith("refitted")}
+        if refits:
+            warnings.warn(
+                f"{manifest.folder}: {len(refits)} saved groups are refitted: "
+                + "; ".join(f"{n!r} {r[len('refitted: '):]}" for n, r in list(refits.items())[:5])
+                + (" ..." if len(refits) > 5 else ""),
+                ResumeWarning, stacklevel=2,
+            )
         todo = [t for t in todo if t[1] not in results]
         for name, reason in failures.items():
-            _save_failure(out_dir, order.index(name), name, reason)
+            manifest.record(name, "failed", {}, reason)
 
     buckets: dict[int, list] = {}
     for item in todo:
@@ -302,17 +407,17 @@ def fit_batch(
                 fitted, efficiency = _fit_chunk(spec, chunk, size, settings, strategy)
             except Exception as err:  # noqa: BLE001 - one failing chunk must not stop the batch
                 reason = f"sampler failed: {type(err).__name__}: {err}"
-                for i, name, _ in chunk:
+                for _, name, _ in chunk:
                     failures[name] = reason
-                    if out_dir is not None:
-                        _save_failure(out_dir, i, name, reason)
+                    if manifest is not None:
+                        manifest.record(name, "failed", prints[name], reason)
                 continue
             efficiencies.append(efficiency)
-            for i, name, _ in chunk:
+            for _, name, _ in chunk:
                 results[name] = fitted[name]
-                if out_dir is not None:
-                    _save_group(out_dir, i, name, fitted[name])
+                if manifest is not None:
+                    _save(manifest, name, fitted[name], prints[name])
     stats = {"wall_s": time.perf_counter() - start}
     if efficiencies:
         stats["lane_efficiency"] = float(np.mean(efficiencies))
-    return BatchResult(results, failures, [n for n in order if n in results or n in failures], stats)
+    return BatchResult(results, failures, [n for n in order if n in results or n in failures], stats, resume)

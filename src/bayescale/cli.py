@@ -39,6 +39,7 @@ from .laws import list_laws
 from .reporting import DEFAULT_COMPUTE, report
 from .validation import backtest
 from .posterior import FitResult, load
+from .store import MANIFEST, write_text
 
 __all__ = ["main"]
 
@@ -57,17 +58,21 @@ def _status(result: FitResult) -> str:
             f"divergences {diag.divergences} -> {status}")
 
 
+def _write_csv(table: pd.DataFrame, path: str, index: bool = True) -> None:
+    write_text(path, table.to_csv(index=index))
+
+
 def _write_fit(result: FitResult, out: str, compute: Sequence[float]) -> None:
     os.makedirs(out, exist_ok=True)
     result.save(os.path.join(out, _FIT_FILE))
     summary = result.summary()
-    summary.to_csv(os.path.join(out, "summary.csv"))
+    _write_csv(summary, os.path.join(out, "summary.csv"))
     _print(summary)
     print("\n" + _status(result))
     planned = bool(compute) and has_allocation(result.law)
     if planned:
         plan = compute_optimal(result, compute=compute)
-        plan.to_csv(os.path.join(out, "plan.csv"))
+        _write_csv(plan, os.path.join(out, "plan.csv"))
         print("\ncompute-optimal allocation (median and 90% interval):")
         _print(plan)
     print(f"\nwrote {out}/{_FIT_FILE}, summary.csv" + (", plan.csv" if planned else ""))
@@ -78,9 +83,9 @@ def _load_results(folder: str) -> FitResult | BatchResult:
         return load(folder)
     if os.path.isfile(os.path.join(folder, _FIT_FILE)):
         return load(os.path.join(folder, _FIT_FILE))
-    if os.path.isdir(folder) and any(f.startswith("group_") for f in os.listdir(folder)):
+    if os.path.isfile(os.path.join(folder, MANIFEST)):
         return load_batch(folder)
-    raise DataError(f"{folder!r} holds no bayescale results (expected {_FIT_FILE} or batch group files)")
+    raise DataError(f"{folder}: holds no bayescale results (expected {_FIT_FILE} or a batch's {MANIFEST})")
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -96,12 +101,14 @@ def _plan(args: argparse.Namespace) -> int:
         name = "plan.csv"
     _print(table)
     if os.path.isdir(args.results):
-        table.to_csv(os.path.join(args.results, name))
+        _write_csv(table, os.path.join(args.results, name))
         print(f"\nwrote {os.path.join(args.results, name)}")
     return 0
 
 
 def _batch(args: argparse.Namespace) -> int:
+    if not os.path.isfile(args.csv):
+        raise DataError(f"{args.csv}: no such file")
     frame = pd.read_csv(args.csv)
     result = fit_batch(
         frame, group=args.group_col, law=args.law, likelihood=args.likelihood, out_dir=args.out,
@@ -109,9 +116,9 @@ def _batch(args: argparse.Namespace) -> int:
         **_sampler_args(args),
     )
     diag = result.status()
-    diag.to_csv(os.path.join(args.out, "diagnostics.csv"))
+    _write_csv(diag, os.path.join(args.out, "diagnostics.csv"))
     if result.results:
-        result.summary().to_csv(os.path.join(args.out, "summary.csv"), index=False)
+        _write_csv(result.summary(), os.path.join(args.out, "summary.csv"), index=False)
     _print(diag)
     counts = diag["status"].value_counts()
     print(f"\n{len(result)} groups: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "warning", "failed")))
@@ -267,12 +274,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(check.message)
         _write_fit(result, args.out, args.compute)
         if check is not None:
-            check.table.to_csv(os.path.join(args.out, "backtest.csv"))
+            _write_csv(check.table, os.path.join(args.out, "backtest.csv"))
         files = report(result, args.out, compute=args.compute, backtest=check)
         print(f"report: {files['html']}")
         return 1 if args.strict and not result.diagnostics.ok else 0
     except (DataError, ValueError, OSError) as err:
-        print(f"bayescale: error: {err}", file=sys.stderr)
+        print("bayescale: error: " + " ".join(str(err).split()), file=sys.stderr)
         return 2
 
 

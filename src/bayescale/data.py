@@ -33,6 +33,10 @@ _DEFAULT_COLUMNS = {
 }
 _COMPUTE_RTOL = 0.25
 _MAX_ROWS_LISTED = 5
+_PF_DAY = 8.64e19
+"""FLOPs in one petaFLOP/s-day."""
+_SMALLEST = {"N": 1e5, "D": 1e6, "N_total": 1e5, "C": 1e12}
+"""Below these largest values a column is read as given in other units (no real study trains smaller)."""
 
 
 class DataError(ValueError):
@@ -251,6 +255,7 @@ class ScalingData:
         flops_per_token: str | float | Sequence[float] | np.ndarray | None = None,
         counts_embeddings: bool | None = None,
         compute_rtol: float = _COMPUTE_RTOL,
+        duplicates: str = "warn",
         source: str | None = None,
     ) -> ScalingData:
         """Load and validate a table of training runs.
@@ -274,6 +279,10 @@ class ScalingData:
             compute_rtol: relative tolerance for the consistency check of a given
                 C against ``6·N·D`` (or ``M·D``); beyond it a :class:`DataWarning`
                 names the rows.
+            duplicates: rows that repeat an earlier run exactly (same covariates,
+                loss and group) count twice and narrow the posterior: ``"warn"``
+                keeps them with a :class:`DataWarning` naming them, ``"keep"``
+                keeps them silently, ``"drop"`` drops them (and says which).
             source: description of the source (defaults to the path or
                 ``"DataFrame"``).
 
@@ -286,6 +295,11 @@ class ScalingData:
             DataError: empty table, duplicated or missing columns, non-numeric,
                 boolean, NaN, infinite or non-positive values, naming column and
                 rows.
+
+        Warns:
+            DataWarning: values that look like other units (N or D in millions or
+            billions, C in PF-days or log10), C far from ``6·N·D``, tokens fewer
+            than parameters in every run, duplicated runs; each names the fix.
         """
         if isinstance(table, (str, os.PathLike)):
             if not os.path.exists(table):
@@ -319,6 +333,9 @@ class ScalingData:
         }
         if names["loss"] is None:
             raise DataError(f"column {loss!r} (for loss) not found; columns are {list(map(str, table.columns))}")
+        if group is not None and group not in table.columns:
+            raise DataError(f"column {group!r} (for group) not found; columns are {list(map(str, table.columns))}")
+        table = _duplicates(table, [c for c in (*names.values(), group) if c is not None], duplicates)
         roles = {"N": "parameters", "D": "tokens", "C": "FLOPs", "N_total": "total parameters", "loss": "loss"}
         values = {k: None if c is None else _numeric_column(table, c, roles[k]) for k, c in names.items()}
 
@@ -342,25 +359,33 @@ class ScalingData:
                     f"column {names['N_total']!r}: total parameters below active parameters N at rows"
                     f" {_rows(table.index[fewer])}; dense runs have N_total = N"
                 )
+        _check_units(names, values)
         per_token = m if m is not None else (None if N is None else 6.0 * N)
         if C is not None and D is not None and per_token is not None:
             ratio = C / (per_token * D)
             off = np.abs(np.log(ratio)) > np.log1p(compute_rtol)
             if off.any():
                 rule = "M·D" if m is not None else "6·N·D"
+                pf_days = abs(np.log(np.median(ratio) * _PF_DAY)) < np.log(3.0)
+                hint = (f"; C looks like PF-days: multiply it by {_PF_DAY:.3g} (FLOPs per PF-day)" if pf_days
+                        else "; the given C is kept")
                 warnings.warn(
                     f"column {names['C']!r}: compute differs from {rule} by more than"
-                    f" {compute_rtol:.0%} at rows {_rows(table.index[off])} (ratio {ratio[off][0]:.3g});"
-                    " the given C is kept",
+                    f" {compute_rtol:.0%} at rows {_rows(table.index[off])} (ratio {ratio[off][0]:.3g}){hint}",
                     DataWarning,
                     stacklevel=2,
                 )
+        if names["N"] is not None and names["D"] is not None and np.all(D < N):
+            warnings.warn(
+                f"tokens ({names['D']!r}) are fewer than parameters ({names['N']!r}) in every run:"
+                " are the two columns swapped?",
+                DataWarning,
+                stacklevel=2,
+            )
         N, D, C = fill_covariates(N, D, C, m)
 
         groups = None
         if group is not None:
-            if group not in table.columns:
-                raise DataError(f"column {group!r} (for group) not found; columns are {list(map(str, table.columns))}")
             if table[group].isna().any():
                 bad = table.index[table[group].isna()]
                 raise DataError(f"column {group!r} (group) is missing labels at rows {_rows(bad)}")
@@ -379,6 +404,44 @@ class ScalingData:
             target=str(names["loss"]),
             source=source,
         )
+
+
+def _check_units(names: dict[str, str | None], values: dict[str, np.ndarray | None]) -> None:
+    """Warn when a covariate's values look like another unit, naming the column and the fix."""
+    for key, smallest in _SMALLEST.items():
+        x = values[key]
+        if x is None or x.max() >= smallest:
+            continue
+        if key == "C":
+            log10 = bool(np.all((x >= 5) & (x <= 40)))
+            hint = ("looks like log10 FLOPs: give 10**C" if log10
+                    else f"looks like PF-days: multiply it by {_PF_DAY:.3g} (FLOPs per PF-day)")
+        else:
+            unit = "parameters" if key in ("N", "N_total") else "tokens"
+            hint = f"looks like millions or billions of {unit}: give {unit} (multiply millions by 1e6, billions by 1e9)"
+        warnings.warn(
+            f"column {names[key]!r}: the largest value is {_plain(x.max())!r}; {hint}", DataWarning, stacklevel=3
+        )
+
+
+def _duplicates(table: pd.DataFrame, columns: list[str], how: str) -> pd.DataFrame:
+    """Apply the ``duplicates`` rule of :meth:`ScalingData.from_table` over ``columns``."""
+    if how not in ("warn", "keep", "drop"):
+        raise DataError(f"duplicates must be 'warn', 'keep' or 'drop', got {how!r}")
+    repeated = table.duplicated(subset=columns, keep="first")
+    if how == "keep" or not repeated.any():
+        return table
+    rows = _rows(table.index[repeated])
+    if how == "drop":
+        warnings.warn(f"dropped {int(repeated.sum())} duplicated runs at rows {rows}", DataWarning, stacklevel=4)
+        return table[~repeated]
+    warnings.warn(
+        f"rows {rows} repeat earlier runs exactly (columns {columns}): a repeated run counts twice and narrows"
+        " the posterior; pass duplicates='drop' to drop them, or duplicates='keep' if they are real replicates",
+        DataWarning,
+        stacklevel=4,
+    )
+    return table
 
 
 def as_data(data: ScalingData | pd.DataFrame | str | os.PathLike[str], **columns: Any) -> ScalingData:

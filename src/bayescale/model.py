@@ -56,6 +56,9 @@ __all__ = [
     "OBSERVED",
 ]
 
+_MAX_LOSS = 20.0
+"""Largest plausible loss in nats (ln of a 500-million-word vocabulary)."""
+
 OBSERVED = "log_loss"
 """Name of the observed site: the natural log of the target."""
 
@@ -162,15 +165,26 @@ def check_data(data: ScalingData, spec: Spec) -> None:
             f"{data.n} runs are too few to fit {spec.law.name!r}, which has {len(spec.latents)} parameters"
             f" {list(spec.latents)}"
         )
-    if data.N is not None and data.D is not None and np.all(data.D < data.N):
+    for c in spec.law.covariates:
+        values = data.covariate(c)
+        if data.n > 1 and np.all(values == values[0]):
+            warnings.warn(
+                f"covariate {c} is the same ({values[0]:.4g}) in every run: {spec.law.name!r} cannot separate"
+                f" its {c} term from the constant; add runs at other {c}, or use a law without {c}",
+                DataWarning,
+                stacklevel=3,
+            )
+    falling = spec.law.builtin and spec.law.name != "power"
+    if falling and data.loss.max() > _MAX_LOSS:
         warnings.warn(
-            "tokens D are fewer than parameters N in every run: are the params and tokens columns swapped?",
+            f"column {data.target!r} reaches {data.loss.max():.4g}, above any cross-entropy in nats"
+            f" (ln of a 500-million-word vocabulary is {_MAX_LOSS:.0f}): is it a percentage (divide by 100),"
+            " a perplexity (take its log), or an accuracy? Fit the loss in nats",
             DataWarning,
             stacklevel=3,
         )
-    falling = spec.law.builtin and spec.law.name != "power"
-    if falling and data.n >= 5:
-        x = "C" if data.C is not None else spec.law.covariates[0]
+    x = "C" if data.C is not None else spec.law.covariates[0]
+    if falling and data.n >= 5 and np.ptp(data.covariate(x)) > 0 and np.ptp(data.loss) > 0:
         trend = scipy.stats.spearmanr(data.covariate(x), data.loss).statistic
         if trend > 0.5:
             warnings.warn(

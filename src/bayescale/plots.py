@@ -56,7 +56,10 @@ def _colors(count: int) -> np.ndarray:
 
 
 def _levels(values: np.ndarray, count: int) -> np.ndarray:
-    return np.unique(np.exp(np.quantile(np.log(values), np.linspace(0.1, 0.9, count))).round(-1))
+    """``count`` levels spread over ``values`` (log scale), rounded to two significant digits, at any magnitude."""
+    raw = np.exp(np.quantile(np.log(values), np.linspace(0.1, 0.9, count)))
+    scale = 10.0 ** np.floor(np.log10(raw))
+    return np.unique(np.round(raw / scale, 1) * scale)
 
 
 def plot_fit(

@@ -35,11 +35,12 @@ import xarray as xr
 from numpyro.infer import Predictive
 from numpyro.infer.util import constrain_fn, log_likelihood
 
-from .data import ScalingData, check_positive, fill_covariates
+from .data import DataError, ScalingData, check_positive, fill_covariates
 from .laws import Law, get_law
 from .likelihoods import Likelihood
 from .model import OBSERVED, Layout, ModelData, Spec, build_model, make_spec, unflatten
 from .sampling import Draws, SamplerSettings
+from .store import atomic_write
 
 __all__ = [
     "Posterior",
@@ -50,6 +51,7 @@ __all__ = [
     "fit_idata",
     "compile_fit_idata",
     "load",
+    "spec_to_json",
     "LEVEL",
     "RHAT_MAX",
     "ESS_MIN",
@@ -379,14 +381,7 @@ class Posterior:
         }
         idata = self.idata.copy()
         idata.posterior.attrs["bayescale"] = json.dumps(meta)
-        path = os.fspath(path)
-        tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{os.getpid()}.tmp")
-        try:
-            idata.to_netcdf(tmp, engine="h5netcdf")
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        atomic_write(path, lambda tmp: idata.to_netcdf(tmp, engine="h5netcdf"))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -537,12 +532,7 @@ class FitResult(Posterior):
         return {c: jnp.asarray(np.log(covs[c]), dtype=jnp.float64) for c in self.law.covariates}
 
     def _meta(self) -> dict[str, Any]:
-        return {
-            "law": {"name": self.law.name, "options": dict(self.law.options)},
-            "likelihood": {"name": self.spec.likelihood.name, "nu": self.spec.likelihood.nu},
-            "priors": {k: _prior_to_json(v) for k, v in self.spec.priors.items()},
-            "roles": [list(r) for r in self.spec.roles],
-        }
+        return spec_to_json(self.spec)
 
     @classmethod
     def _restore(cls, idata: az.InferenceData, meta: Mapping[str, Any], law: Law | None) -> FitResult:
@@ -552,6 +542,16 @@ class FitResult(Posterior):
         roles = tuple(tuple(r) for r in meta.get("roles", ()))
         spec = Spec(law, likelihood, priors, roles) if roles else make_spec(law, likelihood, priors)
         return cls(idata=idata, data=data_from_idata(idata, meta), settings=settings_from_meta(meta), spec=spec)
+
+
+def spec_to_json(spec: Spec) -> dict[str, Any]:
+    """The law (name and options), likelihood, priors and roles of ``spec`` as JSON, as ``save`` records them."""
+    return {
+        "law": {"name": spec.law.name, "options": dict(spec.law.options)},
+        "likelihood": {"name": spec.likelihood.name, "nu": spec.likelihood.nu},
+        "priors": {k: _prior_to_json(v) for k, v in spec.priors.items()},
+        "roles": [list(r) for r in spec.roles],
+    }
 
 
 def _prior_to_json(prior: dist.Distribution) -> dict[str, Any]:
@@ -615,22 +615,28 @@ def load(path: str | os.PathLike[str], law: Law | None = None) -> Posterior:
         priors and settings.
 
     Raises:
-        ValueError: the file is not a bayescale result, or cannot be read (the
+        DataError: the file is missing, damaged or not a bayescale result (the
             message names the file).
+        ValueError: the result uses a custom law and ``law`` was not given.
     """
     path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such file")
     try:
         idata = az.from_netcdf(path, engine="h5netcdf")
-    except (OSError, ValueError) as err:
-        raise ValueError(f"cannot read {path!r}: {err}") from None
+    except Exception as err:  # noqa: BLE001 - HDF5 and xarray raise many types for one cause: a damaged file
+        raise DataError(f"{path}: unreadable, damaged or not netCDF ({type(err).__name__})") from err
     if "posterior" not in idata.groups() or "bayescale" not in idata.posterior.attrs:
-        raise ValueError(f"{path!r} was not written by bayescale")
-    meta = json.loads(idata.posterior.attrs["bayescale"])
-    del idata.posterior.attrs["bayescale"]
-    kind = meta.get("kind", "fit")
-    if kind not in _KINDS:
-        raise ValueError(f"{path!r} holds a result of unknown kind {kind!r}")
-    return _KINDS[kind]._restore(idata, meta, law)
+        raise DataError(f"{path}: a netCDF file without a bayescale posterior (not written by bayescale)")
+    try:
+        meta = json.loads(idata.posterior.attrs["bayescale"])
+        del idata.posterior.attrs["bayescale"]
+        kind = meta.get("kind", "fit")
+        if kind not in _KINDS:
+            raise DataError(f"{path}: a result of unknown kind {kind!r}")
+        return _KINDS[kind]._restore(idata, meta, law)
+    except (KeyError, TypeError, json.JSONDecodeError) as err:
+        raise DataError(f"{path}: damaged bayescale metadata ({type(err).__name__}: {err})") from None
 
 
 def summaries_by_group(fits: Mapping[str, FitResult], level: float = LEVEL) -> pd.DataFrame:

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import platform
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ import pandas as pd
 from . import plots
 from .allocation import allocation_exponents, compute_optimal, has_allocation
 from .posterior import LEVEL, MISFIT, FitResult
+from .store import atomic_write, write_text
 from .validation import Backtest
 
 __all__ = ["report", "DEFAULT_COMPUTE"]
@@ -170,20 +172,23 @@ def report(
         },
         "versions": _versions(),
     }
-    files = {"html": out / "report.html", "markdown": out / "report.md", "json": out / "report.json"}
-    files["json"].write_text(json.dumps(meta, indent=2, allow_nan=False))
-
     images = {name: (caption, _png(figure)) for name, (caption, figure) in _figures(fit, budgets, level).items()}
-    for name, (_, png) in images.items():
-        (out / "figures" / f"{name}.png").write_bytes(png)
-
     tables = [("Parameters", summary)]
     if plan is not None and exponents is not None:
         tables += [("Compute-optimal allocation", plan), ("Allocation exponents (N_opt ∝ C^a, D_opt ∝ C^b)", exponents)]
     if backtest is not None:
         tables.append(("Extrapolation check (rolling origin): " + backtest.message, backtest.table))
-    files["markdown"].write_text(_markdown(meta, status, tables, images))
-    files["html"].write_text(_html(meta, status, diag.ok, tables, images))
+    texts = {
+        "json": json.dumps(meta, indent=2, allow_nan=False),
+        "markdown": _markdown(meta, status, tables, images),
+        "html": _html(meta, status, diag.ok, tables, images),
+    }
+    # Everything is rendered before the first file is written; each file appears whole or not at all.
+    for name, (_, png) in images.items():
+        atomic_write(out / "figures" / f"{name}.png", lambda tmp, png=png: Path(tmp).write_bytes(png))
+    files = {"html": out / "report.html", "markdown": out / "report.md", "json": out / "report.json"}
+    for key, text in texts.items():
+        write_text(files[key], text)
     return files
 
 
@@ -210,13 +215,21 @@ def _intro(meta: dict) -> list[tuple[str, str]]:
     ]
 
 
+def _md(text: Any) -> str:
+    """``text`` with Markdown's active characters escaped, so user strings (paths, column names) print as given."""
+    return re.sub(r"([\\`*_\[\]<>#!|~])", r"\\\1", str(text))
+
+
 def _markdown(meta: dict, status: str, tables: list, images: dict) -> str:
-    lines = [f"# {meta['title']}", "", f"**{status}**", ""]
-    lines += [f"- **{k}**: {v}" for k, v in _intro(meta)]
+    lines = [f"# {_md(meta['title'])}", "", f"**{_md(status)}**", ""]
+    lines += [f"- **{_md(k)}**: {_md(v)}" for k, v in _intro(meta)]
     for heading, table in tables:
-        lines += ["", f"## {heading}", "", _fmt(table, flat=True).to_markdown()]
+        table = _fmt(table, flat=True)
+        table.index = [_md(i) for i in table.index]
+        table.columns = [_md(c) for c in table.columns]
+        lines += ["", f"## {_md(heading)}", "", table.to_markdown()]
     for name, (caption, _) in images.items():
-        lines += ["", f"![{caption}](figures/{name}.png)", "", f"*{caption}*"]
+        lines += ["", f"![{_md(caption)}](figures/{name}.png)", "", f"*{_md(caption)}*"]
     return "\n".join(lines) + "\n"
 
 
