@@ -23,6 +23,12 @@ CASES = {
     "power": ({"a": 0.3, "K": 0.1}, {"C": LOG_UNIFORM(1e18, 1e22, 60)}, 0.1),
     "broken_power": ({"E": 1.7, "alpha": 0.2, "delta": 0.15, "X_b": 1e20, "A": 5000.0},
                      {"C": LOG_UNIFORM(1e17, 1e23, 120)}, 0.005),
+    # Muennighoff et al. 2023's published R* values; unique data repeated 1-60 epochs.
+    "data_constrained": ({**CHINCHILLA, "R_D": 15.4, "R_N": 5.3},
+                         {"N": LOG_UNIFORM(1e7, 3e9, 200), "U": (U := LOG_UNIFORM(1e8, 3e10, 200)),
+                          "D": U * LOG_UNIFORM(1, 60, 200)}, 0.01),
+    "overtrain": ({"E": 1.9, "eta": 0.16, "A": 200.0, "B": 900.0}, {"N": N_DES, "D": D_DES * LOG_UNIFORM(1, 30, 200)},
+                  0.01),
 }
 
 
@@ -67,13 +73,65 @@ def test_custom_law_fits_like_builtin(chinchilla_data: bs.ScalingData) -> None:
         assert lo < value < hi
 
 
+@pytest.mark.slow
+def test_power_in_several_covariates_recovers_a_hyperparameter_law() -> None:
+    """A learning-rate law lr = K·N^a_N·D^a_D (DeepSeek's form), and its optimum's interval at a planned scale."""
+    law = bs.laws.get_law("power", covariate=("N", "D"))
+    truth = {"a_N": -0.25, "a_D": 0.12, "K": 0.5}
+    # A hyperparameter sweep: sizes and token counts varied independently (80 runs).
+    data = bs.simulate(law, truth, N=LOG_UNIFORM(1e8, 3e9, 80), D=LOG_UNIFORM(2e9, 1e11, 80), noise=0.1, seed=5)
+    result = bs.fit(data, law=law, seed=2, **SMALL)
+    assert result.law.params == ("a_N", "a_D", "K") and result.diagnostics.max_r_hat <= 1.01
+    for param, value in truth.items():
+        lo, hi = interval(result.draws(param))
+        assert lo < value < hi, f"{param}={value} outside [{lo:.4g}, {hi:.4g}]"
+    planned = result.predict(N=7e10, D=2e12)  # 10x beyond the runs
+    best = truth["K"] * 7e10 ** truth["a_N"] * 2e12 ** truth["a_D"]
+    assert planned["lower"].item() < best < planned["upper"].item()
+
+
+def test_data_constrained_law_reduces_to_chinchilla_on_one_epoch() -> None:
+    law, chin = bs.laws.get_law("data_constrained"), bs.laws.get_law("chinchilla")
+    p = {k: jnp.asarray(v) for k, v in {**CHINCHILLA, "R_D": 15.4, "R_N": 5.3}.items()}
+    N, D = jnp.log(jnp.array([1e8, 1e9])), jnp.log(jnp.array([2e9, 2e10]))
+    one_epoch = {"N": N, "D": D, "U": D}
+    np.testing.assert_allclose(law.log_mean(p, one_epoch), chin.log_mean(p, {"N": N, "D": D}), rtol=1e-12)
+    # Four epochs of U are worth U·(1 + R_D*·(1 - exp(-3/R_D*))) fresh tokens: a bit under four times U.
+    u = jnp.log(jnp.array([5e9, 5e10]))
+    repeated = law.log_mean(p, {"N": N, "D": u + jnp.log(4.0), "U": u})
+    worth = u + jnp.log(1 + 15.4 * (1 - jnp.exp(-3 / 15.4)))
+    np.testing.assert_allclose(repeated, chin.log_mean(p, {"N": N, "D": worth}), rtol=1e-12)
+    assert float(jnp.exp(worth - u)[0]) == pytest.approx(3.72, abs=0.01)
+
+
+def test_data_constrained_allocation_under_a_unique_data_cap() -> None:
+    """With little unique data the optimum is a smaller model trained for more epochs than Chinchilla's."""
+    law = bs.laws.get_law("data_constrained")
+    p = {k: np.array([v]) for k, v in {**CHINCHILLA, "R_D": 15.4, "R_N": 5.3}.items()}
+    plenty = bs.optimal_allocation(law, p, [1e22], unique_tokens=1e15)
+    chin = bs.optimal_allocation(bs.laws.get_law("chinchilla"), p, [1e22])
+    np.testing.assert_allclose(plenty["N_opt"], chin["N_opt"], rtol=1e-3)
+    capped = bs.optimal_allocation(law, p, [1e22], unique_tokens=5e10)
+    assert capped["epochs"].item() > 1 and capped["loss_opt"].item() > chin["loss_opt"].item()
+    grid = np.exp(np.linspace(np.log(1e8), np.log(1e11), 4000))  # check against brute force on the iso-FLOP line
+    losses = np.exp(np.asarray(law.log_mean({k: v[0] for k, v in p.items()},
+                                            {"N": np.log(grid), "D": np.log(1e22 / (6 * grid)), "U": np.log(5e10)})))
+    assert capped["N_opt"].item() == pytest.approx(grid[np.argmin(losses)], rel=5e-3)
+    with pytest.raises(ValueError, match="unique_tokens"):
+        bs.optimal_allocation(law, p, [1e22])
+
+
 def test_registry_and_bad_names() -> None:
     assert set(bs.laws.list_laws()) >= {"chinchilla", "kaplan_n", "kaplan_d", "kaplan_c", "kaplan_nd", "offset_power", "power"}
     with pytest.raises(ValueError, match="unknown law 'chinchila'"):
         bs.laws.get_law("chinchila")
-    with pytest.raises(ValueError, match="covariate must be one of"):
+    with pytest.raises(ValueError, match="covariate must be one or more distinct of"):
         bs.laws.power("X")
+    with pytest.raises(ValueError, match="covariate must be one or more distinct of"):
+        bs.laws.power(("N", "N"))
     assert bs.laws.get_law("offset_power", covariate="N").covariates == ("N",)
+    # options come back from a saved file's JSON as lists: the law is equal again (shared compiled programs)
+    assert bs.laws.get_law("power", covariate=["N", "D"]) == bs.laws.get_law("power", covariate=("N", "D"))
 
 
 def test_law_log_mean_matches_formula() -> None:

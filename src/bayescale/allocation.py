@@ -54,10 +54,22 @@ def has_allocation(law: Law) -> bool:
     return set(law.covariates) == {"N", "D"}
 
 
-def _check_nd(law: Law) -> Law:
-    if not has_allocation(law):
-        raise ValueError(f"allocation needs a law in N and D; {law.name!r} uses {law.covariates}")
+def _check_nd(law: Law, fixed: Mapping[str, Any] | None = None) -> Law:
+    """``law`` if it is a law in N and D besides the covariates held ``fixed``; else raise naming what is missing."""
+    fixed = fixed or {}
+    if set(law.covariates) != {"N", "D", *fixed}:
+        extra = sorted(set(law.covariates) - {"N", "D", *fixed})
+        hint = "; give unique_tokens (the unique data available, tokens)" if extra == ["U"] else ""
+        raise ValueError(f"allocation needs a law in N and D; {law.name!r} uses {law.covariates}{hint}")
     return law
+
+
+def _fixed(unique_tokens: float | None) -> dict[str, float]:
+    """Covariates held fixed along the iso-FLOP line, as logs."""
+    if unique_tokens is None:
+        return {}
+    (u,) = _budgets(unique_tokens, "unique_tokens")
+    return {"U": float(np.log(u))}
 
 
 def _check_k(k: float) -> float:
@@ -106,25 +118,29 @@ def _crossing(f: Any, target: jax.Array, lo: jax.Array, hi: jax.Array, steps: in
     return lo, hi
 
 
-def _optimum(law: Law, p: dict, log_c: jax.Array, log_k: float) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """``(log N_opt, log D_opt, log L_opt)`` for one draw and one budget."""
-    if law.log_optimum is not None:
+def _optimum(
+    law: Law, p: dict, log_c: jax.Array, log_k: float, fixed: Mapping[str, Any] | None = None
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(log N_opt, log D_opt, log L_opt)`` for one draw and one budget, other covariates at ``fixed`` (logs)."""
+    fixed = fixed or {}
+    if law.log_optimum is not None and not fixed:
         log_n = law.log_optimum(p, log_c - log_k)
     else:
-        loss = lambda x: law.log_mean(p, {"N": x, "D": log_c - log_k - x})  # noqa: E731
+        loss = lambda x: law.log_mean(p, {"N": x, "D": log_c - log_k - x, **fixed})  # noqa: E731
         log_n = _minimise_1d(loss, jnp.asarray(0.0), log_c - log_k)
     log_d = log_c - log_k - log_n
-    return log_n, log_d, law.log_mean(p, {"N": log_n, "D": log_d})
+    return log_n, log_d, law.log_mean(p, {"N": log_n, "D": log_d, **fixed})
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _optimum_draws(law: Law, p: dict, log_c: jax.Array, log_k: float) -> tuple[jax.Array, ...]:
-    per_draw = jax.vmap(lambda q: jax.vmap(lambda c: _optimum(law, q, c, log_k))(log_c))
+def _optimum_draws(law: Law, p: dict, log_c: jax.Array, log_k: float, fixed: dict) -> tuple[jax.Array, ...]:
+    per_draw = jax.vmap(lambda q: jax.vmap(lambda c: _optimum(law, q, c, log_k, fixed))(log_c))
     return per_draw(p)
 
 
 def optimal_allocation(
-    law: Law, params: Mapping[str, Any], compute: Any, flops_per_token: float = 6.0
+    law: Law, params: Mapping[str, Any], compute: Any, flops_per_token: float = 6.0,
+    unique_tokens: float | None = None,
 ) -> dict[str, np.ndarray]:
     """Compute-optimal allocation for arrays of parameter values (posterior draws, or true values).
 
@@ -138,22 +154,31 @@ def optimal_allocation(
         params: parameter name -> values, shape ``(n,)``.
         compute: budgets in FLOPs, shape ``(b,)``.
         flops_per_token: k in ``C = k·N·D``.
+        unique_tokens: for a data-constrained law (``"data_constrained"``), the
+            unique data available (tokens): the optimum then trades model size
+            against epochs over it.
 
     Returns:
-        ``{"N_opt", "D_opt", "tokens_per_param", "loss_opt"}``, each ``(n, b)``.
+        ``{"N_opt", "D_opt", "tokens_per_param", "loss_opt"}``, each ``(n, b)``,
+        and ``epochs`` (``D_opt / unique_tokens``) with ``unique_tokens``.
     """
-    _check_nd(law)
+    fixed = _fixed(unique_tokens)
+    _check_nd(law, fixed)
     k = _check_k(flops_per_token)
     c = _budgets(compute)
     with jax.enable_x64(True):
         p = {name: jnp.atleast_1d(jnp.asarray(params[name], dtype=jnp.float64)) for name in law.params}
-        log_n, log_d, log_l = _optimum_draws(law, p, jnp.log(c), float(np.log(k)))
+        log_n, log_d, log_l = _optimum_draws(law, p, jnp.log(c), float(np.log(k)), fixed)
     n, d = np.exp(np.asarray(log_n)), np.exp(np.asarray(log_d))
-    return {"N_opt": n, "D_opt": d, "tokens_per_param": d / n, "loss_opt": np.exp(np.asarray(log_l))}
+    out = {"N_opt": n, "D_opt": d, "tokens_per_param": d / n, "loss_opt": np.exp(np.asarray(log_l))}
+    if unique_tokens is not None:
+        out["epochs"] = d / float(unique_tokens)
+    return out
 
 
 def compute_optimal(
-    fit: FitResult, compute: Sequence[float] | np.ndarray, flops_per_token: float = 6.0, level: float = LEVEL
+    fit: FitResult, compute: Sequence[float] | np.ndarray, flops_per_token: float = 6.0, level: float = LEVEL,
+    unique_tokens: float | None = None,
 ) -> pd.DataFrame:
     """Planning table: compute-optimal N, D, tokens per parameter and loss, with intervals.
 
@@ -164,18 +189,21 @@ def compute_optimal(
         compute: budgets in FLOPs.
         flops_per_token: k in ``C = k·N·D`` (6 by default).
         level: credible level of the intervals.
+        unique_tokens: the unique data available (tokens), for a data-constrained law.
 
     Returns:
         DataFrame indexed by compute (FLOPs), with column groups ``N_opt``
         (parameters), ``D_opt`` (tokens), ``tokens_per_param`` and ``loss_opt``
-        (nats), each with ``median`` and the interval bounds. The draws are in
-        :func:`optimal_allocation` of ``fit.law`` and ``fit.draws()``.
+        (nats), and ``epochs`` with ``unique_tokens``, each with ``median`` and the
+        interval bounds. The draws are in :func:`optimal_allocation` of
+        ``fit.law`` and ``fit.draws()``.
     """
     if isinstance(fit, StackedResult):  # a mixture of laws: each draw slot takes its member's optimum
-        per_member = {n: optimal_allocation(m.law, m.draws(), compute, flops_per_token) for n, m in fit.members.items()}
+        per_member = {n: optimal_allocation(m.law, m.draws(), compute, flops_per_token, unique_tokens)
+                      for n, m in fit.members.items()}
         draws = {key: fit.combine({n: v[key] for n, v in per_member.items()}) for key in next(iter(per_member.values()))}
     else:
-        draws = optimal_allocation(fit.law, fit.draws(), compute, flops_per_token)
+        draws = optimal_allocation(fit.law, fit.draws(), compute, flops_per_token, unique_tokens)
     return table_of_draws(draws, pd.Index(_budgets(compute), name="compute"), level)
 
 

@@ -20,22 +20,24 @@ import pandas as pd
 
 __all__ = ["DataError", "DataWarning", "ScalingData", "COVARIATES", "fill_covariates", "check_positive", "as_data"]
 
-COVARIATES = ("N", "D", "C", "N_total")
+COVARIATES = ("N", "D", "C", "N_total", "U")
 """Names of the covariates a law can use: parameters (active, for mixture-of-experts models),
-tokens, FLOPs, and total parameters of mixture-of-experts models."""
+tokens, FLOPs, total parameters of mixture-of-experts models, and unique tokens (the
+distinct data that ``D`` repeats, for data-constrained laws)."""
 
 _DEFAULT_COLUMNS = {
     "N": ("N", "params"),
     "D": ("D", "tokens"),
     "C": ("C", "compute", "flops"),
     "N_total": ("N_total", "total_params"),
+    "U": ("U", "unique_tokens"),
     "loss": ("loss",),
 }
 _COMPUTE_RTOL = 0.25
 _MAX_ROWS_LISTED = 5
 _PF_DAY = 8.64e19
 """FLOPs in one petaFLOP/s-day."""
-_SMALLEST = {"N": 1e5, "D": 1e6, "N_total": 1e5, "C": 1e12}
+_SMALLEST = {"N": 1e5, "D": 1e6, "N_total": 1e5, "U": 1e6, "C": 1e12}
 """Below these largest values a column is read as given in other units (no real study trains smaller)."""
 
 
@@ -135,6 +137,8 @@ class ScalingData:
         group: group label per run (e.g. architecture), shape ``(n,)``, or ``None``.
         N_total: total parameters of mixture-of-experts models (equal to N for
             dense ones), shape ``(n,)``, or ``None``.
+        U: unique tokens: the distinct data a run saw, repeated ``D/U`` times
+            (epochs), shape ``(n,)``, or ``None``.
         flops_per_token: FLOPs per token ``M`` per run when compute is ``C = M·D``
             (DeepSeek's non-embedding FLOPs/token), or ``None`` for ``C = 6·N·D``.
         counts_embeddings: whether ``N`` includes embedding parameters (``None``:
@@ -150,6 +154,7 @@ class ScalingData:
     C: np.ndarray | None = None
     group: np.ndarray | None = None
     N_total: np.ndarray | None = None
+    U: np.ndarray | None = None
     flops_per_token: np.ndarray | None = None
     counts_embeddings: bool | None = None
     index: np.ndarray | None = None
@@ -198,6 +203,7 @@ class ScalingData:
             C=pick(self.C),
             group=pick(self.group),
             N_total=pick(self.N_total),
+            U=pick(self.U),
             flops_per_token=pick(self.flops_per_token),
             index=pick(self.index),
         )
@@ -219,12 +225,13 @@ class ScalingData:
         *,
         group: Sequence[Any] | np.ndarray | None = None,
         N_total: Sequence[float] | np.ndarray | None = None,
+        U: Sequence[float] | np.ndarray | None = None,
         flops_per_token: float | Sequence[float] | np.ndarray | None = None,
         counts_embeddings: bool | None = None,
         compute_rtol: float = _COMPUTE_RTOL,
     ) -> ScalingData:
         """Validate arrays of runs; see :meth:`from_table` for the rules."""
-        columns: dict[str, Any] = {"loss": loss, "N": N, "D": D, "C": C, "N_total": N_total}
+        columns: dict[str, Any] = {"loss": loss, "N": N, "D": D, "C": C, "N_total": N_total, "U": U}
         frame = pd.DataFrame({k: np.asarray(v) for k, v in columns.items() if v is not None})
         if group is not None:
             frame["group"] = np.asarray(group)
@@ -234,6 +241,7 @@ class ScalingData:
             tokens="D" if D is not None else None,
             compute="C" if C is not None else None,
             total_params="N_total" if N_total is not None else None,
+            unique_tokens="U" if U is not None else None,
             group="group" if group is not None else None,
             flops_per_token=flops_per_token,
             counts_embeddings=counts_embeddings,
@@ -252,6 +260,7 @@ class ScalingData:
         loss: str = "loss",
         group: str | None = None,
         total_params: str | None = None,
+        unique_tokens: str | None = None,
         flops_per_token: str | float | Sequence[float] | np.ndarray | None = None,
         counts_embeddings: bool | None = None,
         compute_rtol: float = _COMPUTE_RTOL,
@@ -272,6 +281,9 @@ class ScalingData:
             total_params: column of total parameters of mixture-of-experts
                 models (N is then the active parameters; dense runs repeat N).
                 Default: ``"N_total"`` or ``"total_params"`` if present.
+            unique_tokens: column of unique tokens U, the distinct data each run
+                repeated for ``D/U`` epochs (data-constrained laws). Default:
+                ``"U"`` or ``"unique_tokens"`` if present.
             flops_per_token: FLOPs per token M, as a column name or a number or
                 array; compute is then ``C = M·D`` instead of ``C = 6·N·D``.
             counts_embeddings: whether N includes embedding parameters; recorded
@@ -329,6 +341,7 @@ class ScalingData:
             "D": resolve("D", tokens),
             "C": resolve("C", compute),
             "N_total": resolve("N_total", total_params),
+            "U": resolve("U", unique_tokens),
             "loss": resolve("loss", loss),
         }
         if names["loss"] is None:
@@ -336,7 +349,8 @@ class ScalingData:
         if group is not None and group not in table.columns:
             raise DataError(f"column {group!r} (for group) not found; columns are {list(map(str, table.columns))}")
         table = _duplicates(table, [c for c in (*names.values(), group) if c is not None], duplicates)
-        roles = {"N": "parameters", "D": "tokens", "C": "FLOPs", "N_total": "total parameters", "loss": "loss"}
+        roles = {"N": "parameters", "D": "tokens", "C": "FLOPs", "N_total": "total parameters",
+                 "U": "unique tokens", "loss": "loss"}
         values = {k: None if c is None else _numeric_column(table, c, roles[k]) for k, c in names.items()}
 
         m = None
@@ -398,6 +412,7 @@ class ScalingData:
             C=C,
             group=groups,
             N_total=n_total,
+            U=values["U"],
             flops_per_token=m,
             counts_embeddings=counts_embeddings,
             index=np.asarray(table.index),
@@ -417,7 +432,7 @@ def _check_units(names: dict[str, str | None], values: dict[str, np.ndarray | No
             hint = ("looks like log10 FLOPs: give 10**C" if log10
                     else f"looks like PF-days: multiply it by {_PF_DAY:.3g} (FLOPs per PF-day)")
         else:
-            unit = "parameters" if key in ("N", "N_total") else "tokens"
+            unit = "parameters" if key in ("N", "N_total") else "tokens"  # D, U
             hint = f"looks like millions or billions of {unit}: give {unit} (multiply millions by 1e6, billions by 1e9)"
         warnings.warn(
             f"column {names[key]!r}: the largest value is {_plain(x.max())!r}; {hint}", DataWarning, stacklevel=3

@@ -24,7 +24,8 @@ sources in ``data/SOURCES.md``:
   and downstream errors ``err_<task>``.
 - ``datablations_final``: final losses of the data-constrained study of Muennighoff
   et al. 2023 (MIT over Apache-2.0): ``num_params``, ``token_num`` tokens seen,
-  ``epochs`` over the unique data, ``openLM_loss`` nats/token.
+  ``epochs`` over the unique data, ``openLM_loss`` nats/token; ``load`` adds the
+  unique tokens ``U = token_num / epochs`` (the file's ``tokens_per_epoch`` is wrong).
 """
 
 from __future__ import annotations
@@ -96,6 +97,8 @@ def load(name: str, **columns: str) -> ScalingData:
             dataset's defaults (for the real tables, e.g. ``loss="val_loss_mean11"``).
     """
     frame = load_frame(name)
+    if name == "datablations_final":
+        frame = frame.assign(U=frame["token_num"] / frame["epochs"])
     group = "budget" if "budget" in frame.columns else None
     options = {"group": group, **_COLUMNS.get(name, {}), **columns}
     return ScalingData.from_table(frame, source=f"bayescale.datasets:{name}", **options)

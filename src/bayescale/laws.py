@@ -33,6 +33,8 @@ __all__ = [
     "moe",
     "offset_power",
     "broken_power",
+    "data_constrained",
+    "overtrain",
     "power",
     "custom",
     "get_law",
@@ -336,29 +338,128 @@ def broken_power(covariate: str = "C") -> Law:
     )
 
 
-def power(covariate: str = "C") -> Law:
-    """Pure power law ``Y = K·X^a`` for any positive target Y (batch size, learning rate...).
+def data_constrained(tokens_per_param: float = 20.0) -> Law:
+    """Chinchilla's law on effective data and parameters when unique data is repeated (Muennighoff et al. 2023).
 
-    The exponent ``a`` may be negative. Priors: ``a ~ Normal(0, 1)``,
-    ``K ~ LogNormal(0, 10)``, noise ``sigma ~ HalfNormal(0.5)`` on log Y.
+    ``L = E + A/N'^alpha + B/D'^beta`` with, for ``U`` unique tokens seen ``D/U`` times,
+    ``U_D = min(U, D)``, ``R_D = D/U_D - 1`` repetitions beyond the first epoch and
+    ``D' = U_D + U_D·R_D*·(1 - exp(-R_D/R_D*))``: repeated tokens are worth less and
+    less, and never more than ``R_D*`` epochs of fresh data. Likewise parameters in
+    excess of what the unique data can use, ``U_N = min(N, U_D / tokens_per_param)``,
+    ``R_N = N/U_N - 1``, ``N' = U_N + U_N·R_N*·(1 - exp(-R_N/R_N*))``. With ``U >= D``
+    (one epoch) and ``N <= U/tokens_per_param`` it is Chinchilla's law.
+
+    Needs covariates N, D and U (unique tokens). Priors as :func:`chinchilla`, and
+    ``R_D* ~ LogNormal(log 15, 1)``, ``R_N* ~ LogNormal(log 5, 1)``, centred on the
+    published fit (R_D* = 15.4, R_N* = 5.3).
+
+    Args:
+        tokens_per_param: the compute-optimal tokens per parameter that defines
+            ``U_N`` (Muennighoff et al. use Chinchilla's, about 20).
     """
-    if covariate not in COVARIATES:
-        raise ValueError(f"power: covariate must be one of {COVARIATES}, got {covariate!r}")
+    log_ratio = float(jnp.log(tokens_per_param))
+
+    def effective(log_u: Array, log_x: Array, r_star: Array) -> Array:
+        """log of ``U + U·R*·(1 - exp(-R/R*))`` with ``R = X/U - 1``."""
+        repeats = jnp.expm1(log_x - log_u)
+        return log_u + jnp.log1p(-r_star * jnp.expm1(-repeats / r_star))
+
+    def log_effective(p: Params, x: Params) -> tuple[Array, Array]:
+        log_u_d = jnp.minimum(x["U"], x["D"])
+        log_u_n = jnp.minimum(x["N"], log_u_d - log_ratio)
+        return effective(log_u_n, x["N"], p["R_N"]), effective(log_u_d, x["D"], p["R_D"])
 
     def log_mean(p: Params, x: Params) -> Array:
-        return jnp.log(p["K"]) + p["a"] * x[covariate]
+        log_n, log_d = log_effective(p, x)
+        n_term = jnp.log(p["A"]) - p["alpha"] * log_n
+        d_term = jnp.log(p["B"]) - p["beta"] * log_d
+        return jnp.logaddexp(jnp.log(p["E"]), jnp.logaddexp(n_term, d_term))
+
+    return Law(
+        name="data_constrained",
+        params=("E", "alpha", "beta", "R_D", "R_N", "A", "B"),
+        covariates=("N", "D", "U"),
+        priors={
+            "E": _e_prior(),
+            "alpha": _exponent_prior(),
+            "beta": _exponent_prior(),
+            "R_D": dist.LogNormal(jnp.log(15.0), 1.0),
+            "R_N": dist.LogNormal(jnp.log(5.0), 1.0),
+            "A": _amplitude_prior(),
+            "B": _amplitude_prior(),
+        },
+        log_mean=log_mean,
+        centred={"A": _term_at_centre("alpha", "N"), "B": _term_at_centre("beta", "D")},
+        formula="L = E + A/N'^alpha + B/D'^beta, D' = U + U·R_D*(1 - exp(-(D/U - 1)/R_D*)), N' likewise",
+        options={"tokens_per_param": tokens_per_param},
+    )
+
+
+def overtrain() -> Law:
+    """The over-training law of Gadre et al. 2024, ``L = E + (a·M^eta + b·M^-eta)·C^-eta``.
+
+    ``M = D/N`` is tokens per parameter and ``C = 6·N·D``; in N and D it is
+    Chinchilla's law with equal exponents, ``L = E + a'·N^-2eta + b'·D^-2eta``
+    (``a' = a·6^-eta``, ``b' = b·6^-eta``), the form under which the loss at a
+    fixed multiplier M falls as one power of compute, so small runs at large M
+    predict large ones at the same M. Parameters are ``E``, ``eta`` and the
+    Chinchilla amplitudes ``A = a'`` and ``B = b'``. Priors as :func:`chinchilla`,
+    ``eta ~ LogNormal(log 0.15, 1)``.
+    """
+
+    def log_mean(p: Params, x: Params) -> Array:
+        n_term = jnp.log(p["A"]) - 2 * p["eta"] * x["N"]
+        d_term = jnp.log(p["B"]) - 2 * p["eta"] * x["D"]
+        return jnp.logaddexp(jnp.log(p["E"]), jnp.logaddexp(n_term, d_term))
+
+    def log_optimum(p: Params, log_c_over_k: Array) -> Array:
+        # Equal exponents: N_opt = sqrt(A/B · C/k).
+        return 0.5 * (jnp.log(p["A"]) - jnp.log(p["B"]) + log_c_over_k)
+
+    return Law(
+        name="overtrain",
+        params=("E", "eta", "A", "B"),
+        covariates=("N", "D"),
+        priors={"E": _e_prior(), "eta": _exponent_prior(0.15), "A": _amplitude_prior(), "B": _amplitude_prior()},
+        log_mean=log_mean,
+        centred={
+            "A": lambda u, p, c: jnp.exp(u + 2 * p["eta"] * c["N"]),
+            "B": lambda u, p, c: jnp.exp(u + 2 * p["eta"] * c["D"]),
+        },
+        formula="L = E + (a·M^eta + b·M^-eta)·C^-eta, M = D/N (= E + A/N^2eta + B/D^2eta)",
+        log_optimum=log_optimum,
+    )
+
+
+def power(covariate: str | tuple[str, ...] = "C") -> Law:
+    """Pure power law ``Y = K·X^a`` for any positive target Y (batch size, learning rate...).
+
+    With several covariates it is the hyperparameter law of DeepSeek and Step Law,
+    ``Y = K·N^a_N·D^a_D`` (``covariate=("N", "D")``; any of N, D, C), with one
+    exponent ``a_X`` per covariate. Exponents may be negative. Priors:
+    ``a ~ Normal(0, 1)`` (each ``a_X``), ``K ~ LogNormal(0, 10)``, noise
+    ``sigma ~ HalfNormal(0.5)`` on log Y.
+    """
+    names = (covariate,) if isinstance(covariate, str) else tuple(covariate)
+    unknown = [c for c in names if c not in COVARIATES]
+    if unknown or not names or len(set(names)) != len(names):
+        raise ValueError(f"power: covariate must be one or more distinct of {COVARIATES}, got {covariate!r}")
+    exponents = {c: "a" if len(names) == 1 else f"a_{c}" for c in names}
+
+    def log_sum(p: Params, x: Params) -> Array:
+        return sum(p[exponents[c]] * x[c] for c in names)
 
     return Law(
         name="power",
-        params=("a", "K"),
-        covariates=(covariate,),
-        priors={"a": dist.Normal(0.0, 1.0), "K": dist.LogNormal(0.0, 10.0)},
-        log_mean=log_mean,
-        # u = log Y at the centre: K = exp(u - a·log X0).
-        centred={"K": lambda u, p, c: jnp.exp(u - p["a"] * c[covariate])},
+        params=(*exponents.values(), "K"),
+        covariates=names,
+        priors={**{a: dist.Normal(0.0, 1.0) for a in exponents.values()}, "K": dist.LogNormal(0.0, 10.0)},
+        log_mean=lambda p, x: jnp.log(p["K"]) + log_sum(p, x),
+        # u = log Y at the centre: K = exp(u - sum a_X·log X0).
+        centred={"K": lambda u, p, c: jnp.exp(u - log_sum(p, c))},
         noise_prior=dist.HalfNormal(0.5),
-        formula=f"Y = K·{covariate}^a",
-        options={"covariate": covariate},
+        formula="Y = K·" + "·".join(f"{c}^{a}" for c, a in exponents.items()),
+        options={"covariate": names[0] if len(names) == 1 else names},
     )
 
 
@@ -414,6 +515,8 @@ _REGISTRY: dict[str, Callable[..., Law]] = {
     "moe": moe,
     "offset_power": offset_power,
     "broken_power": broken_power,
+    "data_constrained": data_constrained,
+    "overtrain": overtrain,
     "power": power,
 }
 
@@ -429,4 +532,6 @@ def get_law(law: str | Law, **options: Any) -> Law:
         return law
     if law not in _REGISTRY:
         raise ValueError(f"unknown law {law!r}; built-in laws are {list_laws()} (or pass a Law from bs.laws.custom)")
+    # Options come back from JSON as lists: tuples again, so a loaded law equals the one saved.
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
     return dataclasses.replace(_REGISTRY[law](**options), builtin=True)

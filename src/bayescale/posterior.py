@@ -436,6 +436,7 @@ class FitResult(Posterior):
         C: Any = None,
         *,
         N_total: Any = None,
+        U: Any = None,
         flops_per_token: Any = None,
         noise: bool = False,
         seed: int = 0,
@@ -446,6 +447,7 @@ class FitResult(Posterior):
             N: parameters; D: tokens; C: FLOPs (arrays broadcast together). Missing
                 covariates are derived with ``C = 6·N·D`` (or ``M·D``).
             N_total: total parameters, for the mixture-of-experts law.
+            U: unique tokens, for the data-constrained law.
             flops_per_token: M for ``C = M·D``.
             noise: add observation noise (posterior predictive for a new run)
                 instead of the law's mean curve.
@@ -457,7 +459,7 @@ class FitResult(Posterior):
             includes it: zero inside the data, growing with the distance beyond it.
         """
         with jax.enable_x64(True):
-            log_x = self._log_covariates(N, D, C, flops_per_token, N_total)
+            log_x = self._log_covariates(N, D, C, flops_per_token, N_total, U)
             params = {k: jnp.asarray(v) for k, v in self.draws().items()}
             loc = jax.vmap(lambda p: self.law.log_mean(p, log_x))(params)
             if MISFIT in self.idata.posterior:
@@ -478,6 +480,7 @@ class FitResult(Posterior):
         C: Any = None,
         *,
         N_total: Any = None,
+        U: Any = None,
         flops_per_token: Any = None,
         level: float = LEVEL,
         seed: int = 0,
@@ -485,7 +488,7 @@ class FitResult(Posterior):
         """Credible bands of the loss at new points (extrapolation).
 
         Args:
-            N, D, C, N_total: covariates as for :meth:`predict_draws`.
+            N, D, C, N_total, U: covariates as for :meth:`predict_draws`.
             flops_per_token: M for ``C = M·D``.
             level: credible level of the intervals.
             seed: seed of the predictive noise.
@@ -497,9 +500,9 @@ class FitResult(Posterior):
         """
         lo_q, hi_q = (1 - level) / 2, (1 + level) / 2
         _interval_columns(level)
-        mean = self.predict_draws(N, D, C, N_total=N_total, flops_per_token=flops_per_token)
-        new = self.predict_draws(N, D, C, N_total=N_total, flops_per_token=flops_per_token, noise=True, seed=seed)
-        covs = self._covariates(N, D, C, flops_per_token, N_total)
+        mean = self.predict_draws(N, D, C, N_total=N_total, U=U, flops_per_token=flops_per_token)
+        new = self.predict_draws(N, D, C, N_total=N_total, U=U, flops_per_token=flops_per_token, noise=True, seed=seed)
+        covs = self._covariates(N, D, C, flops_per_token, N_total, U)
         table = pd.DataFrame({k: v for k, v in covs.items() if v is not None})
         table["median"] = np.median(mean, axis=0)
         table["lower"], table["upper"] = np.quantile(mean, [lo_q, hi_q], axis=0)
@@ -507,9 +510,9 @@ class FitResult(Posterior):
         return table
 
     def _covariates(
-        self, N: Any, D: Any, C: Any, flops_per_token: Any, N_total: Any = None
+        self, N: Any, D: Any, C: Any, flops_per_token: Any, N_total: Any = None, U: Any = None
     ) -> dict[str, np.ndarray | None]:
-        given = {"N": N, "D": D, "C": C, "flops_per_token": flops_per_token, "N_total": N_total}
+        given = {"N": N, "D": D, "C": C, "flops_per_token": flops_per_token, "N_total": N_total, "U": U}
         present = {k: np.atleast_1d(np.asarray(v, dtype=float)) for k, v in given.items() if v is not None}
         if not present:
             raise ValueError(f"give covariates for the law {self.law.name!r}: it uses {self.law.covariates}")
@@ -518,12 +521,12 @@ class FitResult(Posterior):
             k: check_positive(a.copy(), range(a.size), k, "prediction input") for k, a in zip(present, arrays)
         }
         n, d, c = fill_covariates(checked.get("N"), checked.get("D"), checked.get("C"), checked.get("flops_per_token"))
-        return {"N": n, "D": d, "C": c, "N_total": checked.get("N_total")}
+        return {"N": n, "D": d, "C": c, "N_total": checked.get("N_total"), "U": checked.get("U")}
 
     def _log_covariates(
-        self, N: Any, D: Any, C: Any, flops_per_token: Any, N_total: Any = None
+        self, N: Any, D: Any, C: Any, flops_per_token: Any, N_total: Any = None, U: Any = None
     ) -> dict[str, jax.Array]:
-        covs = self._covariates(N, D, C, flops_per_token, N_total)
+        covs = self._covariates(N, D, C, flops_per_token, N_total, U)
         missing = [c for c in self.law.covariates if covs[c] is None]
         if missing:
             raise ValueError(
@@ -595,6 +598,7 @@ def data_from_idata(idata: az.InferenceData, meta: Mapping[str, Any]) -> Scaling
         C=optional("C"),
         group=optional("group"),
         N_total=optional("N_total"),
+        U=optional("U"),
         flops_per_token=optional("M"),
         counts_embeddings=meta["data"]["counts_embeddings"],
         index=np.asarray(meta["data"]["index"], dtype=object),

@@ -35,6 +35,7 @@ def simulate(
     D: Any = None,
     C: Any = None,
     N_total: Any = None,
+    U: Any = None,
     noise: float = 0.02,
     outlier_fraction: float = 0.0,
     outlier_scale: float = 0.3,
@@ -49,6 +50,7 @@ def simulate(
         N, D, C: covariates (parameters, tokens, FLOPs); missing ones are derived
             with ``C = 6·N·D``.
         N_total: total parameters of mixture-of-experts runs (for the ``moe`` law).
+        U: unique tokens (for the ``data_constrained`` law).
         noise: standard deviation of the noise on log-loss.
         outlier_fraction: fraction of runs whose log-loss is shifted up by
             ``outlier_scale`` (bad runs).
@@ -66,8 +68,8 @@ def simulate(
         raise ValueError(f"simulate: missing true values for {missing}")
     n_arr, d_arr, c_arr = (None if v is None else np.asarray(v, dtype=float) for v in (N, D, C))
     n_arr, d_arr, c_arr = fill_covariates(n_arr, d_arr, c_arr)
-    n_total = None if N_total is None else np.asarray(N_total, dtype=float)
-    covs = {"N": n_arr, "D": d_arr, "C": c_arr, "N_total": n_total}
+    n_total, u_arr = (None if v is None else np.asarray(v, dtype=float) for v in (N_total, U))
+    covs = {"N": n_arr, "D": d_arr, "C": c_arr, "N_total": n_total, "U": u_arr}
     with jax.enable_x64(True):
         log_x = {c: jnp.log(jnp.asarray(covs[c])) for c in law.covariates}
         mean = np.asarray(law.log_mean({k: jnp.asarray(float(v)) for k, v in params.items()}, log_x))
@@ -76,4 +78,4 @@ def simulate(
     log_loss = mean + noise * eps
     bad = rng.random(mean.shape) < outlier_fraction
     log_loss = np.where(bad, log_loss + outlier_scale, log_loss)
-    return ScalingData.from_arrays(loss=np.exp(log_loss), N=n_arr, D=d_arr, C=c_arr, N_total=n_total)
+    return ScalingData.from_arrays(loss=np.exp(log_loss), N=n_arr, D=d_arr, C=c_arr, N_total=n_total, U=u_arr)
