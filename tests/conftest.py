@@ -85,6 +85,20 @@ def tiny_stacked(small_groups: dict) -> bs.StackedResult:
     return bs.stack(fits, seed=1)
 
 
+def sigmoid_accuracy(loss: np.ndarray, chance: float = 0.25, top: float = 0.9, k: float = 8.0,
+                     midpoint: float = 2.6) -> np.ndarray:
+    """The link's truth: accuracy of runs with this loss (no noise)."""
+    return chance + (top - chance) / (1 + np.exp(k * (loss - midpoint)))
+
+
+@pytest.fixture(scope="session")
+def tiny_downstream(small_groups: dict) -> bs.DownstreamResult:
+    """Stage 1 on 10 runs, and their accuracies through a sigmoid with 1% noise."""
+    data = small_groups["g0"]
+    acc = sigmoid_accuracy(data.loss) * np.exp(0.01 * np.random.default_rng(0).standard_normal(data.n))
+    return _quiet(bs.fit_downstream, _quiet(bs.fit, data, settings=TINY), acc, chance=0.25)
+
+
 def interval(draws: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)

@@ -19,6 +19,7 @@ def _results(request: pytest.FixtureRequest) -> dict[str, tuple[bs.Posterior, di
     batch = request.getfixturevalue("tiny_batch")
     iso = request.getfixturevalue("tiny_isoflop")
     stacked = request.getfixturevalue("tiny_stacked")
+    downstream = request.getfixturevalue("tiny_downstream")
     nd = {"N": [1e9, 1e10], "D": [2e10, 2e11]}
     return {
         "fit": (fit, nd),
@@ -27,10 +28,11 @@ def _results(request: pytest.FixtureRequest) -> dict[str, tuple[bs.Posterior, di
         "hierarchical": (hier, {"group": "g2", **nd}),
         "isoflop": (iso, {"N": [1e9, 3e9], "C": [iso.compute[0]] * 2}),
         "stacked": (stacked, nd),
+        "downstream": (downstream, nd),
     }
 
 
-KINDS = ("fit", "batch member", "hierarchical member", "hierarchical", "isoflop", "stacked")
+KINDS = ("fit", "batch member", "hierarchical member", "hierarchical", "isoflop", "stacked", "downstream")
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -65,7 +67,7 @@ def test_contract(kind: str, request: pytest.FixtureRequest, tmp_path) -> None: 
     np.testing.assert_array_equal(loaded.data.loss, result.data.loss)
     pd.testing.assert_frame_equal(loaded.summary(), result.summary())
     np.testing.assert_array_equal(loaded.predict_draws(**points), predicted)
-    if isinstance(result, bs.FitResult):
+    if isinstance(result, (bs.FitResult, bs.DownstreamResult)):
         assert loaded.spec == result.spec
     assert not list(tmp_path.glob(".*.tmp")), "a temporary file was left behind"
 

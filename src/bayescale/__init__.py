@@ -13,7 +13,7 @@ This namespace only re-exports names from the modules below; importing it
 changes no global state (no warnings filters, no JAX configuration).
 """
 
-from . import allocation, cache, calibration, datasets, extrapolation, laws, likelihoods, plots, stacking, store
+from . import allocation, cache, calibration, datasets, downstream, extrapolation, laws, likelihoods, plots, stacking, store
 from .allocation import (
     allocation_exponent_draws,
     allocation_exponents,
@@ -26,6 +26,7 @@ from .allocation import (
 from .batch import BatchResult, fit_batch, load_batch
 from .comparison import compare
 from .data import DataError, DataWarning, ScalingData
+from .downstream import DownstreamResult, fit_downstream
 from .fit import fit
 from .hierarchical import HierarchicalResult, fit_hierarchical
 from .isoflop import IsoFlopResult, fit_isoflop
@@ -72,6 +73,8 @@ __all__ = [
     "extrapolation",
     "fit",
     "fit_batch",
+    "fit_downstream",
+    "DownstreamResult",
     "fit_hierarchical",
     "fit_isoflop",
     "fit_map",

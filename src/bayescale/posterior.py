@@ -52,6 +52,7 @@ __all__ = [
     "compile_fit_idata",
     "load",
     "spec_to_json",
+    "spec_from_json",
     "LEVEL",
     "RHAT_MAX",
     "ESS_MIN",
@@ -539,12 +540,8 @@ class FitResult(Posterior):
 
     @classmethod
     def _restore(cls, idata: az.InferenceData, meta: Mapping[str, Any], law: Law | None) -> FitResult:
-        law = _law_from_meta(meta, law)
-        likelihood = Likelihood(meta["likelihood"]["name"], meta["likelihood"]["nu"])
-        priors = {k: _prior_from_json(v) for k, v in meta["priors"].items()}
-        roles = tuple(tuple(r) for r in meta.get("roles", ()))
-        spec = Spec(law, likelihood, priors, roles) if roles else make_spec(law, likelihood, priors)
-        return cls(idata=idata, data=data_from_idata(idata, meta), settings=settings_from_meta(meta), spec=spec)
+        return cls(idata=idata, data=data_from_idata(idata, meta), settings=settings_from_meta(meta),
+                   spec=spec_from_json(meta, law))
 
 
 def spec_to_json(spec: Spec) -> dict[str, Any]:
@@ -555,6 +552,15 @@ def spec_to_json(spec: Spec) -> dict[str, Any]:
         "priors": {k: _prior_to_json(v) for k, v in spec.priors.items()},
         "roles": [list(r) for r in spec.roles],
     }
+
+
+def spec_from_json(meta: Mapping[str, Any], law: Law | None = None) -> Spec:
+    """Inverse of :func:`spec_to_json`; ``law`` is required for a custom law (functions are not saved)."""
+    law = _law_from_meta(meta, law)
+    likelihood = Likelihood(meta["likelihood"]["name"], meta["likelihood"]["nu"])
+    priors = {k: _prior_from_json(v) for k, v in meta["priors"].items()}
+    roles = tuple(tuple(r) for r in meta.get("roles", ()))
+    return Spec(law, likelihood, priors, roles) if roles else make_spec(law, likelihood, priors)
 
 
 def _prior_to_json(prior: dist.Distribution) -> dict[str, Any]:

@@ -1,0 +1,241 @@
+"""Downstream accuracy from loss, in two stages, with the first stage's uncertainty carried draw by draw.
+
+Stage 1 is any fit of a law to a task's loss (for example bits per byte of the
+correct answers, or validation loss) against N and D. Stage 2 links that loss
+to the task's accuracy with a sigmoid floored at chance, as the OLMo ladder
+and Llama 3 reports do,
+
+    acc = chance + (top - chance) / (1 + exp(k·(L - L0))),
+
+fitted on the runs' observed (loss, accuracy) pairs, with Student-t noise on
+log accuracy. A prediction at new (N, D) pushes each posterior draw of the
+stage-1 loss through one posterior draw of the link: the bands carry both
+stages' uncertainty, never a plug-in point estimate of the loss
+(:meth:`DownstreamResult.predict_draws` with ``plugin=True`` gives that
+narrower answer, for comparison only).
+
+Priors: ``(top - chance)/(1 - chance) ~ Beta(1.5, 1.5)``; ``k ~ LogNormal(0, 1)``
+per spread of the observed losses (so the sigmoid is neither a step nor flat
+over the data); ``L0 ~ Normal(centre, 2·spread)`` of the observed losses.
+
+Units: N in parameters, D in tokens, loss in the stage-1 target's units
+(nats, or bits per byte), accuracy a fraction in (0, 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, ClassVar, NamedTuple
+
+import arviz as az
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pandas as pd
+import xarray as xr
+
+from .data import DataError, check_positive
+from .fit import sample_model
+from .likelihoods import Likelihood, get_likelihood
+from .model import OBSERVED, Spec
+from .posterior import (
+    LEVEL,
+    FitResult,
+    Posterior,
+    constant_data,
+    data_from_idata,
+    settings_from_meta,
+    spec_from_json,
+    spec_to_json,
+    warn_unconverged,
+)
+
+__all__ = ["DownstreamResult", "fit_downstream", "sigmoid"]
+
+LINK = ("top", "k", "L0", "acc_sigma")
+"""The link's posterior variables: ceiling accuracy, slope, midpoint loss, noise on log accuracy."""
+
+
+def sigmoid(loss: Any, top: Any, k: Any, midpoint: Any, chance: float) -> Any:
+    """Accuracy at ``loss``: ``chance + (top - chance) / (1 + exp(k·(loss - midpoint)))`` (broadcasts)."""
+    return chance + (top - chance) * jax.nn.sigmoid(-k * (loss - midpoint))
+
+
+class LinkData(NamedTuple):
+    """Arrays of the link model: observed stage-1 losses, log accuracies, and the losses' centre and spread."""
+
+    x: Any
+    log_y: Any
+    centre: Any
+    spread: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class LinkModel:
+    """The NumPyro model of the sigmoid link, ``model(data: LinkData)``."""
+
+    chance: float
+    likelihood: Likelihood
+
+    def __call__(self, data: LinkData) -> None:
+        headroom = numpyro.sample("headroom", dist.Beta(1.5, 1.5))
+        top = numpyro.deterministic("top", self.chance + (1.0 - self.chance) * headroom)
+        k = numpyro.sample("k", dist.LogNormal(-jnp.log(data.spread), 1.0))
+        midpoint = numpyro.sample("L0", dist.Normal(data.centre, 2.0 * data.spread))
+        sigma = numpyro.sample("acc_sigma", dist.HalfNormal(0.1))
+        mean = sigmoid(data.x, top, k, midpoint, self.chance)
+        with numpyro.plate("run", data.x.shape[0]):
+            numpyro.sample(OBSERVED, self.likelihood.distribution(jnp.log(mean), sigma), obs=data.log_y)
+
+    def unobserved(self, data: LinkData) -> LinkData:
+        """``data`` without observations (the posterior predictive simulates them)."""
+        return data._replace(log_y=None)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DownstreamResult(Posterior):
+    """Both stages of a downstream-accuracy fit: the loss law's posterior and the link's, draw for draw.
+
+    Attributes:
+        idata: ``arviz.InferenceData``; posterior with the stage-1 law's parameters
+            (and its noise ``sigma``) and the link's ``top``, ``k``, ``L0``,
+            ``acc_sigma``; log-likelihood, predictive and observed data of the
+            accuracies (``log_loss`` holds log accuracy); constant data with the
+            runs' N, D, stage-1 loss and ``accuracy``.
+        data: the stage-1 runs (N, D, and their task loss as ``loss``).
+        settings: sampler settings of both stages.
+        spec: the stage-1 law, likelihood and priors.
+        chance: the task's chance accuracy (the sigmoid's floor).
+        likelihood: the link's noise model on log accuracy.
+    """
+
+    spec: Spec = dataclasses.field(kw_only=True)
+    chance: float = dataclasses.field(kw_only=True)
+    likelihood: Likelihood = dataclasses.field(kw_only=True)
+
+    kind: ClassVar[str] = "downstream"
+
+    @property
+    def latents(self) -> tuple[str, ...]:
+        """Stage-1 latents, then the link's."""
+        return (*self.spec.latents, *LINK)
+
+    @property
+    def loss_fit(self) -> FitResult:
+        """The stage-1 fit (its posterior and runs) as a :class:`FitResult`."""
+        names = [v for v in self.idata.posterior.data_vars if v not in (*LINK, "headroom")]
+        idata = az.InferenceData(posterior=self.idata.posterior[names], sample_stats=self.idata.sample_stats)
+        return FitResult(idata=idata, data=self.data, settings=self.settings, spec=self.spec)
+
+    def predict_draws(
+        self, N: Any = None, D: Any = None, C: Any = None, *, noise: bool = False, plugin: bool = False,
+        seed: int = 0, **covariates: Any,
+    ) -> np.ndarray:
+        """Posterior draws ``(draws, points)`` of the accuracy at new points.
+
+        Args:
+            N, D, C, **covariates: as for :meth:`FitResult.predict_draws` (parameters, tokens, FLOPs).
+            noise: a new run's accuracy (both stages' run-to-run noise included),
+                instead of the mean curve.
+            plugin: for comparison only: push the stage-1 posterior *median* loss
+                through the link, ignoring stage 1's uncertainty.
+            seed: PRNG seed of the noise.
+
+        Returns:
+            Accuracy draws, each stage-1 draw paired with one link draw.
+        """
+        loss = self.loss_fit.predict_draws(N, D, C, noise=noise, seed=seed, **covariates)
+        if plugin:
+            loss = np.broadcast_to(np.median(loss, axis=0), loss.shape)
+        link = {name: self.draws(name)[:, None] for name in LINK}
+        acc = sigmoid(loss, link["top"], link["k"], link["L0"], self.chance)
+        if noise:
+            key = jax.random.fold_in(jax.random.PRNGKey(seed), 2)
+            shock = self.likelihood.distribution(0.0, 1.0).sample(key, np.shape(acc))
+            acc = acc * np.exp(np.asarray(shock) * link["acc_sigma"])
+        return np.asarray(acc)
+
+    def predict(self, N: Any = None, D: Any = None, C: Any = None, *, level: float = LEVEL, seed: int = 0,
+                **covariates: Any) -> pd.DataFrame:
+        """Median and interval at ``level`` of a new run's accuracy, propagated and plug-in, one row per point."""
+        lo, hi = (1 - level) / 2, (1 + level) / 2
+        rows = {}
+        for name, plugin in (("", False), ("plugin_", True)):
+            draws = self.predict_draws(N, D, C, noise=True, plugin=plugin, seed=seed, **covariates)
+            rows[f"{name}median"] = np.median(draws, axis=0)
+            rows[f"{name}lower"], rows[f"{name}upper"] = np.quantile(draws, [lo, hi], axis=0)
+        covs = self.loss_fit._covariates(N, D, C, covariates.get("flops_per_token"), covariates.get("N_total"),
+                                         covariates.get("U"))
+        return pd.DataFrame({**{k: v for k, v in covs.items() if v is not None}, **rows})
+
+    def _meta(self) -> dict[str, Any]:
+        return {**spec_to_json(self.spec), "chance": self.chance,
+                "link_likelihood": {"name": self.likelihood.name, "nu": self.likelihood.nu}}
+
+    @classmethod
+    def _restore(cls, idata: az.InferenceData, meta: Mapping[str, Any], law: Any) -> DownstreamResult:
+        return cls(
+            idata=idata,
+            data=data_from_idata(idata, meta),
+            settings=settings_from_meta(meta),
+            spec=spec_from_json(meta, law),
+            chance=float(meta["chance"]),
+            likelihood=Likelihood(meta["link_likelihood"]["name"], meta["link_likelihood"]["nu"]),
+        )
+
+
+def fit_downstream(
+    loss_fit: FitResult,
+    accuracy: Any,
+    *,
+    chance: float,
+    likelihood: str | Likelihood = "student_t",
+) -> DownstreamResult:
+    """Fit the sigmoid link from a task's loss to its accuracy, beside the loss law's posterior.
+
+    Args:
+        loss_fit: stage 1: a fit of any law in N and D to the task's loss (or
+            bits per byte) of the runs.
+        accuracy: the same runs' accuracies, fractions in (0, 1), in the order of
+            ``loss_fit.data``, shape ``(n,)``.
+        chance: the task's chance accuracy (0.25 for four-way multiple choice),
+            the floor of the sigmoid.
+        likelihood: noise model on log accuracy (default Student-t, nu = 4).
+
+    Returns:
+        :class:`DownstreamResult`, sampled with ``loss_fit``'s settings so the two
+        stages' draws pair one to one; diagnostics warn as for :func:`bayescale.fit`.
+
+    Raises:
+        DataError: accuracies of the wrong length, outside (0, 1), or not above
+            chance anywhere; a chance level outside [0, 1).
+    """
+    if not (isinstance(chance, (int, float)) and 0.0 <= chance < 1.0):
+        raise DataError(f"chance must be an accuracy in [0, 1), got {chance!r}")
+    data = loss_fit.data
+    acc = np.asarray(accuracy, dtype=float).reshape(-1)
+    if acc.shape != (data.n,):
+        raise DataError(f"accuracy has {acc.size} values for the {data.n} runs of the loss fit")
+    index = data.index if data.index is not None else np.arange(data.n)
+    check_positive(acc, index, "accuracy", "accuracy")
+    if np.any(acc >= 1.0):
+        raise DataError(f"column 'accuracy' must be a fraction below 1; rows {list(index[acc >= 1.0][:5])} are not"
+                        " (percentages? divide by 100)")
+    if not np.any(acc > chance):
+        raise DataError(f"no run is above chance ({chance}): the link cannot be fitted")
+    lik = get_likelihood(likelihood)
+    x = np.asarray(data.loss, dtype=float)
+    link_data = LinkData(x=x, log_y=np.log(acc), centre=np.median(x), spread=max(float(np.std(x)), 1e-3))
+    settings = loss_fit.settings
+    idata = sample_model(LinkModel(float(chance), lik), link_data, settings, observed=np.log(acc),
+                         constant={**constant_data(data), "accuracy": acc}, desc="link fit")
+    stage1 = loss_fit.idata.posterior
+    idata.posterior = xr.merge([idata.posterior, stage1.drop_vars([v for v in stage1.data_vars if v in idata.posterior])],
+                               combine_attrs="drop")
+    result = DownstreamResult(idata=idata, data=data, settings=settings, spec=loss_fit.spec, chance=float(chance),
+                              likelihood=lik)
+    warn_unconverged(result.diagnostics, "downstream fit (both stages)")
+    return result
