@@ -13,7 +13,20 @@ This namespace only re-exports names from the modules below; importing it
 changes no global state (no warnings filters, no JAX configuration).
 """
 
-from . import allocation, cache, calibration, datasets, downstream, extrapolation, laws, likelihoods, plots, stacking, store
+from . import (
+    allocation,
+    cache,
+    calibration,
+    datasets,
+    downstream,
+    experiments,
+    extrapolation,
+    laws,
+    likelihoods,
+    plots,
+    stacking,
+    store,
+)
 from .allocation import (
     allocation_exponent_draws,
     allocation_exponents,
@@ -26,6 +39,7 @@ from .allocation import (
 from .batch import BatchResult, fit_batch, load_batch
 from .comparison import compare
 from .data import DataError, DataWarning, ScalingData
+from .experiments import Design, design
 from .downstream import DownstreamResult, fit_downstream
 from .fit import fit
 from .hierarchical import HierarchicalResult, fit_hierarchical
@@ -74,6 +88,8 @@ __all__ = [
     "fit",
     "fit_batch",
     "fit_downstream",
+    "Design",
+    "design",
     "DownstreamResult",
     "fit_hierarchical",
     "fit_isoflop",
