@@ -121,3 +121,13 @@ def test_cli_report_of_a_table_in_pf_days_is_complete(tmp_path, capsys) -> None:
     markdown = (out / "report.md").read_text()
     assert "pf\\_days \\[draft\\] \\*v1\\*.csv" in markdown and "[draft]" not in markdown  # user strings escaped
     assert "pf_days [draft] *v1*.csv" in bs.load(out / "fit.nc").data.source
+
+
+def test_cli_design_prints_and_writes_the_next_runs(chinchilla_fit: bs.FitResult, tmp_path, capsys) -> None:  # noqa: ANN001
+    chinchilla_fit.save(tmp_path / "fit.nc")
+    assert cli.main(["design", str(tmp_path), "--target-compute", "1e24", "--budget", "1e21", "-k", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "N_opt at 1e+24 FLOPs" in out and "runs to do next" in out
+    chosen = pd.read_csv(tmp_path / "design.csv")
+    assert len(chosen) == 2 and chosen["cumulative_cost"].iloc[-1] <= 1e21
+    assert cli.main(["design", str(tmp_path), "--target-compute", "1e24", "--candidates", str(tmp_path / "no.csv")]) == 2

@@ -77,3 +77,12 @@ def test_report_carries_the_extrapolation_check(chinchilla_fit: bs.FitResult, tm
     for name in ("html", "markdown"):
         text = files[name].read_text()
         assert "UNDER-COVER" in text and "bands assume the law holds beyond the data" in text
+
+
+def test_report_carries_the_design(chinchilla_fit: bs.FitResult, tmp_path) -> None:  # noqa: ANN001
+    plan = bs.design(chinchilla_fit, compute=1e24, budget=1e21, k=2)
+    files = bs.report(chinchilla_fit, tmp_path, compute=[1e22], design=plan)
+    page = files["html"].read_text()
+    assert "Next runs for N_opt at 1e+24 FLOPs" in page and 'id="fig-design"' in page
+    saved = json.loads(files["json"].read_text())["design"]
+    assert len(saved["selected"]) == 2 and saved["width"] == pytest.approx(plan.width)

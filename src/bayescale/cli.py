@@ -7,6 +7,7 @@ Examples::
     bayescale fit runs.csv --structural-error --backtest --out results/   # bands for planning, checked
     bayescale plan results/ --compute 1e22 1e23 1e24
     bayescale plan results/ --target-loss 2.0 1.9
+    bayescale design results/ --target-compute 1e24 --budget 1e21 -k 4   # which runs to do next
     bayescale report results/
     bayescale batch runs.csv --group-col arch --out batch-results/
     bayescale datasets
@@ -33,6 +34,7 @@ from . import __version__, cache, datasets
 from .allocation import compute_for_loss, compute_optimal, has_allocation
 from .batch import BatchResult, fit_batch, load_batch
 from .data import DataError, ScalingData
+from .experiments import design
 from .extrapolation import structural_error
 from .fit import fit
 from .laws import list_laws
@@ -139,6 +141,29 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _design(args: argparse.Namespace) -> int:
+    result = _load_results(args.results)
+    if isinstance(result, BatchResult):
+        raise DataError("design takes a single fit's folder; for a batch, use bs.design(batch[name], ...)")
+    candidates = None
+    if args.candidates:
+        if not os.path.isfile(args.candidates):
+            raise DataError(f"{args.candidates}: no such file")
+        candidates = pd.read_csv(args.candidates)
+    plan = design(result, compute=args.target_compute, candidates=candidates, budget=args.budget, k=args.k,
+                  rule=args.rule, seed=args.seed)
+    print(f"{plan.target}: current {plan.level:.0%} interval width {plan.width:.3g} (log scale)\n")
+    print("runs to do next, in order (width after each, with the ones before):")
+    _print(plan.selected)
+    print("\nbest candidates per FLOP:")
+    _print(plan.candidates.head(10))
+    if os.path.isdir(args.results):
+        _write_csv(plan.candidates, os.path.join(args.results, "design_candidates.csv"), index=False)
+        _write_csv(plan.selected, os.path.join(args.results, "design.csv"), index=False)
+        print(f"\nwrote {args.results}/design.csv, design_candidates.csv")
+    return 0
+
+
 def _sampler_args(args: argparse.Namespace) -> dict:
     return {
         "num_warmup": args.warmup,
@@ -209,6 +234,16 @@ def _parser() -> argparse.ArgumentParser:
                       help="instead of budgets: the compute needed to reach these losses (nats)")
     plan.add_argument("--flops-per-token", type=float, default=6.0, help="k in C = k*N*D (default 6)")
 
+    des = sub.add_parser("design", help="which runs to do next: the most narrowing of N_opt's interval per budget")
+    des.add_argument("results", help="folder written by 'bayescale fit' (or a fit.nc)")
+    des.add_argument("--target-compute", type=float, required=True, help="budget (FLOPs) whose N_opt to pin down")
+    des.add_argument("--budget", type=float, default=None, help="FLOPs available for the new runs (default: no limit)")
+    des.add_argument("-k", type=_positive_int, default=4, help="runs to choose (default 4)")
+    des.add_argument("--candidates", default=None, help="CSV of candidate runs (columns N, D; optional cost)")
+    des.add_argument("--rule", choices=["width", "per_flop"], default="width",
+                     help="choose by expected narrowing (default) or narrowing per FLOP")
+    des.add_argument("--seed", type=int, default=0, help="PRNG seed of the simulated outcomes (default 0)")
+
     batch = sub.add_parser("batch", help="fit a law to every group of a CSV")
     table(batch)
     batch.add_argument("--group-col", required=True, help="column naming each run's group")
@@ -253,6 +288,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "plan":
             return _plan(args)
+        if args.command == "design":
+            return _design(args)
         if args.command == "batch":
             return _batch(args)
         if args.command == "report":

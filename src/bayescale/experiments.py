@@ -17,8 +17,10 @@ posterior draws ``theta_s``:
    so informative that more draws are needed to value it precisely).
 
 Runs are chosen greedily, each conditioned on the outcomes simulated for the
-runs already chosen (from the same draw), by width reduction per FLOP among
-those the remaining budget can pay for. Targets, all on the log scale (the
+runs already chosen (from the same draw), among those the remaining budget can
+pay for: by the largest expected reduction (``rule="width"``: spend the budget
+where it narrows the interval most) or the largest reduction per FLOP
+(``rule="per_flop"``: the cheapest information first). Targets, all on the log scale (the
 width is a relative width): ``N_opt`` at a compute budget, or the loss of a
 planned run.
 
@@ -158,6 +160,7 @@ def design(
     flops_per_token: float = 6.0,
     level: float = LEVEL,
     outcomes: int = _OUTCOMES,
+    rule: str = "width",
     seed: int = 0,
 ) -> Design:
     """Value candidate runs by the expected narrowing of a planning interval, and choose ``k`` of them.
@@ -174,6 +177,9 @@ def design(
         flops_per_token: k in ``C = k·N·D`` for costs and allocation.
         level: credible level of the interval whose width is narrowed.
         outcomes: simulated outcomes per candidate (Monte Carlo size).
+        rule: how each next run is chosen among the affordable ones: ``"width"``,
+            the largest expected reduction, or ``"per_flop"``, the largest
+            reduction per FLOP.
         seed: PRNG seed of the simulated outcomes.
 
     Returns:
@@ -186,6 +192,8 @@ def design(
         raise ValueError("give one target: compute= (N_opt at that budget) or planned= (loss of a planned run)")
     if not (isinstance(k, int) and k >= 1):
         raise ValueError(f"k must be a positive integer, got {k!r}")
+    if rule not in ("width", "per_flop"):
+        raise ValueError(f"rule must be 'width' or 'per_flop', got {rule!r}")
     members, combine = _members(result)
     first = next(iter(members.values()))
     table = candidate_grid(first.data) if candidates is None else candidates.reset_index(drop=True).copy()
@@ -238,7 +246,7 @@ def design(
                 if c in chosen or (budget is not None and spent + cost > budget):
                     continue
                 out = value(c, base) if chosen else alone[c]
-                gain = (width - float(out[0])) / cost
+                gain = (width - float(out[0])) / (cost if rule == "per_flop" else 1.0)
                 if gain > best_gain:
                     best, best_gain, best_out = c, gain, out
             if best is None:

@@ -19,6 +19,7 @@ from matplotlib.axes import Axes
 
 from .allocation import allocation_exponent_draws, has_allocation, optimal_allocation
 from .batch import BatchResult
+from .experiments import Design
 from .isoflop import IsoFlopResult
 from .posterior import LEVEL, FitResult
 
@@ -30,6 +31,7 @@ __all__ = [
     "plot_pair",
     "plot_trace",
     "plot_forest",
+    "plot_design",
 ]
 
 _LABELS = {"N": "parameters N", "D": "tokens D", "C": "compute C (FLOPs)"}
@@ -273,3 +275,22 @@ def _param_draws(fit: FitResult, name: str) -> np.ndarray:
     if name in ("a", "b") and name not in fit.spec.latents:
         return allocation_exponent_draws(fit)[name]
     return fit.draws(name)
+
+
+def plot_design(plan: Design, ax: Axes | None = None) -> Axes:
+    """Candidate runs on the (N, D) plane coloured by their expected width reduction, the chosen ones numbered.
+
+    Dashed grey lines are iso-FLOP lines (C = 6·N·D) through the chosen runs.
+    """
+    ax = _axes(ax)
+    table = plan.candidates
+    points = ax.scatter(table["N"], table["D"], c=table["reduction"], cmap="viridis", s=40, zorder=2)
+    plt.colorbar(points, ax=ax, label=f"expected narrowing of the {plan.level:.0%} interval (log)")
+    n = np.exp(np.linspace(np.log(table["N"].min()), np.log(table["N"].max()), _POINTS))
+    for i, row in enumerate(plan.selected.itertuples(), start=1):
+        ax.plot(n, row.N * row.D / n, color="0.6", linestyle="--", linewidth=0.8, zorder=1)
+        ax.scatter([row.N], [row.D], s=160, facecolors="none", edgecolors="C3", linewidths=1.5, zorder=3)
+        ax.annotate(str(i), (row.N, row.D), textcoords="offset points", xytext=(6, 6), color="C3")
+    ax.set(xscale="log", yscale="log", xlabel=_LABELS["N"], ylabel=_LABELS["D"], ylim=(table["D"].min() / 2, table["D"].max() * 2),
+           title=f"next runs for {plan.target}")
+    return ax

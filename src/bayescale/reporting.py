@@ -31,6 +31,7 @@ from . import plots
 from .allocation import allocation_exponents, compute_optimal, has_allocation
 from .posterior import LEVEL, MISFIT, FitResult
 from .store import atomic_write, write_text
+from .experiments import Design
 from .validation import Backtest
 
 __all__ = ["report", "DEFAULT_COMPUTE"]
@@ -115,6 +116,7 @@ def report(
     level: float = LEVEL,
     title: str | None = None,
     backtest: Backtest | None = None,
+    design: Design | None = None,
 ) -> dict[str, Path]:
     """Write the planning report of ``fit`` into the folder ``path``.
 
@@ -127,6 +129,8 @@ def report(
         title: page title (default names the law and the data source).
         backtest: a rolling-origin check of the fit (:func:`bayescale.backtest`): its
             table and its plain verdict on the bands go into the report.
+        design: next runs chosen by :func:`bayescale.design`: the chosen runs, the
+            best candidates and a figure of all candidates go into the report.
 
     Returns:
         Paths of the files written: ``html``, ``markdown``, ``json`` (and the
@@ -170,14 +174,25 @@ def report(
             "backtest_message": backtest.message if backtest is not None else None,
             "backtest_under_covers": backtest.under_covers if backtest is not None else None,
         },
+        "design": None if design is None else {
+            "target": design.target, "level": design.level, "width": design.width,
+            "selected": _records(design.selected, "order"),
+        },
         "versions": _versions(),
     }
-    images = {name: (caption, _png(figure)) for name, (caption, figure) in _figures(fit, budgets, level).items()}
+    figures = _figures(fit, budgets, level)
+    if design is not None:
+        figures["design"] = (f"Candidate runs coloured by how much each narrows the interval of {design.target};"
+                             " circled: the runs chosen, in order.", plots.plot_design(design).figure)
+    images = {name: (caption, _png(figure)) for name, (caption, figure) in figures.items()}
     tables = [("Parameters", summary)]
     if plan is not None and exponents is not None:
         tables += [("Compute-optimal allocation", plan), ("Allocation exponents (N_opt ∝ C^a, D_opt ∝ C^b)", exponents)]
     if backtest is not None:
         tables.append(("Extrapolation check (rolling origin): " + backtest.message, backtest.table))
+    if design is not None:
+        heading = f"Next runs for {design.target} (current {design.level:.0%} width {design.width:.3g}, log scale)"
+        tables += [(heading, design.selected), ("Best candidates per FLOP", design.candidates.head(10))]
     texts = {
         "json": json.dumps(meta, indent=2, allow_nan=False),
         "markdown": _markdown(meta, status, tables, images),
