@@ -69,6 +69,9 @@ ESS_MIN = 400
 
 _FORMAT_VERSION = 2
 
+POINTWISE_DTYPE = np.float32
+"""Storage type of the per-run groups (log_likelihood, posterior_predictive) of every result."""
+
 MISFIT = "misfit_scale"
 """Posterior variable of the structural-error scale (see :mod:`bayescale.extrapolation`)."""
 
@@ -257,8 +260,10 @@ def build_idata(
         dims.update({name: [label] for name, v in posterior.items() if v.shape[2:] == (len(values),)})
     return az.from_dict(
         posterior=posterior,
-        posterior_predictive={OBSERVED: shape(sites[OBSERVED])[..., :n]},
-        log_likelihood={OBSERVED: shape(loglik)[..., :n]},
+        # The pointwise groups scale with draws x runs: float32 halves their memory and files, far inside
+        # the precision LOO and predictive checks need.
+        posterior_predictive={OBSERVED: shape(sites[OBSERVED])[..., :n].astype(POINTWISE_DTYPE)},
+        log_likelihood={OBSERVED: shape(loglik)[..., :n].astype(POINTWISE_DTYPE)},
         sample_stats={
             "diverging": draws.diverging,
             "n_steps": draws.num_steps,
