@@ -212,12 +212,12 @@ def _changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
     return f"sampler settings changed ({', '.join(changed)})" if changed else ""
 
 
-def _save(manifest: Manifest, name: Any, fit: FitResult, print_: Mapping[str, Any]) -> None:
+def _save(manifest: Manifest, name: Any, fit: FitResult, inputs: Mapping[str, Any]) -> None:
     path = os.path.join(manifest.folder, group_file(name))
-    manifest.record(name, "fitted", print_, write=lambda: fit.save(path))
+    manifest.record(name, "fitted", inputs, write=lambda: fit.save(path))
 
 
-def _reuse(manifest: Manifest, recorded: Mapping[str, Any], name: Any, print_: Mapping[str, Any],
+def _reuse(manifest: Manifest, recorded: Mapping[str, Any], name: Any, inputs: Mapping[str, Any],
            law: Law) -> tuple[FitResult | None, str]:
     """The saved result of group ``name`` if it can be reused, else ``None`` and why not ("" for a new group)."""
     entry = recorded.get(group_file(name))
@@ -225,16 +225,46 @@ def _reuse(manifest: Manifest, recorded: Mapping[str, Any], name: Any, print_: M
         return None, ""
     if entry["status"] != "fitted":
         return None, f"it failed before ({entry['reason']})"
-    why = _changes(entry["fingerprint"], print_)
+    why = _changes(entry["fingerprint"], inputs)
     if why:
         return None, why
     try:
         fit = load(os.path.join(manifest.folder, group_file(name)), law=law)
     except DataError as err:
         return None, str(err)
-    if not isinstance(fit, FitResult) or data_hash(fit.data) != print_["data"]:
+    if not isinstance(fit, FitResult) or data_hash(fit.data) != inputs["data"]:
         return None, f"{group_file(name)} holds another result than the manifest records"
     return fit, ""
+
+
+def _resume(
+    manifest: Manifest, order: list[Any], names: list[Any], inputs_of: Mapping[Any, Mapping[str, Any]], law: Law
+) -> tuple[dict[Any, FitResult], dict[Any, str]]:
+    """Start ``order`` as the folder's batch; the saved results of ``names`` that can be reused, and per name
+    ``"reused"``, ``"fitted"`` (new) or ``"refitted: <why>"``; warns about refits and left-out groups."""
+    stale = manifest.start(order)
+    if stale:
+        warnings.warn(
+            f"{manifest.folder}: {len(stale)} saved groups are not in this batch ({stale[:5]!r}"
+            f"{' ...' if len(stale) > 5 else ''}); their files stay, but load_batch no longer lists them",
+            ResumeWarning, stacklevel=3,
+        )
+    recorded = manifest.read()["groups"]
+    results, resume = {}, {}
+    for name in names:
+        fit, why = _reuse(manifest, recorded, name, inputs_of[name], law)
+        if fit is not None:
+            results[name] = fit
+        resume[name] = "reused" if fit is not None else f"refitted: {why}" if why else "fitted"
+    refits = {n: r for n, r in resume.items() if r.startswith("refitted")}
+    if refits:
+        warnings.warn(
+            f"{manifest.folder}: {len(refits)} saved groups are refitted: "
+            + "; ".join(f"{n!r} {r[len('refitted: '):]}" for n, r in list(refits.items())[:5])
+            + (" ..." if len(refits) > 5 else ""),
+            ResumeWarning, stacklevel=3,
+        )
+    return results, resume
 
 
 def load_batch(out_dir: str | os.PathLike[str], law: Law | None = None) -> BatchResult:
@@ -362,32 +392,12 @@ def fit_batch(
     if shard is not None:
         todo = [t for t in todo if t[0] % count == index]
     own = {n: dataclasses.replace(settings, seed=settings.seed + i) for i, n, _ in todo}
-    prints = {n: fingerprint(spec, own[n], d) for _, n, d in todo}
+    inputs_of = {n: fingerprint(spec, own[n], d) for _, n, d in todo}
     results: dict[Any, FitResult] = {}
     resume: dict[Any, str] = {}
     manifest = None if out_dir is None else Manifest(out_dir)
     if manifest is not None:
-        stale = manifest.start(order)
-        if stale:
-            warnings.warn(
-                f"{manifest.folder}: {len(stale)} saved groups are not in this batch ({stale[:5]!r}"
-                f"{' ...' if len(stale) > 5 else ''}); their files stay, but load_batch no longer lists them",
-                ResumeWarning, stacklevel=2,
-            )
-        recorded = manifest.read()["groups"]
-        for _, name, _ in todo:
-            fit, why = _reuse(manifest, recorded, name, prints[name], spec.law)
-            if fit is not None:
-                results[name] = fit
-            resume[name] = "reused" if fit is not None else f"refitted: {why}" if why else "fitted"
-        refits = {n: r for n, r in resume.items() if r.startswith("refitted")}
-        if refits:
-            warnings.warn(
-                f"{manifest.folder}: {len(refits)} saved groups are refitted: "
-                + "; ".join(f"{n!r} {r[len('refitted: '):]}" for n, r in list(refits.items())[:5])
-                + (" ..." if len(refits) > 5 else ""),
-                ResumeWarning, stacklevel=2,
-            )
+        results, resume = _resume(manifest, order, [n for _, n, _ in todo], inputs_of, spec.law)
         todo = [t for t in todo if t[1] not in results]
         for name, reason in failures.items():
             manifest.record(name, "failed", {}, reason)
@@ -410,13 +420,13 @@ def fit_batch(
                 for _, name, _ in chunk:
                     failures[name] = reason
                     if manifest is not None:
-                        manifest.record(name, "failed", prints[name], reason)
+                        manifest.record(name, "failed", inputs_of[name], reason)
                 continue
             efficiencies.append(efficiency)
             for _, name, _ in chunk:
                 results[name] = fitted[name]
                 if manifest is not None:
-                    _save(manifest, name, fitted[name], prints[name])
+                    _save(manifest, name, fitted[name], inputs_of[name])
     stats = {"wall_s": time.perf_counter() - start}
     if efficiencies:
         stats["lane_efficiency"] = float(np.mean(efficiencies))
