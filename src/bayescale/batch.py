@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -40,7 +41,7 @@ from .laws import Law, get_law
 from .likelihoods import Likelihood, get_likelihood
 from .model import Spec, bucket_size, check_data, make_spec, model_data, potential_fn
 from .posterior import LEVEL, Diagnostics, FitResult, fit_idata, load, spec_to_json, summaries_by_group
-from .sampling import SamplerSettings, resolve_strategy, sample_lanes, sampler_settings
+from .sampling import Draws, SamplerSettings, resolve_strategy, sample_lanes, sampler_settings
 from .start import initial_points
 from .store import MANIFEST, Manifest, ResumeWarning, data_hash, group_file, label_from_json
 
@@ -99,8 +100,8 @@ def split_groups(
 
 
 def _chunk_size(lanes_per_group: int, k: int, iterations: int, strategy: str) -> int:
-    if strategy == "loop":  # as many groups as keep the cores busy: each is saved as soon as its chunk ends
-        return max(1, (os.cpu_count() or 1) // lanes_per_group)
+    if strategy == "loop":  # lanes run a thread per core and each group is saved as soon as its chains finish
+        return 64
     per_group = lanes_per_group * iterations * (k + 6) * 8 * 3
     device = jax.devices()[0]
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
@@ -299,9 +300,13 @@ def load_batch(out_dir: str | os.PathLike[str], law: Law | None = None) -> Batch
 
 
 def _fit_chunk(
-    spec: Spec, chunk: list[tuple[int, str, ScalingData]], size: int, settings: SamplerSettings, strategy: str
-) -> tuple[dict[str, FitResult], float]:
-    """Fit one chunk of groups padded to ``size`` rows; returns results and lane efficiency."""
+    spec: Spec, chunk: list[tuple[int, Any, ScalingData]], size: int, settings: SamplerSettings, strategy: str,
+    on_group: Callable[[Any, FitResult], None] | None = None,
+) -> tuple[dict[Any, FitResult], float]:
+    """Fit one chunk of groups padded to ``size`` rows; returns results and lane efficiency.
+
+    ``on_group(name, result)`` is called as soon as each group's chains have all finished.
+    """
     num_chains, seed = settings.num_chains, settings.seed
     mds = [model_data(d, spec.law, size=size) for _, _, d in chunk]
     stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *mds)
@@ -312,19 +317,31 @@ def _fit_chunk(
         inits = jax.vmap(lambda m, k: initial_points(spec, m, k, num_chains))(stacked, keys[:, 0])
     lanes = jax.tree_util.tree_map(lambda a: jnp.repeat(a, num_chains, axis=0), stacked)
     lane_keys = jax.vmap(lambda k: jax.random.split(k, num_chains))(keys[:, 1]).reshape(-1, 2)
+    results: dict[Any, FitResult] = {}
+    finished: dict[int, dict[int, Draws]] = {}
+    lock = threading.Lock()
+
+    def lane_done(lane: int, draws: Draws) -> None:
+        j, chain = divmod(lane, num_chains)
+        with lock:
+            finished.setdefault(j, {})[chain] = draws
+            if len(finished[j]) < num_chains:
+                return
+        part = Draws(*(np.stack(field) for field in zip(*(finished[j][c] for c in range(num_chains)))))
+        i, name, data = chunk[j]
+        idata = fit_idata(spec, data, mds[j], part, keys[j, 2])
+        results[name] = FitResult(idata=idata, data=data, settings=dataclasses.replace(settings, seed=seed + i),
+                                  spec=spec)
+        if on_group is not None:
+            on_group(name, results[name])
+
     draws = sample_lanes(
         potential_fn(spec), inits.reshape(-1, inits.shape[-1]), lanes, lane_keys, settings.nuts,
         strategy=strategy, progress=settings.progress, desc=f"{len(chunk)} groups x {num_chains} chains",
+        on_lane=lane_done,
     )
     steps = draws.num_steps.astype(float)
-    efficiency = float(np.mean(steps.mean(axis=0) / steps.max(axis=0)))
-    results = {}
-    for j, (i, name, data) in enumerate(chunk):
-        part = jax.tree_util.tree_map(lambda a: a[j * num_chains:(j + 1) * num_chains], draws)
-        idata = fit_idata(spec, data, mds[j], part, keys[j, 2])
-        own = dataclasses.replace(settings, seed=seed + i)
-        results[name] = FitResult(idata=idata, data=data, settings=own, spec=spec)
-    return results, efficiency
+    return {name: results[name] for _, name, _ in chunk}, float(np.mean(steps.mean(axis=0) / steps.max(axis=0)))
 
 
 def fit_batch(
@@ -353,7 +370,7 @@ def fit_batch(
             seed ``settings.seed + i``; ``progress`` shows bars over chunks and iterations.
         chunk_size: groups per chunk; default from device memory (vmap) or as many
             as keep the CPU cores busy (loop).
-        out_dir: save each group here as soon as its chunk finishes, with a
+        out_dir: save each group here as soon as its chains finish, with a
             manifest of what each result depends on (see :mod:`bayescale.store`).
             Rerunning resumes: a saved group is reused only when its data, law,
             likelihood, priors, sampler settings and seed all match and its file
@@ -413,8 +430,9 @@ def fit_batch(
     start = time.perf_counter()
     with jax.enable_x64(settings.x64):
         for size, chunk in tqdm(chunks, desc="chunks", disable=not settings.progress or len(chunks) < 2):
+            save = None if manifest is None else lambda name, fit: _save(manifest, name, fit, inputs_of[name])
             try:
-                fitted, efficiency = _fit_chunk(spec, chunk, size, settings, strategy)
+                fitted, efficiency = _fit_chunk(spec, chunk, size, settings, strategy, save)
             except Exception as err:  # noqa: BLE001 - one failing chunk must not stop the batch
                 reason = f"sampler failed: {type(err).__name__}: {err}"
                 for _, name, _ in chunk:
@@ -423,10 +441,7 @@ def fit_batch(
                         manifest.record(name, "failed", inputs_of[name], reason)
                 continue
             efficiencies.append(efficiency)
-            for _, name, _ in chunk:
-                results[name] = fitted[name]
-                if manifest is not None:
-                    _save(manifest, name, fitted[name], inputs_of[name])
+            results.update(fitted)
     stats = {"wall_s": time.perf_counter() - start}
     if efficiencies:
         stats["lane_efficiency"] = float(np.mean(efficiencies))

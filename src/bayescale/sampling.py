@@ -272,6 +272,7 @@ def sample_lanes(
     workers: int | None = None,
     progress: bool = False,
     desc: str = "sampling",
+    on_lane: Callable[[int, Draws], None] | None = None,
 ) -> Draws:
     """Run NUTS on independent lanes.
 
@@ -286,6 +287,9 @@ def sample_lanes(
         workers: threads for ``"loop"``; default: number of CPU cores.
         progress: show a tqdm progress bar.
         desc: progress-bar label.
+        on_lane: called as ``on_lane(lane, draws)`` with each lane's draws as soon as
+            that lane finishes (``"loop"``: in the worker thread, in the caller's
+            precision; ``"vmap"``: lanes finish together, in lane order).
 
     Returns:
         :class:`Draws` with the post-warmup iterations of every lane, in lane order.
@@ -309,7 +313,10 @@ def sample_lanes(
                 state, out = advance_v(state, data, seg)
                 chunks.append(jax.device_get(out))
                 bar.update(seg * lanes)
-            return _collect(chunks, config.num_warmup, axis=1)
+            draws = _collect(chunks, config.num_warmup, axis=1)
+            for lane in range(lanes if on_lane is not None else 0):
+                on_lane(lane, Draws(*(field[lane] for field in draws)))
+            return draws
 
         x64 = bool(jax.config.jax_enable_x64)  # config contexts are thread-local
 
@@ -322,7 +329,10 @@ def sample_lanes(
                     state, out = advance_j(state, lane_data, seg)
                     chunks.append(jax.device_get(out))
                     bar.update(seg)
-                return _collect(chunks, config.num_warmup, axis=0)
+                draws = _collect(chunks, config.num_warmup, axis=0)
+                if on_lane is not None:
+                    on_lane(lane, draws)
+                return draws
 
         # Compile on the first lane before fanning out, so threads share one program.
         first = run(0)
