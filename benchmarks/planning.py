@@ -6,7 +6,8 @@ Three held-out checks on the bundled real tables (``bs.datasets``; licences in t
    on runs up to 1.3B parameters; stage 2 (``bs.fit_downstream``) links bits per byte to 5-shot
    accuracy; both predict the six 3.2B runs. Reported per task: mean absolute error of the median
    accuracy and 90% coverage of a new run's accuracy, propagated (stage-1 draws carried through the
-   link) and plug-in (stage-1 median only).
+   link), plug-in (stage-1 median only), and the direct form (error = E + A·C^-alpha fitted to the
+   runs' errors against compute, ``law="offset_power"``).
 2. Data-constrained law, datablations final losses (204 runs, 1-9000 epochs; and the 187 with at
    most 100 epochs): posteriors of R_D* and R_N*, next to the published fit (15.4, 5.3); then fit runs
    below 2B parameters and score the held-out largest sizes (2.2B, 2.8B, 3.9B), against the
@@ -43,9 +44,12 @@ def downstream() -> pd.DataFrame:
         runs = bs.ScalingData.from_table(train, params="N", tokens="D_tokens", loss=f"{task}_rc5_bpb")
         result = bs.fit_downstream(bs.fit(runs, seed=0), train[f"{task}_rc5_acc"], chance=chance)
         truth = test[f"{task}_rc5_acc"].to_numpy()
-        for mode, plugin in (("propagated", False), ("plug-in", True)):
-            draws = result.predict_draws(N=test["N"].to_numpy(), D=test["D_tokens"].to_numpy(), noise=True,
-                                         plugin=plugin, seed=1)
+        error = bs.ScalingData.from_arrays(loss=1 - train[f"{task}_rc5_acc"], C=train["C_6ND"])
+        direct = bs.fit(error, law="offset_power", seed=0)  # the direct form: error = E + A·C^-alpha
+        new = {"N": test["N"].to_numpy(), "D": test["D_tokens"].to_numpy()}
+        for mode, plugin in (("propagated", False), ("plug-in", True), ("direct", None)):
+            draws = (1 - direct.predict_draws(C=6 * new["N"] * new["D"], noise=True, seed=1) if plugin is None
+                     else result.predict_draws(**new, noise=True, plugin=plugin, seed=1))
             lo, med, hi = np.quantile(draws, [0.05, 0.5, 0.95], axis=0)
             rows.append({"task": task, "mode": mode, "held_out": truth.size,
                          "abs_error": float(np.mean(np.abs(med - truth))),

@@ -27,6 +27,13 @@ def test_propagated_bands_are_wider_than_plugin_bands(tiny_downstream: bs.Downst
     assert tiny_downstream.loss_fit.draws("E").shape == tiny_downstream.draws("k").shape  # draws pair one to one
 
 
+def test_planning_table_gains_accuracy(tiny_downstream: bs.DownstreamResult) -> None:
+    table = tiny_downstream.compute_optimal([1e21, 1e23])
+    assert set(table.columns.get_level_values(0)) == {"N_opt", "D_opt", "loss_opt", "accuracy"}
+    np.testing.assert_allclose(table["N_opt"], bs.compute_optimal(tiny_downstream.loss_fit, [1e21, 1e23])["N_opt"])
+    assert (table[("accuracy", "median")].diff().dropna() > 0).all()  # more compute, lower loss, higher accuracy
+
+
 @pytest.mark.parametrize(
     ("accuracy", "chance", "match"),
     [

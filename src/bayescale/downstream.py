@@ -37,6 +37,7 @@ import numpyro.distributions as dist
 import pandas as pd
 import xarray as xr
 
+from .allocation import optimal_allocation
 from .data import DataError, check_positive
 from .fit import sample_model
 from .likelihoods import Likelihood, get_likelihood
@@ -50,6 +51,7 @@ from .posterior import (
     settings_from_meta,
     spec_from_json,
     spec_to_json,
+    table_of_draws,
     warn_unconverged,
 )
 
@@ -170,6 +172,22 @@ class DownstreamResult(Posterior):
         covs = self.loss_fit._covariates(N, D, C, covariates.get("flops_per_token"), covariates.get("N_total"),
                                          covariates.get("U"))
         return pd.DataFrame({**{k: v for k, v in covs.items() if v is not None}, **rows})
+
+    def compute_optimal(self, compute: Any, flops_per_token: float = 6.0, level: float = LEVEL) -> pd.DataFrame:
+        """The planning table with accuracy: compute-optimal N, D and loss per budget, and the accuracy there.
+
+        Each stage-1 draw's optimum (:func:`bayescale.allocation.optimal_allocation`)
+        is pushed through its paired link draw, so the accuracy interval carries both stages.
+
+        Returns:
+            DataFrame indexed by compute (FLOPs): column groups ``N_opt``, ``D_opt``,
+            ``loss_opt`` (stage-1 units) and ``accuracy`` (mean curve), median and interval.
+        """
+        plan = optimal_allocation(self.spec.law, self.loss_fit.draws(), compute, flops_per_token)
+        link = {name: self.draws(name)[:, None] for name in LINK}
+        plan["accuracy"] = np.asarray(sigmoid(plan["loss_opt"], link["top"], link["k"], link["L0"], self.chance))
+        del plan["tokens_per_param"]
+        return table_of_draws(plan, pd.Index(np.atleast_1d(np.asarray(compute, dtype=float)), name="compute"), level)
 
     def _meta(self) -> dict[str, Any]:
         return {**spec_to_json(self.spec), "chance": self.chance,
