@@ -165,3 +165,19 @@ def test_load_names_the_file_it_cannot_read(tmp_path) -> None:  # noqa: ANN001
     bad.write_bytes(b"not a netcdf file")
     with pytest.raises(ValueError, match="broken.nc"):
         bs.load(bad)
+
+
+def test_pointwise_groups_are_computed_in_bounded_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A table too large for one pointwise call is cut into blocks of draws: same log-likelihood, float32."""
+    N, D = bs.chinchilla_design(40, seed=0)
+    data = bs.simulate("chinchilla", CHINCHILLA, N=N, D=D, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bs.ConvergenceWarning)
+        whole = bs.fit(data, settings=TINY)
+        monkeypatch.setattr(bs.posterior, "POINTWISE_ELEMENTS", 40 * 37)  # blocks of 37 of the 300 draws
+        blocks = bs.fit(data, settings=TINY)
+    np.testing.assert_array_equal(blocks.draws("E"), whole.draws("E"))
+    for group in ("log_likelihood", "posterior_predictive"):
+        assert blocks.idata[group]["log_loss"].dtype == np.float32
+        assert blocks.idata[group]["log_loss"].shape == whole.idata[group]["log_loss"].shape
+    np.testing.assert_allclose(blocks.idata.log_likelihood["log_loss"], whole.idata.log_likelihood["log_loss"], rtol=1e-5)

@@ -70,7 +70,10 @@ ESS_MIN = 400
 _FORMAT_VERSION = 2
 
 POINTWISE_DTYPE = np.float32
-"""Storage type of the per-run groups (log_likelihood, posterior_predictive) of every result."""
+"""Storage type of the per-run groups (log_likelihood, posterior_predictive) of every result: they scale
+with draws x runs, and float32 halves their memory and files, far inside the precision LOO needs."""
+POINTWISE_ELEMENTS = 2**22
+"""Draws x runs computed per call of the pointwise program (about 1 GB of intermediates at most)."""
 
 MISFIT = "misfit_scale"
 """Posterior variable of the structural-error scale (see :mod:`bayescale.extrapolation`)."""
@@ -213,6 +216,36 @@ def _pointwise(model: Any, layout: Layout, z: jax.Array, data: Any, key: jax.Arr
     return {**samples, **sites}, log_likelihood(model, samples, data, parallel=True)[OBSERVED]
 
 
+def draws_per_call(num_draws: int, runs: int) -> int:
+    """Draws per call of the pointwise program: all of them, unless draws x runs exceeds
+    :data:`POINTWISE_ELEMENTS` (then as many as fit, so memory stays bounded on any table)."""
+    return num_draws if num_draws * runs <= POINTWISE_ELEMENTS else max(1, POINTWISE_ELEMENTS // runs)
+
+
+def _pointwise_draws(model: Any, layout: Layout, z: jax.Array, data: Any, key: jax.Array, runs: int):  # noqa: ANN202
+    """:func:`_pointwise` over all draws ``z``, in calls of one compiled shape; per-run arrays as float32.
+
+    A table small enough for one call gets exactly the one-call answer; a larger one is cut into
+    blocks of draws, each with its own predictive key (``fold_in(key, block)``).
+    """
+    total = z.shape[0]
+    size = draws_per_call(total, runs)
+    blocks = []
+    for index, start in enumerate(range(0, total, size)):
+        block = z[start:start + size]
+        keep = block.shape[0]
+        if keep < size:  # the last block, padded to the compiled shape
+            block = jnp.concatenate([block, jnp.repeat(block[-1:], size - keep, axis=0)])
+        sites, loglik = _pointwise(model, layout, block, data, key if size == total else jax.random.fold_in(key, index))
+        sites = {name: np.asarray(v)[:keep] for name, v in sites.items()}
+        sites[OBSERVED] = sites[OBSERVED].astype(POINTWISE_DTYPE)
+        blocks.append((sites, np.asarray(loglik)[:keep].astype(POINTWISE_DTYPE)))
+    if len(blocks) == 1:
+        return blocks[0]
+    return ({name: np.concatenate([b[0][name] for b in blocks]) for name in blocks[0][0]},
+            np.concatenate([b[1] for b in blocks]))
+
+
 def build_idata(
     model: Any,
     layout: Layout,
@@ -245,7 +278,7 @@ def build_idata(
     """
     chains, samples, k = draws.z.shape
     n = observed.shape[0]
-    sites, loglik = _pointwise(model, layout, jnp.asarray(draws.z.reshape(chains * samples, k)), data, key)
+    sites, loglik = _pointwise_draws(model, layout, jnp.asarray(draws.z.reshape(chains * samples, k)), data, key, n)
     shape = lambda a: np.asarray(a).reshape(chains, samples, *np.shape(a)[1:])  # noqa: E731
     # Factor sites (``numpyro.factor``) come back as empty arrays: they are not variables.
     posterior = {
@@ -260,10 +293,8 @@ def build_idata(
         dims.update({name: [label] for name, v in posterior.items() if v.shape[2:] == (len(values),)})
     return az.from_dict(
         posterior=posterior,
-        # The pointwise groups scale with draws x runs: float32 halves their memory and files, far inside
-        # the precision LOO and predictive checks need.
-        posterior_predictive={OBSERVED: shape(sites[OBSERVED])[..., :n].astype(POINTWISE_DTYPE)},
-        log_likelihood={OBSERVED: shape(loglik)[..., :n].astype(POINTWISE_DTYPE)},
+        posterior_predictive={OBSERVED: shape(sites[OBSERVED])[..., :n]},
+        log_likelihood={OBSERVED: shape(loglik)[..., :n]},
         sample_stats={
             "diverging": draws.diverging,
             "n_steps": draws.num_steps,
@@ -299,7 +330,8 @@ def fit_idata(spec: Spec, data: ScalingData, md: ModelData, draws: Draws, key: j
 def compile_fit_idata(spec: Spec, md: ModelData, num_draws: int, key: jax.Array) -> None:
     """Compile the program :func:`fit_idata` runs for ``num_draws`` draws, without running it."""
     model = build_model(spec)
-    z = jax.ShapeDtypeStruct((num_draws, len(spec.latents)), md.log_y.dtype)
+    runs = int(np.sum(np.asarray(md.mask)))  # as fit_idata counts them: the real runs
+    z = jax.ShapeDtypeStruct((draws_per_call(num_draws, runs), len(spec.latents)), md.log_y.dtype)
     _pointwise.lower(model, model.layout(), z, md, key).compile()
 
 
