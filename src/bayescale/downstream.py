@@ -240,7 +240,8 @@ def fit_downstream(
     index = data.index if data.index is not None else np.arange(data.n)
     check_positive(acc, index, "accuracy", "accuracy")
     if np.any(acc >= 1.0):
-        raise DataError(f"column 'accuracy' must be a fraction below 1; rows {list(index[acc >= 1.0][:5])} are not"
+        rows = np.asarray(index)[acc >= 1.0][:5].tolist()
+        raise DataError(f"column 'accuracy' must be a fraction below 1; rows {rows} are not"
                         " (percentages? divide by 100)")
     if not np.any(acc > chance):
         raise DataError(f"no run is above chance ({chance}): the link cannot be fitted")
@@ -251,8 +252,8 @@ def fit_downstream(
     idata = sample_model(LinkModel(float(chance), lik), link_data, settings, observed=np.log(acc),
                          constant={**constant_data(data), "accuracy": acc}, desc="link fit")
     stage1 = loss_fit.idata.posterior
-    idata.posterior = xr.merge([idata.posterior, stage1.drop_vars([v for v in stage1.data_vars if v in idata.posterior])],
-                               combine_attrs="drop")
+    shared = [v for v in stage1.data_vars if v in idata.posterior]
+    idata.posterior = xr.merge([idata.posterior, stage1.drop_vars(shared)], combine_attrs="drop")
     result = DownstreamResult(idata=idata, data=data, settings=settings, spec=loss_fit.spec, chance=float(chance),
                               likelihood=lik)
     warn_unconverged(result.diagnostics, "downstream fit (both stages)")

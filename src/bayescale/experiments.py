@@ -139,7 +139,8 @@ def _members(result: Posterior) -> tuple[dict[str, FitResult], Any]:
     if isinstance(result, StackedResult):
         return dict(result.members), result.combine
     if not isinstance(result, FitResult):
-        raise TypeError(f"design needs a fit, a batch or hierarchical member, or a stacked result; got {type(result).__name__}")
+        raise TypeError("design needs a fit, a batch or hierarchical member, or a stacked result;"
+                        f" got {type(result).__name__}")
     return {"fit": result}, lambda parts: parts["fit"]
 
 
@@ -211,7 +212,8 @@ def design(
             params = {p: jnp.asarray(v) for p, v in fit.draws().items()}
             parts_mu[name] = np.asarray(jax.vmap(lambda p: fit.law.log_mean(p, log_x))(params))
             if compute is not None:
-                parts_q[name] = np.log(optimal_allocation(fit.law, fit.draws(), [compute], flops_per_token)["N_opt"][:, 0])
+                n_opt = optimal_allocation(fit.law, fit.draws(), [compute], flops_per_token)["N_opt"]
+                parts_q[name] = np.log(n_opt[:, 0])
             else:
                 point = {c: jnp.log(jnp.asarray([float(planned[c])])) for c in ("N", "D")}
                 parts_q[name] = np.asarray(jax.vmap(lambda p: fit.law.log_mean(p, point))(params))[:, 0]

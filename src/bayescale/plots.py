@@ -291,6 +291,6 @@ def plot_design(plan: Design, ax: Axes | None = None) -> Axes:
         ax.plot(n, row.N * row.D / n, color="0.6", linestyle="--", linewidth=0.8, zorder=1)
         ax.scatter([row.N], [row.D], s=160, facecolors="none", edgecolors="C3", linewidths=1.5, zorder=3)
         ax.annotate(str(i), (row.N, row.D), textcoords="offset points", xytext=(6, 6), color="C3")
-    ax.set(xscale="log", yscale="log", xlabel=_LABELS["N"], ylabel=_LABELS["D"], ylim=(table["D"].min() / 2, table["D"].max() * 2),
-           title=f"next runs for {plan.target}")
+    ax.set(xscale="log", yscale="log", xlabel=_LABELS["N"], ylabel=_LABELS["D"],
+           ylim=(table["D"].min() / 2, table["D"].max() * 2), title=f"next runs for {plan.target}")
     return ax
