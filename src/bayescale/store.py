@@ -30,7 +30,14 @@ from filelock import FileLock
 from .data import DataError, ScalingData
 
 __all__ = [
-    "ResumeWarning", "atomic_write", "write_text", "data_hash", "label_to_json", "label_from_json", "group_file", "Manifest",
+    "ResumeWarning",
+    "atomic_write",
+    "write_text",
+    "data_hash",
+    "label_to_json",
+    "label_from_json",
+    "group_file",
+    "Manifest",
 ]
 
 MANIFEST = "manifest.json"
@@ -94,7 +101,9 @@ def label_to_json(label: Any) -> dict[str, Any]:
     value = label.item() if isinstance(label, np.generic) else label
     kind = _LABEL_TYPES.get(type(value))
     if kind is None:
-        raise DataError(f"group label {label!r} is a {type(label).__name__}; saved groups need str, int, float or bool labels")
+        raise DataError(
+            f"group label {label!r} is a {type(label).__name__}; saved groups need str, int, float or bool labels"
+        )
     return {"value": value, "type": kind}
 
 
