@@ -38,6 +38,7 @@ __all__ = [
     "label_from_json",
     "group_file",
     "Manifest",
+    "MANIFEST",
 ]
 
 MANIFEST = "manifest.json"
