@@ -63,7 +63,9 @@ def test_design_for_a_planned_run_and_for_stacked_laws(ladder_fit: bs.FitResult,
     assert "loss at N = 4e+09" in plan.target
     # running the planned model itself narrows its loss most; per FLOP, the cheap run wins
     assert plan.candidates.loc[plan.candidates["reduction"].idxmax(), "N"] == 4e9
-    assert plan.selected["N"].iloc[0] == plan.candidates["N"].iloc[0]
+    assert plan.selected["N"].iloc[0] == 4e9
+    cheap = bs.design(ladder_fit, planned={"N": 4e9, "D": 8e10}, candidates=candidates, rule="per_flop")
+    assert cheap.selected["N"].iloc[0] == cheap.candidates["N"].iloc[0] == 1e8
     stacked = bs.design(tiny_stacked, compute=1e23, candidates=candidates, k=2)
     assert len(stacked.selected) == 2 and np.isfinite(stacked.candidates["width"]).all()
 

@@ -94,6 +94,15 @@ RANGES: dict[str, Sampler] = {
     "moe": lambda rng, n: {**RANGES["chinchilla"](rng, n), "w": _uniform(rng, n, 0.1, 0.9)},
     "offset_power": _offset_power,
     "broken_power": _broken_power,
+    "data_constrained": lambda rng, n: {
+        **RANGES["chinchilla"](rng, n), "R_D": _log_uniform(rng, n, 5, 50), "R_N": _log_uniform(rng, n, 2, 20),
+    },
+    "overtrain": lambda rng, n: {
+        "E": _uniform(rng, n, 1.5, 2.2),
+        "eta": _uniform(rng, n, 0.12, 0.2),
+        "A": _log_uniform(rng, n, 100, 1000),
+        "B": _log_uniform(rng, n, 100, 1000),
+    },
     "power": _power,
 }
 """Built-in law name -> sampler of realistic true values ``(rng, n) -> {param: (n,)}``.
@@ -104,7 +113,9 @@ N_c, D_c, C_c log-uniform over a decade around them. offset_power: the
 reducible loss at 1e20 FLOPs U(0.5, 1.5), alpha ~ U(0.1, 0.3). power: a ~
 U(0.1, 0.5), Y at 1e20 FLOPs log-uniform on [1e5, 1e7]. moe: as chinchilla, w ~
 U(0.1, 0.9), half the runs dense and half with 4, 8 or 16 times as many total
-as active parameters."""
+as active parameters. data_constrained: as chinchilla, R_D* log-uniform on [5, 50],
+R_N* on [2, 20], unique tokens a log-uniform 1/60 to 1 of each run's tokens (1-60
+epochs). overtrain: E as chinchilla, eta ~ U(0.12, 0.2), A, B log-uniform on [100, 1000]."""
 
 
 def draw_truths(
@@ -299,15 +310,17 @@ def simulate_datasets(
     law_obj = get_law(law)
     datasets = {}
     for i, (name, row) in enumerate(truths.iterrows()):
-        # independent streams for the design, the MoE total sizes and the noise
+        # independent streams for the design, the MoE total sizes or unique tokens, and the noise
         design_rng, total_rng, noise_rng = np.random.SeedSequence([seed, i]).spawn(3)
         N, D = chinchilla_design(runs_per_dataset, seed=_int_seed(design_rng))
-        n_total = None
+        n_total = unique = None
+        rng = np.random.default_rng(total_rng)
         if "N_total" in law_obj.covariates:
-            rng = np.random.default_rng(total_rng)
             n_total = N * np.where(rng.random(N.size) < 0.5, 1.0, rng.choice([4.0, 8.0, 16.0], N.size))
+        if "U" in law_obj.covariates:
+            unique = D / np.exp(rng.uniform(0.0, np.log(60.0), N.size))
         params = {p: float(row[p]) for p in law_obj.params}
-        datasets[name] = simulate(law_obj, params, N=N, D=D, N_total=n_total, noise=float(row["sigma"]),
+        datasets[name] = simulate(law_obj, params, N=N, D=D, N_total=n_total, U=unique, noise=float(row["sigma"]),
                                   nu=lik.nu if lik.name == "student_t" else None, seed=_int_seed(noise_rng))
     return datasets
 
