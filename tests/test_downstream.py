@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import bayescale as bs
-from conftest import CHINCHILLA, TINY, sigmoid_accuracy
+from conftest import CHINCHILLA, TINY, interval, sigmoid_accuracy
 
 
 def test_link_is_floored_at_chance_and_falls_with_loss(tiny_downstream: bs.DownstreamResult) -> None:
@@ -82,3 +82,23 @@ def test_propagated_bands_cover_the_truth_and_plugin_bands_do_not() -> None:
     rate = {k: float(np.mean(v)) for k, v in covered.items()}
     assert rate["propagated"] >= 0.8, rate
     assert rate["plugin"] <= 0.6, rate
+
+
+def test_exponential_link_of_gadre_et_al(small_groups: dict, tmp_path) -> None:  # noqa: ANN001
+    """err = eps - k·exp(-gamma·L), as accuracy chance + k·exp(-gamma·L): fitted, predicted, saved and loaded."""
+    data = small_groups["g1"]
+    acc = np.asarray(bs.downstream.exponential(data.loss, 8.0, 1.5, 0.25))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bs.ConvergenceWarning)
+        noisy = acc * np.exp(0.01 * np.random.default_rng(0).standard_normal(data.n))
+        result = bs.fit_downstream(bs.fit(data, settings=TINY), noisy, chance=0.25, link="exponential")
+    assert result.latents[-3:] == ("k", "gamma", "acc_sigma")
+    for name, truth in (("k", 8.0), ("gamma", 1.5)):
+        lo, hi = interval(result.draws(name))
+        assert lo < truth < hi, (name, lo, hi)
+    result.save(tmp_path / "down.nc")
+    loaded = bs.load(tmp_path / "down.nc")
+    assert loaded.link == "exponential"
+    np.testing.assert_array_equal(loaded.predict_draws(N=[1e10], D=[2e11]), result.predict_draws(N=[1e10], D=[2e11]))
+    with pytest.raises(ValueError, match="link must be one of"):
+        bs.fit_downstream(result.loss_fit, acc, chance=0.25, link="logistic")
