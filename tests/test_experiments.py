@@ -70,6 +70,23 @@ def test_design_for_a_planned_run_and_for_stacked_laws(ladder_fit: bs.FitResult,
     assert len(stacked.selected) == 2 and np.isfinite(stacked.candidates["width"]).all()
 
 
+def test_design_for_a_hierarchical_member_and_a_data_constrained_law(tiny_hierarchical: bs.HierarchicalResult,
+                                                                     ) -> None:
+    candidates = pd.DataFrame({"N": [1e8, 1e9, 4e9], "D": [2e9, 2e10, 8e10]})
+    member = bs.design(tiny_hierarchical["g2"], compute=1e23, candidates=candidates, k=2)  # borrows strength
+    assert len(member.selected) == 2 and np.isfinite(member.candidates["width"]).all()
+    N, D = bs.chinchilla_design(30, seed=2)
+    truth = {**bs.datasets.CHINCHILLA_PARAMS, "R_D": 15.4, "R_N": 5.3}
+    runs = bs.simulate("data_constrained", truth, N=N, D=D, U=D / 4, seed=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bs.ConvergenceWarning)
+        fit = bs.fit(runs, law="data_constrained", num_warmup=150, num_samples=150, num_chains=2)
+    with pytest.raises(ValueError, match="unique_tokens"):
+        bs.design(fit, compute=1e22, candidates=candidates)
+    plan = bs.design(fit, compute=1e22, candidates=candidates, unique_tokens=5e10)
+    assert (plan.candidates["U"] == 5e10).all() and np.isfinite(plan.candidates["width"]).all()
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

@@ -162,6 +162,7 @@ def design(
     level: float = LEVEL,
     outcomes: int = _OUTCOMES,
     rule: str = "width",
+    unique_tokens: float | None = None,
     seed: int = 0,
 ) -> Design:
     """Value candidate runs by the expected narrowing of a planning interval, and choose ``k`` of them.
@@ -181,6 +182,8 @@ def design(
         rule: how each next run is chosen among the affordable ones: ``"width"``,
             the largest expected reduction, or ``"per_flop"``, the largest
             reduction per FLOP.
+        unique_tokens: for a data-constrained law, the unique data (tokens) of the
+            planned run (``N_opt`` target) and of candidates without a ``U`` column.
         seed: PRNG seed of the simulated outcomes.
 
     Returns:
@@ -204,18 +207,25 @@ def design(
             raise ValueError(f"candidates need a column {column!r} of positive numbers")
     if "cost" not in table:
         table["cost"] = flops_per_token * table["N"] * table["D"]
-
-    log_x = {"N": jnp.log(jnp.asarray(table["N"].to_numpy())), "D": jnp.log(jnp.asarray(table["D"].to_numpy()))}
+    if "U" in first.law.covariates and "U" not in table:
+        if unique_tokens is None:
+            raise ValueError(f"{first.law.name!r} needs unique tokens: give unique_tokens, or candidates with a column 'U'")
+        table["U"] = float(unique_tokens)
+    other = [c for c in first.law.covariates if c not in ("N", "D")]
+    missing = [c for c in other if c not in table]
+    if missing:
+        raise ValueError(f"candidates need columns {missing} for the law {first.law.name!r}")
+    log_x = {c: jnp.log(jnp.asarray(table[c].to_numpy(dtype=float))) for c in ("N", "D", *other)}
     parts_q, parts_mu, parts_sigma, parts_nu = {}, {}, {}, {}
     with jax.enable_x64(True):
         for name, fit in members.items():
             params = {p: jnp.asarray(v) for p, v in fit.draws().items()}
             parts_mu[name] = np.asarray(jax.vmap(lambda p: fit.law.log_mean(p, log_x))(params))
             if compute is not None:
-                n_opt = optimal_allocation(fit.law, fit.draws(), [compute], flops_per_token)["N_opt"]
+                n_opt = optimal_allocation(fit.law, fit.draws(), [compute], flops_per_token, unique_tokens)["N_opt"]
                 parts_q[name] = np.log(n_opt[:, 0])
             else:
-                point = {c: jnp.log(jnp.asarray([float(planned[c])])) for c in ("N", "D")}
+                point = {c: jnp.log(jnp.asarray([float(planned[c])])) for c in ("N", "D", *other)}
                 parts_q[name] = np.asarray(jax.vmap(lambda p: fit.law.log_mean(p, point))(params))[:, 0]
             parts_sigma[name], parts_nu[name] = _noise(fit, fit.spec.likelihood)
         q, mu, sigma, nu = (np.asarray(combine(parts)) for parts in (parts_q, parts_mu, parts_sigma, parts_nu))
