@@ -209,7 +209,8 @@ def design(
         table["cost"] = flops_per_token * table["N"] * table["D"]
     if "U" in first.law.covariates and "U" not in table:
         if unique_tokens is None:
-            raise ValueError(f"{first.law.name!r} needs unique tokens: give unique_tokens, or candidates with a column 'U'")
+            raise ValueError(f"{first.law.name!r} needs unique tokens: give unique_tokens, or candidates with"
+                             " a column 'U'")
         table["U"] = float(unique_tokens)
     other = [c for c in first.law.covariates if c not in ("N", "D")]
     missing = [c for c in other if c not in table]
