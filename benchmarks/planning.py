@@ -46,7 +46,7 @@ def downstream() -> pd.DataFrame:
         truth = test[f"{task}_rc5_acc"].to_numpy()
         error = bs.ScalingData.from_arrays(loss=1 - train[f"{task}_rc5_acc"], C=train["C_6ND"])
         direct = bs.fit(error, law="offset_power", seed=0)  # the direct form: error = E + A·C^-alpha
-        new = {"N": test["N"].to_numpy(), "D": test["D_tokens"].to_numpy()}
+        new = {"N": test["N"].to_numpy(dtype=float), "D": test["D_tokens"].to_numpy(dtype=float)}
         for mode, plugin in (("propagated", False), ("plug-in", True), ("direct", None)):
             draws = (1 - direct.predict_draws(C=6 * new["N"] * new["D"], noise=True, seed=1) if plugin is None
                      else result.predict_draws(**new, noise=True, plugin=plugin, seed=1))
