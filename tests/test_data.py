@@ -132,6 +132,7 @@ def valid_tables(draw: st.DrawFn) -> pd.DataFrame:
     return pd.DataFrame(columns, index=index)
 
 
+@pytest.mark.filterwarnings("ignore::bayescale.DataWarning")  # random tables repeat runs and use small units
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(valid_tables())
 def test_valid_tables_load_unchanged(frame: pd.DataFrame) -> None:
@@ -143,6 +144,7 @@ def test_valid_tables_load_unchanged(frame: pd.DataFrame) -> None:
     assert list(data.index) == list(frame.index)
 
 
+@pytest.mark.filterwarnings("ignore::bayescale.DataWarning")
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(valid_tables(), st.sampled_from(["N", "D", "loss"]), st.sampled_from(sorted(BAD_CELLS)), st.data())
 def test_one_bad_cell_names_column_and_row(frame: pd.DataFrame, column: str, kind: str, data: st.DataObject) -> None:
