@@ -59,7 +59,7 @@ def downstream() -> pd.DataFrame:
 
 
 def data_constrained() -> tuple[pd.DataFrame, pd.DataFrame]:
-    """All 204 runs, and the 187 with at most 100 epochs: beyond, several runs diverged (losses of 7.7-11 nats,
+    """All 204 runs, and the 146 with at most 100 epochs: beyond, several runs diverged (losses of 7.7-11 nats,
     near a uniform guess over the vocabulary) or overfit, a rise the law does not model."""
     everything = bs.datasets.load("datablations_final")
     variants = {"all runs": everything,
