@@ -41,6 +41,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro.distributions as dist
 import pandas as pd
 
 from .allocation import optimal_allocation
@@ -95,14 +96,6 @@ def _weighted_width(q_sorted: jax.Array, w_sorted: jax.Array, level: float) -> j
     return hi - lo
 
 
-def _log_density(y: jax.Array, mu: jax.Array, scale: jax.Array, df: jax.Array | None) -> jax.Array:
-    z = (y - mu) / scale
-    if df is None:
-        return -0.5 * z**2 - jnp.log(scale)
-    return -(df + 1) / 2 * jnp.log1p(z**2 / df) - jnp.log(scale) + jax.scipy.special.gammaln((df + 1) / 2) \
-        - jax.scipy.special.gammaln(df / 2) - 0.5 * jnp.log(df)
-
-
 @functools.partial(jax.jit, static_argnames=("level", "student"))
 def expected_width(
     q: jax.Array, mu: jax.Array, scale: jax.Array, df: jax.Array, base: jax.Array, source: jax.Array,
@@ -126,8 +119,8 @@ def expected_width(
     """
     order = jnp.argsort(q)
     y = mu[source] + scale[source] * shocks
-    nu = df if student else None
-    loglik = jax.vmap(lambda yj: _log_density(yj, mu, scale, nu))(y)
+    noise = dist.StudentT(df, mu, scale) if student else dist.Normal(mu, scale)
+    loglik = jax.vmap(noise.log_prob)(y)
     total = base + loglik
     weights = jax.nn.softmax(total, axis=1)
     widths = jax.vmap(lambda w: _weighted_width(q[order], w[order], level))(weights)
