@@ -79,10 +79,10 @@ def unconverged(fit: bs.FitResult) -> bs.FitResult:
 
 @pytest.fixture(scope="session")
 def tiny_stacked(small_groups: dict) -> bs.StackedResult:
-    """The Chinchilla law and Kaplan's joint law, fitted to the same 10 runs and stacked."""
+    """The Chinchilla law and Kaplan's joint law, fitted to the same 10 runs and stacked (PSIS-LOO weights)."""
     data = small_groups["g0"]
     fits = {law: _quiet(bs.fit, data, law=law, settings=TINY) for law in ("chinchilla", "kaplan_nd")}
-    return bs.stack(fits, seed=1)
+    return bs.stack(fits, seed=1, method="loo")
 
 
 def sigmoid_accuracy(loss: np.ndarray, chance: float = 0.25, top: float = 0.9, k: float = 8.0,

@@ -131,3 +131,40 @@ def test_cli_design_prints_and_writes_the_next_runs(chinchilla_fit: bs.FitResult
     chosen = pd.read_csv(tmp_path / "design.csv")
     assert len(chosen) == 2 and chosen["cumulative_cost"].iloc[-1] <= 1e21
     assert cli.main(["design", str(tmp_path), "--target-compute", "1e24", "--candidates", str(tmp_path / "no.csv")]) == 2
+
+
+@pytest.mark.filterwarnings("ignore::bayescale.ConvergenceWarning")  # 2 x 150 draws: tiny on purpose
+def test_cli_fit_stacks_several_laws(tmp_path, capsys) -> None:  # noqa: ANN001
+    """Several laws: each is fitted, they are stacked by their leave-future-out record, the report says so."""
+    csv = tmp_path / "runs.csv"
+    N, D = bs.chinchilla_design(40, seed=5)
+    bs.simulate("chinchilla", CHINCHILLA, N=N, D=D, noise=0.01, seed=5).to_frame().to_csv(csv, index=False)
+    out = tmp_path / "out"
+    args = ["fit", str(csv), "--law", "chinchilla", "overtrain", "--samples", "150", "--warmup", "150",
+            "--chains", "2", "--quiet", "--compute", "1e22", "--out", str(out)]
+    assert cli.main(args) == 0
+    stacked = bs.load(out / "fit.nc")
+    assert isinstance(stacked, bs.StackedResult) and stacked.method == "future" and set(stacked.names) == {
+        "chinchilla", "overtrain"}
+    assert (out / "plan.csv").exists() and "Leave-future-out record" in (out / "report.md").read_text()
+    capsys.readouterr()
+    assert cli.main([*args, "--backtest"]) == 2
+    assert "one law" in capsys.readouterr().err
+
+
+def test_cli_batch_stacks_several_laws(tmp_path, capsys) -> None:  # noqa: ANN001
+    frames = []
+    for i in range(2):
+        N, D = bs.chinchilla_design(30, seed=i)
+        frames.append(bs.simulate("chinchilla", CHINCHILLA, N=N, D=D, seed=i).to_frame().assign(arch=f"a{i}"))
+    csv = tmp_path / "runs.csv"
+    pd.concat(frames, ignore_index=True).to_csv(csv, index=False)
+    out = tmp_path / "b"
+    assert cli.main(["batch", str(csv), "--group-col", "arch", "--law", "chinchilla", "overtrain", "--samples",
+                     "150", "--warmup", "150", "--chains", "2", "--quiet", "--stack-method", "loo",
+                     "--out", str(out)]) == 0
+    weights = pd.read_csv(out / "weights.csv", index_col=0)
+    assert weights.index.tolist() == ["a0", "a1"]
+    np.testing.assert_allclose(weights[["chinchilla", "overtrain"]].sum(axis=1), 1.0)
+    assert (out / "chinchilla" / "diagnostics.csv").exists() and (out / "overtrain" / "diagnostics.csv").exists()
+    capsys.readouterr()

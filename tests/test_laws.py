@@ -1,5 +1,6 @@
 """Every built-in law recovers known parameters from simulated runs."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
@@ -29,6 +30,10 @@ CASES = {
                           "D": U * LOG_UNIFORM(1, 60, 200)}, 0.01),
     "overtrain": ({"E": 1.9, "eta": 0.16, "A": 200.0, "B": 900.0}, {"N": N_DES, "D": D_DES * LOG_UNIFORM(1, 30, 200)},
                   0.01),
+    # Last, so the cases above keep their simulated covariates. The sigmoid start of the curve (half way
+    # from L0 = 9.7 nats to E at 1e15 FLOPs) and its power-law part.
+    "m4": ({"E": 1.7, "alpha": 0.3, "gamma": 1.0, "Delta": 8.0, "A": 3.2e4}, {"C": LOG_UNIFORM(1e12, 1e20, 120)},
+           0.01),
 }
 
 
@@ -174,3 +179,33 @@ def test_broken_power_matches_its_formula() -> None:
     expected = 1.7 + 300.0 * d**-0.2 * (1 + d / 1e11) ** -0.15
     got = np.exp(law.log_mean({k: jnp.asarray(v) for k, v in p.items()}, {"D": jnp.log(d)}))
     np.testing.assert_allclose(got, expected, rtol=1e-6)  # float32 outside the fits
+
+
+def test_m4_solves_its_implicit_equation() -> None:
+    """The solved loss satisfies (L - E)/(L0 - L)^gamma = A·X^-alpha for gentle and steep bends."""
+    c = np.geomspace(1e10, 1e24, 15)
+    for gamma in (0.3, 1.0, 4.0):
+        p = {"E": 1.7, "alpha": 0.3, "gamma": gamma, "Delta": 8.0, "A": 1e5}
+        loss = np.exp(bs.laws.get_law("m4").log_mean({k: jnp.asarray(v) for k, v in p.items()}, {"C": jnp.log(c)}))
+        loss = np.asarray(loss, dtype=float)
+        inside = loss < 9.6  # near L0 the check (L0 - L)^gamma loses the digits, not the solve
+        lhs = (loss - 1.7) / (9.7 - loss) ** gamma
+        np.testing.assert_allclose(lhs[inside], (1e5 * c**-0.3)[inside], rtol=2e-3)
+        assert np.all(np.diff(loss) < 0) and loss[-1] > 1.7
+
+
+def test_m4_gradient_is_the_implicit_functions() -> None:
+    """Gradients through the Newton solve match central finite differences (float64)."""
+    with jax.enable_x64(True):
+        log_c = jnp.log(jnp.geomspace(1e12, 1e20, 9))
+        base = {"E": 1.7, "alpha": 0.3, "gamma": 1.5, "Delta": 8.0, "A": 3e4}
+        law = bs.laws.get_law("m4")
+
+        def total(v: jnp.ndarray) -> jnp.ndarray:
+            return law.log_mean(dict(zip(base, v)), {"C": log_c}).sum()
+
+        v = jnp.asarray(list(base.values()), dtype=jnp.float64)
+        grad = np.asarray(jax.grad(total)(v))
+        step = 1e-6 * np.abs(np.asarray(v))
+        numeric = [(total(v.at[i].add(h)) - total(v.at[i].add(-h))) / (2 * h) for i, h in enumerate(step)]
+        np.testing.assert_allclose(grad, np.asarray(numeric, dtype=float), rtol=1e-5)

@@ -6,6 +6,7 @@ from html.parser import HTMLParser
 import matplotlib
 
 matplotlib.use("Agg")
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
@@ -86,3 +87,23 @@ def test_report_carries_the_design(chinchilla_fit: bs.FitResult, tmp_path) -> No
     assert "Next runs for N_opt at 1e+24 FLOPs" in page and 'id="fig-design"' in page
     saved = json.loads(files["json"].read_text())["design"]
     assert len(saved["selected"]) == 2 and saved["width"] == pytest.approx(plan.width)
+
+
+def test_report_of_a_stack_names_laws_weights_and_record(chinchilla_fit: bs.FitResult, kaplan_fit: bs.FitResult,
+                                                         tmp_path) -> None:  # noqa: ANN001
+    """A stacked result's report states each law with its weight, the leave-future-out record per cut,
+    and the mixture's planning table."""
+    record = pd.DataFrame({"chinchilla": [2.0, 2.2], "kaplan_nd": [1.0, 1.5]},
+                          index=pd.MultiIndex.from_tuples([(0.5, 150), (0.8, 190)], names=["cut", "run"]))
+    stacked = bs.stacking.mix({"chinchilla": chinchilla_fit, "kaplan_nd": kaplan_fit}, np.array([0.75, 0.25]),
+                              seed=0, method="future", record=record)
+    files = report(stacked, tmp_path, compute=[1e22])
+    meta = json.loads(files["json"].read_text())
+    members = {m["name"]: m["weight"] for m in meta["law"]["members"]}
+    assert members == {"chinchilla": 0.75, "kaplan_nd": 0.25} and meta["law"]["method"] == "future"
+    assert meta["plan"][0]["N_opt_median"] == pytest.approx(
+        float(bs.compute_optimal(stacked, [1e22])[("N_opt", "median")].iloc[0]))
+    for name in ("html", "markdown"):
+        text = files[name].read_text()
+        assert "weights from leave-future-out densities" in text and "Leave-future-out record" in text
+        assert "kaplan" in text and "0.75" in text

@@ -1,10 +1,13 @@
-"""Stacking laws: a mixture whose every draw is one member's, weighted by PSIS-LOO stacking."""
+"""Stacking laws: a mixture whose every draw is one member's, weighted by leave-future-out or PSIS-LOO stacking."""
+
+import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
 
 import bayescale as bs
+from conftest import TINY
 
 
 def test_every_draw_is_its_members(tiny_stacked: bs.StackedResult) -> None:
@@ -36,6 +39,74 @@ def test_bad_stacks(chinchilla_fit: bs.FitResult, tiny_batch: bs.BatchResult) ->
         bs.stack({"only": chinchilla_fit})
     with pytest.raises(ValueError, match="other runs"):
         bs.stack({"a": chinchilla_fit, "b": tiny_batch["g0"]})
+    with pytest.raises(ValueError, match="method must be one of"):
+        bs.stack({"a": chinchilla_fit, "b": chinchilla_fit}, method="waic")
+    with pytest.raises(ValueError, match="different covariates"):
+        bs.stack({"a": tiny_batch["g0"], "b": _quiet_fit(tiny_batch["g0"].data, "kaplan_n")})
+
+
+def _quiet_fit(data: bs.ScalingData, law: str, **options: object) -> bs.FitResult:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bs.ConvergenceWarning)
+        return bs.fit(data, law=law, settings=TINY, **options)
+
+
+def test_method_is_saved(tiny_stacked: bs.StackedResult, tmp_path) -> None:  # noqa: ANN001
+    tiny_stacked.save(tmp_path / "s.nc")
+    loaded = bs.load(tmp_path / "s.nc")
+    assert tiny_stacked.method == loaded.method == "loo"
+    assert loaded.weights == pytest.approx(tiny_stacked.weights)
+
+
+def bent_runs(seed: int) -> bs.ScalingData:
+    """60 runs at 1e17-1e21 FLOPs from a broken power law whose exponent steepens from 0.1 to 0.3 at 1e19."""
+    rng = np.random.default_rng(seed)
+    C = np.exp(rng.uniform(np.log(1e17), np.log(1e21), 60))
+    truth = {"E": 1.8, "alpha": 0.1, "delta": 0.2, "X_b": 1e19, "A": 3.0 * 1e17**0.1}
+    return bs.simulate("broken_power", truth, C=C, noise=0.005, seed=seed)
+
+
+@pytest.mark.slow
+def test_future_weights_go_to_the_law_that_extrapolates() -> None:
+    """Runs that bend: leave-future-out stacking gives the bending law most of the weight, because the
+    straight power law, refitted below each cut, misses the runs above it."""
+    data = bent_runs(3)
+    fits = {law: _quiet_fit(data, law, num_warmup=300, num_samples=300, num_chains=4)
+            for law in ("offset_power", "broken_power")}
+    stacked = bs.stack(fits)
+    assert stacked.method == "future"
+    assert stacked.weights["broken_power"] > 0.8
+    record = {law: bs.stacking.future_elpd(fit) for law, fit in fits.items()}
+    assert record["broken_power"].mean() > record["offset_power"].mean()
+
+
+def test_future_record_is_the_backtests() -> None:
+    """The leave-future-out densities stacking uses are the rolling-origin backtest's, cut by cut."""
+    fit = _quiet_fit(bent_runs(4), "offset_power")
+    record = bs.stacking.future_elpd(fit, cuts=(0.5, 0.75))
+    table = bs.backtest(fit, cuts=(0.5, 0.75)).table
+    np.testing.assert_allclose(record.groupby(level="cut").mean().to_numpy(), table["lpd"].to_numpy())
+    assert list(record.groupby(level="cut").size()) == list(table["n"])
+
+
+def test_stack_batch(small_groups: dict) -> None:
+    """Every group stacked with its own weights; a group one law failed on is listed with the reason."""
+    groups = {**small_groups, "bad": small_groups["g0"].subset(np.arange(10) < 3)}  # 3 runs: too few to fit
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bs.ConvergenceWarning)
+        batches = {law: bs.fit_batch(groups, law=law, settings=TINY) for law in ("chinchilla", "kaplan_nd")}
+    for method in ("future", "loo"):
+        stacked = bs.stack_batch(batches, method=method)
+        assert list(stacked.weights.index) == ["g0", "g1", "g2"]
+        np.testing.assert_allclose(stacked.weights.sum(axis=1), 1.0)
+        assert stacked.failures["bad"].startswith("chinchilla: invalid data")
+        assert stacked["g1"].members["kaplan_nd"] is batches["kaplan_nd"]["g1"]
+        assert stacked["g1"].method == method
+    table = stacked.compute_optimal([1e22])
+    assert list(table.index.get_level_values("group")) == ["g0", "g1", "g2"]
+    assert set(stacked.summary()["group"]) == {"g0", "g1", "g2"}
+    with pytest.raises(ValueError, match="other groups"):
+        bs.stack_batch({"a": batches["chinchilla"], "b": bs.fit_batch({"g0": small_groups["g0"]}, settings=TINY)})
 
 
 @pytest.mark.slow

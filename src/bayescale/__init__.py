@@ -49,6 +49,7 @@ from .posterior import ConvergenceWarning, Diagnostics, FitResult, Posterior, lo
 from .reporting import report
 from .sampling import SamplerSettings
 from .simulate import chinchilla_design, simulate
+from .stacked_batch import StackedBatch, stack_batch
 from .stacking import StackedResult, stack
 from .store import ResumeWarning
 from .start import MapResult, fit_map
@@ -106,6 +107,8 @@ __all__ = [
     "report",
     "simulate",
     "stack",
+    "stack_batch",
+    "StackedBatch",
     "stacking",
     "validate",
 ]

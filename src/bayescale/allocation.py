@@ -35,6 +35,7 @@ __all__ = [
     "compute_optimal",
     "optimal_allocation",
     "has_allocation",
+    "plannable",
     "compute_optimal_by_group",
     "allocation_exponents",
     "allocation_exponent_draws",
@@ -52,6 +53,13 @@ _GOLDEN = (math.sqrt(5.0) - 1) / 2
 def has_allocation(law: Law) -> bool:
     """Whether compute-optimal allocation applies to ``law``: it is a law in N and D."""
     return set(law.covariates) == {"N", "D"}
+
+
+def plannable(fit: FitResult) -> bool:
+    """Whether :func:`compute_optimal` applies to ``fit``: a law in N and D, or a stack of such laws only."""
+    if isinstance(fit, StackedResult):
+        return all(has_allocation(m.law) for m in fit.members.values())
+    return has_allocation(fit.law)
 
 
 def _check_nd(law: Law, fixed: Mapping[str, Any] | None = None) -> Law:

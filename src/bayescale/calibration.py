@@ -68,6 +68,12 @@ def _broken_power(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
     return {**truths, "delta": _uniform(rng, n, -0.1, 0.1), "X_b": _log_uniform(rng, n, 1e19, 1e21)}
 
 
+def _m4(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    truths = _offset_power(rng, n)  # A·C0^-alpha is the reducible loss at 1e20 FLOPs of the power-law part
+    gamma, delta = _log_uniform(rng, n, 0.3, 3.0), _uniform(rng, n, 4.0, 10.0)
+    return {**truths, "gamma": gamma, "Delta": delta, "A": truths["A"] / delta**gamma}
+
+
 def _power(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
     a = _uniform(rng, n, 0.1, 0.5)
     at_c0 = _log_uniform(rng, n, 1e5, 1e7)  # e.g. a batch size in tokens at 1e20 FLOPs
@@ -94,6 +100,7 @@ RANGES: dict[str, Sampler] = {
     "moe": lambda rng, n: {**RANGES["chinchilla"](rng, n), "w": _uniform(rng, n, 0.1, 0.9)},
     "offset_power": _offset_power,
     "broken_power": _broken_power,
+    "m4": _m4,
     "data_constrained": lambda rng, n: {
         **RANGES["chinchilla"](rng, n), "R_D": _log_uniform(rng, n, 5, 50), "R_N": _log_uniform(rng, n, 2, 20),
     },
@@ -115,7 +122,8 @@ U(0.1, 0.5), Y at 1e20 FLOPs log-uniform on [1e5, 1e7]. moe: as chinchilla, w ~
 U(0.1, 0.9), half the runs dense and half with 4, 8 or 16 times as many total
 as active parameters. data_constrained: as chinchilla, R_D* log-uniform on [5, 50],
 R_N* on [2, 20], unique tokens a log-uniform 1/60 to 1 of each run's tokens (1-60
-epochs). overtrain: E as chinchilla, eta ~ U(0.12, 0.2), A, B log-uniform on [100, 1000]."""
+epochs). m4: as offset_power (A·Delta^gamma·C0^-alpha the reducible loss of the power-law
+part), gamma log-uniform on [0.3, 3], Delta ~ U(4, 10) nats. overtrain: E as chinchilla, eta ~ U(0.12, 0.2), A, B log-uniform on [100, 1000]."""
 
 
 def draw_truths(

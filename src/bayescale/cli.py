@@ -5,11 +5,13 @@ Examples::
     bayescale demo --out bayescale-demo
     bayescale fit runs.csv --law chinchilla --params-col N --tokens-col D --loss-col loss --out results/
     bayescale fit runs.csv --structural-error --backtest --out results/   # bands for planning, checked
+    bayescale fit runs.csv --law chinchilla kaplan_nd --out results/     # laws stacked by their extrapolations
     bayescale plan results/ --compute 1e22 1e23 1e24
     bayescale plan results/ --target-loss 2.0 1.9
     bayescale design results/ --target-compute 1e24 --budget 1e21 -k 4   # which runs to do next
     bayescale report results/
     bayescale batch runs.csv --group-col arch --out batch-results/
+    bayescale batch runs.csv --group-col arch --law chinchilla kaplan_nd   # one folder per law, weights.csv
     bayescale datasets
     bayescale info          # versions, devices, compilation cache folder
 
@@ -31,7 +33,7 @@ import numpyro
 import pandas as pd
 
 from . import __version__, cache, datasets
-from .allocation import compute_for_loss, compute_optimal, has_allocation
+from .allocation import compute_for_loss, compute_optimal, plannable
 from .batch import BatchResult, fit_batch, load_batch
 from .data import DataError, ScalingData
 from .experiments import design
@@ -41,6 +43,8 @@ from .laws import list_laws
 from .reporting import DEFAULT_COMPUTE, report
 from .validation import backtest
 from .posterior import FitResult, load
+from .stacked_batch import stack_batch
+from .stacking import METHODS, StackedResult, stack
 from .store import MANIFEST, write_text
 
 __all__ = ["main"]
@@ -64,14 +68,14 @@ def _write_csv(table: pd.DataFrame, path: str, index: bool = True) -> None:
     write_text(path, table.to_csv(index=index))
 
 
-def _write_fit(result: FitResult, out: str, compute: Sequence[float]) -> None:
+def _write_fit(result: FitResult | StackedResult, out: str, compute: Sequence[float]) -> None:
     os.makedirs(out, exist_ok=True)
     result.save(os.path.join(out, _FIT_FILE))
     summary = result.summary()
     _write_csv(summary, os.path.join(out, "summary.csv"))
     _print(summary)
     print("\n" + _status(result))
-    planned = bool(compute) and has_allocation(result.law)
+    planned = bool(compute) and plannable(result)
     if planned:
         plan = compute_optimal(result, compute=compute)
         _write_csv(plan, os.path.join(out, "plan.csv"))
@@ -112,22 +116,37 @@ def _batch(args: argparse.Namespace) -> int:
     if not os.path.isfile(args.csv):
         raise DataError(f"{args.csv}: no such file")
     frame = pd.read_csv(args.csv)
-    result = fit_batch(
-        frame, group=args.group_col, law=args.law, likelihood=args.likelihood, out_dir=args.out,
-        params=args.params_col, tokens=args.tokens_col, compute=args.compute_col, loss=args.loss_col,
-        **_sampler_args(args),
-    )
-    diag = result.status()
-    _write_csv(diag, os.path.join(args.out, "diagnostics.csv"))
-    if result.results:
-        _write_csv(result.summary(), os.path.join(args.out, "summary.csv"), index=False)
-    _print(diag)
-    counts = diag["status"].value_counts()
-    print(f"\n{len(result)} groups: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "warning", "failed")))
-    print(f"wrote {args.out}/diagnostics.csv, summary.csv and one file per group")
-    if not result.results:
-        raise DataError("no group could be fitted; see diagnostics.csv for the reasons")
-    return 1 if args.strict and (counts.get("warning", 0) or counts.get("failed", 0)) else 0
+    several = len(args.law) > 1
+    batches = {}
+    for law in args.law:
+        out = os.path.join(args.out, law) if several else args.out
+        result = fit_batch(
+            frame, group=args.group_col, law=law, likelihood=args.likelihood, out_dir=out,
+            params=args.params_col, tokens=args.tokens_col, compute=args.compute_col, loss=args.loss_col,
+            **_sampler_args(args),
+        )
+        diag = result.status()
+        _write_csv(diag, os.path.join(out, "diagnostics.csv"))
+        if result.results:
+            _write_csv(result.summary(), os.path.join(out, "summary.csv"), index=False)
+        _print(diag)
+        counts = diag["status"].value_counts()
+        print(f"\n{law}: {len(result)} groups: "
+              + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "warning", "failed")))
+        print(f"wrote {out}/diagnostics.csv, summary.csv and one file per group")
+        if not result.results:
+            raise DataError(f"{law}: no group could be fitted; see {out}/diagnostics.csv for the reasons")
+        batches[law] = result
+    if several:
+        stacked = stack_batch(batches, method=args.stack_method)
+        weights = stacked.weights.reindex(stacked.order)
+        weights["failure"] = [stacked.failures.get(g, "") for g in stacked.order]
+        _write_csv(weights, os.path.join(args.out, "weights.csv"))
+        print("\nstacking weights per group:")
+        _print(weights)
+        print(f"wrote {args.out}/weights.csv")
+    unhealthy = any((b.status()["status"] != "ok").any() for b in batches.values())
+    return 1 if args.strict and unhealthy else 0
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -205,7 +224,9 @@ def _parser() -> argparse.ArgumentParser:
 
     def table(p: argparse.ArgumentParser) -> None:
         p.add_argument("csv", help="CSV file, one row per training run")
-        p.add_argument("--law", default="chinchilla", choices=list_laws())
+        p.add_argument("--law", nargs="+", default=["chinchilla"], choices=list_laws(), metavar="LAW",
+                       help="law to fit (default chinchilla); several laws are fitted and stacked, "
+                            f"weights from their leave-future-out record. Built-in: {', '.join(list_laws())}")
         p.add_argument("--likelihood", default="student_t", choices=["student_t", "normal"])
         p.add_argument("--params-col", default=None, help="column of parameters N")
         p.add_argument("--tokens-col", default=None, help="column of tokens D")
@@ -223,7 +244,10 @@ def _parser() -> argparse.ArgumentParser:
     fit_p.add_argument("--structural-error", action="store_true",
                        help="widen bands beyond the data by the law's misfit, learned rolling origin (for planning)")
     fit_p.add_argument("--backtest", action="store_true",
-                       help="refit below several cut points and score the runs above; verdict in the report")
+                       help="refit below several cut points and score the runs above; verdict in the report "
+                            "(one law; a stack's report carries each law's leave-future-out record)")
+    fit_p.add_argument("--stack-method", choices=list(METHODS), default="future",
+                       help="with several laws: stacking weights from leave-future-out (default) or PSIS-LOO densities")
     sampler(fit_p)
     budgets(fit_p)
 
@@ -244,8 +268,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="choose by expected narrowing (default) or narrowing per FLOP")
     des.add_argument("--seed", type=int, default=0, help="PRNG seed of the simulated outcomes (default 0)")
 
-    batch = sub.add_parser("batch", help="fit a law to every group of a CSV")
+    batch = sub.add_parser("batch", help="fit a law (or several, stacked per group) to every group of a CSV")
     table(batch)
+    batch.add_argument("--stack-method", choices=list(METHODS), default="future",
+                       help="with several laws: stacking weights from leave-future-out (default) or PSIS-LOO densities")
     batch.add_argument("--group-col", required=True, help="column naming each run's group")
     batch.add_argument("--out", default="batch-results", help="output folder; rerunning resumes (default batch-results)")
     sampler(batch)
@@ -302,10 +328,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             data = ScalingData.from_table(
                 args.csv, params=args.params_col, tokens=args.tokens_col, compute=args.compute_col, loss=args.loss_col
             )
-            result = fit(data, law=args.law, likelihood=args.likelihood, **_sampler_args(args))
+            if len(args.law) > 1 and args.backtest:
+                raise ValueError("--backtest checks one law; with several laws the report carries each law's "
+                                 "leave-future-out record")
+            fits = {law: fit(data, law=law, likelihood=args.likelihood, **_sampler_args(args)) for law in args.law}
+            if args.structural_error:
+                fits = {law: structural_error(f) for law, f in fits.items()}
+            result = fits[args.law[0]] if len(fits) == 1 else stack(fits, method=args.stack_method)
         check = None
-        if getattr(args, "structural_error", False):
-            result = structural_error(result)
         if getattr(args, "backtest", False):
             check = backtest(result, structural=args.structural_error)
             print(check.message)

@@ -42,9 +42,11 @@ import scipy.stats
 from .data import DataError, ScalingData
 from .laws import Law
 from .posterior import MISFIT, ConvergenceWarning, FitResult, distance
+from .sampling import SamplerSettings
 from .fit import fit as fit_law
 
-__all__ = ["structural_error", "rolling_refits", "scale_covariate", "MISFIT_PRIOR_RANGE", "CUTS"]
+__all__ = ["structural_error", "rolling_refits", "cut_masks", "refit_settings", "log_predictive", "scale_covariate",
+           "log_density", "MISFIT_PRIOR_RANGE", "CUTS"]
 
 MISFIT_PRIOR_RANGE = (1e-4, 1.0)
 """Support of the log-uniform prior on ``tau`` (log-loss per square-root e-fold)."""
@@ -62,32 +64,61 @@ def scale_covariate(law: Law) -> str:
     return law.covariates[0]
 
 
-def rolling_refits(fit: FitResult, cuts: Sequence[float], structural: bool = False
-                   ) -> Iterator[tuple[float, FitResult, ScalingData, np.ndarray]]:
-    """For each cut: the same model refitted to the runs at or below that quantile of the scale covariate,
-    the runs above it, and the refit's predictive draws of their log-loss ``(draws, runs)`` (a new run's,
-    noise included, seeded by the fit's seed). Cuts that leave too few runs on either side are skipped.
+def log_density(log_draws: np.ndarray, log_observed: np.ndarray) -> np.ndarray:
+    """Log predictive density of each observed log-loss ``(points,)`` under its draws ``(draws, points)``.
 
-    Refits use the fit's settings with at most 500 warmup iterations and draws per chain; with
-    ``structural`` each refit gets its own structural error (:func:`structural_error`).
+    A Gaussian kernel density estimate of each point's draws (Scott's bandwidth), so it
+    applies to any predictive (noise, parameter uncertainty, structural error, mixtures).
+    """
+    y = np.asarray(log_observed, dtype=float)
+    return np.array([np.log(scipy.stats.gaussian_kde(log_draws[:, j])(y[j])[0] + 1e-300) for j in range(y.size)])
+
+
+def cut_masks(data: ScalingData, law: Law, cuts: Sequence[float], min_train: int) -> Iterator[tuple[float, np.ndarray]]:
+    """For each cut quantile ``q`` of the scale covariate: the mask of the runs at or below it.
+
+    Cuts that leave fewer than ``min_train`` runs below or none above are skipped.
+
+    Raises:
+        ValueError: a cut outside (0, 1).
     """
     if any(not 0 < q < 1 for q in cuts):
         raise ValueError(f"cuts must be quantiles in (0, 1), got {list(cuts)}")
-    data, law = fit.data, fit.law
     order_by = data.covariate(scale_covariate(law))
-    settings = dataclasses.replace(fit.settings, num_warmup=min(fit.settings.num_warmup, _BACKTEST_DRAWS),
-                                   num_samples=min(fit.settings.num_samples, _BACKTEST_DRAWS), progress=False)
     for q in cuts:
         below = order_by <= np.quantile(order_by, q)
-        train, test = data.subset(below), data.subset(~below)
-        if train.n < len(fit.spec.latents) + 2 or test.n == 0:
-            continue
+        if below.sum() >= min_train and not below.all():
+            yield q, below
+
+
+def refit_settings(settings: SamplerSettings) -> SamplerSettings:
+    """Settings of rolling-origin refits: the fit's, with at most 500 warmup iterations and draws per chain."""
+    return dataclasses.replace(settings, num_warmup=min(settings.num_warmup, _BACKTEST_DRAWS),
+                               num_samples=min(settings.num_samples, _BACKTEST_DRAWS), progress=False)
+
+
+def rolling_refits(fit: FitResult, cuts: Sequence[float], structural: bool = False
+                   ) -> Iterator[tuple[float, FitResult, np.ndarray, np.ndarray]]:
+    """For each cut: the same model refitted to the runs at or below that quantile of the scale covariate,
+    the mask of the runs above it, and the refit's predictive draws of their log-loss ``(draws, runs)`` (a
+    new run's, noise included, seeded by the fit's seed). Cuts that leave too few runs on either side are skipped.
+
+    Refits use :func:`refit_settings`; with ``structural`` each refit gets its own structural error
+    (:func:`structural_error`).
+    """
+    data, law = fit.data, fit.law
+    settings = refit_settings(fit.settings)
+    for q, below in cut_masks(data, law, cuts, len(fit.spec.latents) + 2):
         with warnings.catch_warnings():  # a small refit that mixes less well still scores its extrapolation
             warnings.simplefilter("ignore", ConvergenceWarning)
-            refit = fit_law(train, law, fit.spec.likelihood, dict(fit.spec.priors), settings=settings)
+            refit = fit_law(data.subset(below), law, fit.spec.likelihood, dict(fit.spec.priors), settings=settings)
         refit = structural_error(refit) if structural else refit
-        covariates = {c: test.covariate(c) for c in law.covariates}
-        yield q, refit, test, np.log(refit.predict_draws(**covariates, noise=True, seed=fit.seed))
+        yield q, refit, ~below, log_predictive(refit, data.subset(~below), fit.seed)
+
+
+def log_predictive(fit: FitResult, runs: ScalingData, seed: int) -> np.ndarray:
+    """A new run's predictive draws of log-loss at the covariates of ``runs``, ``(draws, runs)`` (noise included)."""
+    return np.log(fit.predict_draws(**{c: runs.covariate(c) for c in fit.law.covariates}, noise=True, seed=seed))
 
 
 def _backtest(fit: FitResult, cuts: Sequence[float]) -> pd.DataFrame:
@@ -95,7 +126,8 @@ def _backtest(fit: FitResult, cuts: Sequence[float]) -> pd.DataFrame:
     mean of log-loss, the predictive variance and the distance beyond the refit's runs."""
     law = fit.law
     rows = []
-    for q, refit, test, draws in rolling_refits(fit, cuts):
+    for q, refit, held, draws in rolling_refits(fit, cuts):
+        test = fit.data.subset(held)
         log_x = {c: np.log(test.covariate(c)) for c in law.covariates}
         rows.append(pd.DataFrame({
             "cut": q,

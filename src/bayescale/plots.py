@@ -22,6 +22,7 @@ from .batch import BatchResult
 from .experiments import Design
 from .isoflop import IsoFlopResult
 from .posterior import LEVEL, FitResult
+from .stacking import StackedResult
 
 __all__ = [
     "plot_fit",
@@ -80,14 +81,20 @@ def plot_fit(
     i.e. the loss at the optimum of each budget. Data points are coloured by
     the nearest curve.
 
+    A stacked result (:func:`bayescale.stack`) is drawn against compute: the
+    mixture's band of the lowest loss each budget reaches (at the optimum for
+    members in N and D, the law itself for members in C).
+
     Args:
-        fit: a fit.
+        fit: a fit, or a stacked result.
         x: covariate on the horizontal axis (``"N"``, ``"D"`` or ``"C"``).
         curves: values of the held covariate (FLOPs for ``x="N"``, parameters
             for ``x="D"``); default four quantiles of the data.
         level: credible level of the bands.
         ax: axes to draw on (a new figure otherwise).
     """
+    if isinstance(fit, StackedResult):
+        return _plot_stacked(fit, level, ax)
     ax = _axes(ax)
     law, data = fit.law, fit.data
     nd = has_allocation(law)
@@ -111,7 +118,7 @@ def plot_fit(
     else:
         ax.scatter(observed, data.loss, s=12, alpha=0.6, color="k", zorder=3, label="runs")
         if nd:
-            _band(ax, grid, optimal_allocation(fit.law, fit.draws(), grid)["loss_opt"], level, "C0", "loss at the optimum")
+            _band(ax, grid, frontier_draws(fit, grid), level, "C0", "loss at the optimum")
         else:
             _band(ax, grid, fit.predict_draws(**{x: grid}), level, "C0", f"posterior median, {level:.0%} band")
     ax.legend(fontsize="small")
@@ -176,6 +183,31 @@ def _mark_optimum(ax: Axes, n: tuple[float, float, float], loss: float, color: A
     median, lo, hi = n
     ax.errorbar([median], [loss], xerr=[[median - lo], [hi - median]], fmt="D", color=color, ms=6,
                 markeredgecolor="k", capsize=3, zorder=4)
+
+
+def frontier_draws(fit: FitResult, compute: np.ndarray) -> np.ndarray:
+    """Draws ``(draws, budgets)`` of the lowest loss (nats) at each budget (FLOPs): the optimum's for a law
+    in N and D, the law's own for a law in C; a stacked result mixes its members'."""
+    if isinstance(fit, StackedResult):
+        return fit.combine({n: frontier_draws(m, compute) for n, m in fit.members.items()})
+    if has_allocation(fit.law):
+        return optimal_allocation(fit.law, fit.draws(), compute)["loss_opt"]
+    if fit.law.covariates != ("C",):
+        raise ValueError(f"law {fit.law.name!r} reads {fit.law.covariates}: no loss per budget without N and D")
+    return fit.predict_draws(C=compute)
+
+
+def _plot_stacked(fit: StackedResult, level: float, ax: Axes | None) -> Axes:
+    ax = _axes(ax)
+    data = fit.data
+    grid = _span(data.covariate("C"))
+    ax.scatter(data.covariate("C"), data.loss, s=12, alpha=0.6, color="k", zorder=3, label="runs")
+    _band(ax, grid, frontier_draws(fit, grid), level, "C0", f"mixture, {level:.0%} band")
+    ax.legend(fontsize="small")
+    ax.set(xscale="log", yscale="log", xlabel=_LABELS["C"], ylabel=f"{data.target}")
+    weights = ", ".join(f"{n} {w:.2f}" for n, w in fit.weights.items())
+    ax.set_title(f"stacked ({fit.method}): {weights}", fontsize="medium")
+    return ax
 
 
 def plot_allocation(

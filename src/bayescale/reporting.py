@@ -28,8 +28,9 @@ import numpy as np
 import pandas as pd
 
 from . import plots
-from .allocation import allocation_exponents, compute_optimal, has_allocation
+from .allocation import allocation_exponents, compute_optimal, has_allocation, plannable
 from .posterior import LEVEL, MISFIT, FitResult
+from .stacking import StackedResult
 from .store import atomic_write, write_text
 from .experiments import Design
 from .validation import Backtest
@@ -83,10 +84,13 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _figures(fit: FitResult, compute: Sequence[float], level: float) -> dict[str, tuple[str, plt.Figure]]:
+def _figures(fit: FitResult | StackedResult, compute: Sequence[float], level: float) -> dict[str, tuple[str, plt.Figure]]:
     """Figure name -> (caption, figure)."""
     figures: dict[str, tuple[str, plt.Figure]] = {}
     ax = plots.plot_fit(fit, level=level)
+    if isinstance(fit, StackedResult):  # members' own figures are in their own reports
+        return {"fit": ("Runs with the stacked mixture's median and credible band of the lowest loss per budget.",
+                        ax.figure)}
     figures["fit"] = ("Runs with the posterior median and credible band.", ax.figure)
     if has_allocation(fit.law):
         ax = plots.plot_isoflop(fit, level=level)
@@ -109,8 +113,31 @@ def _png(figure: plt.Figure) -> bytes:
     return buffer.getvalue()
 
 
+def _law(fit: FitResult | StackedResult) -> dict[str, Any]:
+    """The law (or for a stacked result the laws and their weights) as the report's JSON states it."""
+    if not isinstance(fit, StackedResult):
+        return {"name": fit.law.name, "formula": fit.law.formula, "params": list(fit.law.params)}
+    members = [{"name": n, "law": m.law.name, "formula": m.law.formula, "weight": fit.weights[n],
+                "structural_error": MISFIT in m.idata.posterior} for n, m in fit.members.items()]
+    return {"name": "stacked", "method": fit.method, "members": members,
+            "formula": "; ".join(f"{m['weight']:.2f} x {m['name']} ({m['formula']})" for m in members)}
+
+
+def _stacking_tables(fit: StackedResult) -> list[tuple[str, pd.DataFrame]]:
+    weights = pd.DataFrame([{"law": m.law.name, "formula": m.law.formula, "weight": fit.weights[n],
+                             "structural error": MISFIT in m.idata.posterior} for n, m in fit.members.items()],
+                           index=pd.Index(fit.names, name="member"))
+    source = "leave-future-out densities (rolling origin)" if fit.method == "future" else "PSIS leave-one-out densities"
+    tables = [(f"Stacked laws: weights from {source}", weights)]
+    if fit.record is not None:
+        by_cut = fit.record.groupby(level="cut").mean()
+        by_cut.insert(0, "held-out runs", fit.record.groupby(level="cut").size())
+        tables.append(("Leave-future-out record: mean log predictive density of held-out log-loss per cut", by_cut))
+    return tables
+
+
 def report(
-    fit: FitResult,
+    fit: FitResult | StackedResult,
     path: str | os.PathLike[str],
     compute: Sequence[float] | None = None,
     level: float = LEVEL,
@@ -121,7 +148,8 @@ def report(
     """Write the planning report of ``fit`` into the folder ``path``.
 
     Args:
-        fit: a fitted law.
+        fit: a fitted law, or laws stacked by :func:`bayescale.stack` (then the weights,
+            their leave-future-out record and the mixture's planning table are reported).
         path: output folder (created if needed).
         compute: budgets in FLOPs for the planning table (default 1e20 to 1e25);
             used only for laws in N and D.
@@ -140,11 +168,15 @@ def report(
     out = Path(path)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     diag = fit.diagnostics
-    title = title or f"bayescale report: {fit.law.name} fitted to {fit.data.source}"
-    summary = fit.summary(level)
-    nd = has_allocation(fit.law)
+    stacked = isinstance(fit, StackedResult)
+    law = _law(fit)
+    spec = next(iter(fit.members.values())).spec if stacked else fit.spec
+    name = "stacked " + ", ".join(fit.names) if stacked else law["name"]
+    title = title or f"bayescale report: {name} fitted to {fit.data.source}"
+    summary = fit.summary(level).set_index("parameter") if stacked else fit.summary(level)
+    nd = plannable(fit)
     plan = compute_optimal(fit, budgets, level=level) if nd else None
-    exponents = allocation_exponents(fit, level) if nd else None
+    exponents = allocation_exponents(fit, level) if nd and not stacked else None
     status = "Diagnostics OK" if diag.ok else "DIAGNOSTICS FAILED: " + "; ".join(diag.problems)
     meta = {
         "title": title,
@@ -152,8 +184,8 @@ def report(
         "level": level,
         "data": {"source": fit.data.source, "n_runs": fit.data.n, "target": fit.data.target,
                  "covariates": list(fit.data.available())},
-        "law": {"name": fit.law.name, "formula": fit.law.formula, "params": list(fit.law.params)},
-        "likelihood": {"name": fit.spec.likelihood.name, "nu": fit.spec.likelihood.nu},
+        "law": law,
+        "likelihood": {"name": spec.likelihood.name, "nu": spec.likelihood.nu},
         "sampler": fit.settings.to_dict(),
         "diagnostics": {
             "ok": diag.ok,
@@ -185,9 +217,11 @@ def report(
         figures["design"] = (f"Candidate runs coloured by how much each narrows the interval of {design.target};"
                              " circled: the runs chosen, in order.", plots.plot_design(design).figure)
     images = {name: (caption, _png(figure)) for name, (caption, figure) in figures.items()}
-    tables = [("Parameters", summary)]
-    if plan is not None and exponents is not None:
-        tables += [("Compute-optimal allocation", plan), ("Allocation exponents (N_opt ∝ C^a, D_opt ∝ C^b)", exponents)]
+    tables = [*(_stacking_tables(fit) if stacked else []), ("Parameters", summary)]
+    if plan is not None:
+        tables.append(("Compute-optimal allocation", plan))
+    if exponents is not None:
+        tables.append(("Allocation exponents (N_opt ∝ C^a, D_opt ∝ C^b)", exponents))
     if backtest is not None:
         tables.append(("Extrapolation check (rolling origin): " + backtest.message, backtest.table))
     if design is not None:
@@ -224,10 +258,19 @@ def _intro(meta: dict) -> list[tuple[str, str]]:
         ("Sampler", f"NUTS, {sampler['num_chains']} chains x {sampler['num_samples']} draws "
                     f"({sampler['num_warmup']} warmup), seed {sampler['seed']}"),
         ("Intervals", f"equal-tailed, {meta['level']:.0%}"),
-        ("Structural error", "none: bands assume the law holds beyond the data" if not extra["structural_error"]
-         else f"random walk beyond the data, scale {extra['misfit_scale_median']:.3g} log-loss per sqrt e-fold"),
+        ("Structural error", _structural_line(meta)),
         ("Versions", ", ".join(f"{k} {v}" for k, v in meta["versions"].items())),
     ]
+
+
+def _structural_line(meta: dict) -> str:
+    members = [m["name"] for m in meta["law"].get("members", []) if m["structural_error"]]
+    extra = meta["extrapolation"]
+    if members:
+        return "random walk beyond the data, learned rolling origin, in members " + ", ".join(members)
+    if not extra["structural_error"]:
+        return "none: bands assume the law holds beyond the data"
+    return f"random walk beyond the data, scale {extra['misfit_scale_median']:.3g} log-loss per sqrt e-fold"
 
 
 def _md(text: Any) -> str:

@@ -1,19 +1,24 @@
 """Bayesian stacking of several laws fitted to the same runs (Yao et al. 2018).
 
 No single law is right for real runs, and which one extrapolates best is itself
-uncertain. :func:`stack` weighs the candidate fits by stacking their
-leave-one-out predictive densities (PSIS-LOO, through ``arviz.compare(...,
-method="stacking")``): the weights maximise the LOO log score of the mixture
-predictive, so a law that adds nothing gets weight near zero and laws that
-predict different runs well share the weight. The stacked posterior is a
-mixture: each posterior draw slot ``(chain, draw)`` belongs to one member, picked
-with probability equal to its weight (seeded), and every prediction or
-allocation takes that member's draw in that slot.
+uncertain. :func:`stack` weighs the candidate fits so that the mixture of their
+predictive distributions scores best on runs they did not see, and the weights
+come from one of two records:
 
-Leave-one-out scores interpolation, not extrapolation: on the real OLMo ladder
-runs LOO stacking gave all the weight to Kaplan's joint law, which predicted the
-held-out larger models worst (benchmarks/RESULTS.md). For planning beyond the
-data prefer :func:`bayescale.extrapolation.structural_error`.
+- ``method="future"`` (the default, for planning): leave-future-out. Each law is
+  refitted rolling origin (below several cuts of compute, as
+  :func:`bayescale.backtest` does) and scored by the log predictive density of the
+  larger runs above each cut. The weights favour the laws that *extrapolated* best
+  within the data (Bürkner, Gabry and Vehtari 2020 give the leave-future-out
+  estimate; stacking it is Yao et al.'s objective on that record).
+- ``method="loo"``: PSIS leave-one-out densities. They score interpolation: on the
+  real OLMo ladder runs LOO stacking gave all the weight to Kaplan's joint law,
+  which predicted the held-out larger models worst (benchmarks/RESULTS.md).
+
+Either way ArviZ (``arviz.compare(..., method="stacking")``) finds the weights. The
+stacked posterior is a mixture: each posterior draw slot ``(chain, draw)`` belongs
+to one member, picked with probability equal to its weight (seeded), and every
+prediction or allocation takes that member's draw in that slot.
 
 Units: N in parameters, D in tokens, C in FLOPs, loss in nats.
 """
@@ -23,19 +28,24 @@ from __future__ import annotations
 import dataclasses
 import functools
 import warnings
-from collections.abc import Mapping
-from typing import Any, ClassVar
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Literal
 
 import arviz as az
 import numpy as np
 import pandas as pd
 import xarray as xr
 
+from .data import DataError
+from .extrapolation import CUTS, log_density, rolling_refits, scale_covariate
 from .laws import Law
 from .model import OBSERVED
-from .posterior import LEVEL, Diagnostics, FitResult, Posterior, data_from_idata, settings_from_meta, summaries_by_group
+from .posterior import LEVEL, MISFIT, Diagnostics, FitResult, Posterior, data_from_idata, settings_from_meta, summaries_by_group
 
-__all__ = ["StackedResult", "stack"]
+__all__ = ["StackedResult", "stack", "future_elpd", "stacking_weights", "mix", "check_stack", "scored", "METHODS"]
+
+METHODS = ("future", "loo")
+"""Records stacking weights can come from: leave-future-out (rolling origin) or PSIS leave-one-out."""
 
 _SEP = "."
 _STATS = ("diverging", "n_steps", "acceptance_rate", "lp", "step_size")
@@ -56,10 +66,15 @@ class StackedResult(Posterior):
         members: name -> :class:`~bayescale.posterior.FitResult` (posterior and sample
             stats; a member read back by :func:`bayescale.load` has no pointwise groups).
         weights: name -> stacking weight (they sum to 1).
+        method: the record the weights come from, one of :data:`METHODS`.
+        record: with ``method="future"``, the leave-future-out log predictive densities the
+            weights were computed from: one row per (cut, held-out run), one column per member.
     """
 
     members: Mapping[str, FitResult] = dataclasses.field(kw_only=True)
     weights: Mapping[str, float] = dataclasses.field(kw_only=True)
+    method: str = dataclasses.field(kw_only=True, default="loo")
+    record: pd.DataFrame | None = dataclasses.field(kw_only=True, default=None)
 
     kind: ClassVar[str] = "stacked"
 
@@ -118,6 +133,8 @@ class StackedResult(Posterior):
     def _meta(self) -> dict[str, Any]:
         return {
             "weights": dict(self.weights),
+            "method": self.method,
+            "record": None if self.record is None else self.record.reset_index().to_dict(orient="list"),
             "members": {n: {**m._meta(), "settings": m.settings.to_dict()} for n, m in self.members.items()},
         }
 
@@ -135,24 +152,77 @@ class StackedResult(Posterior):
                                             observed_data=idata.observed_data, constant_data=idata.constant_data)
             members[name] = FitResult._restore(member_idata, {**meta, **member_meta}, None)
         return cls(idata=idata, data=data_from_idata(idata, meta), settings=settings_from_meta(meta),
-                   members=members, weights=dict(meta["weights"]))
+                   members=members, weights=dict(meta["weights"]), method=meta.get("method", "loo"),
+                   record=None if meta.get("record") is None else pd.DataFrame(meta["record"]).set_index(["cut", "run"]))
 
 
-def stack(fits: Mapping[str, FitResult], seed: int = 0) -> StackedResult:
-    """Stack fits of the same runs by their PSIS-LOO predictive densities.
+def future_elpd(fit: FitResult, cuts: Sequence[float] = CUTS) -> pd.Series:
+    """Leave-future-out log predictive densities of a fit's model, one per (cut, held-out run).
+
+    The model (law, likelihood, priors, settings; with its structural error when the fit
+    has one, learned afresh on each refit's own runs) is refitted to the runs at or below
+    each cut quantile of the scale covariate, and each larger run's log-loss is scored by
+    the refit's predictive density (a new run's, noise included; Gaussian kernel estimate).
 
     Args:
-        fits: name -> fit (each a :class:`~bayescale.posterior.FitResult` of a law, e.g. the
-            Chinchilla law and a law that bends), all of the same runs in the same order and
-            with the same numbers of chains and draws.
-        seed: seed of the draw slots' assignment to members.
+        fit: a fit of any law (N in parameters, D in tokens, C in FLOPs, loss in nats).
+        cuts: quantiles of the scale covariate (C for laws in N and D).
 
     Returns:
-        :class:`StackedResult`; its weights are in ``weights`` and in ``summary()``.
+        Log densities of log-loss, indexed by ``(cut, run)`` (``run``: the run's position).
 
     Raises:
-        ValueError: fewer than two fits, fits of other runs, or other chain/draw counts.
+        DataError: no cut leaves enough runs to refit the law and some to hold out.
     """
+    structural = MISFIT in fit.idata.posterior
+    parts = [scored(fit, q, held, draws) for q, _, held, draws in rolling_refits(fit, cuts, structural=structural)]
+    if not parts:
+        raise DataError(f"no cut in {list(cuts)} leaves enough runs to refit {fit.law.name!r} and some to hold out")
+    return pd.concat(parts)
+
+
+def scored(fit: FitResult, q: float, held: np.ndarray, draws: np.ndarray) -> pd.Series:
+    index = pd.MultiIndex.from_product([[q], np.flatnonzero(held)], names=["cut", "run"])
+    return pd.Series(log_density(draws, np.log(fit.data.loss[held])), index=index)
+
+
+def _elpd_data(pointwise: pd.Series, draws: int) -> az.ELPDData:
+    """Pointwise densities in the shape ``arviz.compare`` takes precomputed (its fields say ``loo``)."""
+    values = pointwise.to_numpy()
+    return az.ELPDData(
+        data=[values.sum(), np.sqrt(values.size * values.var()), 0.0, draws, values.size, False,
+              xr.DataArray(values, dims=["point"], name="loo_i"), xr.DataArray(np.zeros(values.size), dims=["point"]),
+              "log", 0.7],
+        index=["elpd_loo", "se", "p_loo", "n_samples", "n_data_points", "warning", "loo_i", "pareto_k", "scale",
+               "good_k"],
+    )
+
+
+def stacking_weights(fits: Mapping[str, FitResult], future: Mapping[str, pd.Series] | None
+                     ) -> tuple[np.ndarray, pd.DataFrame | None]:
+    """Stacking weights from PSIS-LOO (``future`` None) or from each member's leave-future-out densities,
+    and the leave-future-out record they came from (rows (cut, run) every member was scored on)."""
+    names = list(fits)
+    table = None
+    if future is None:
+        records: dict[str, Any] = {n: fits[n].idata for n in names}
+    else:
+        common = functools.reduce(lambda a, b: a.intersection(b), (future[n].index for n in names))
+        if common.empty:
+            raise DataError("no cut leaves enough runs to refit every law; use fewer latents or method='loo'")
+        draws = fits[names[0]].idata.posterior.sizes["draw"] * fits[names[0]].idata.posterior.sizes["chain"]
+        table = pd.DataFrame({n: future[n].loc[common] for n in names})
+        records = {n: _elpd_data(table[n], draws) for n in names}
+    with warnings.catch_warnings():  # high Pareto k is reported by bs.compare; stacking still uses the estimate
+        warnings.simplefilter("ignore")
+        weights = az.compare(records, ic="loo", method="stacking")["weight"]
+    w = np.array([max(float(weights[n]), 0.0) for n in names])
+    return w / w.sum(), table
+
+
+def check_stack(fits: Mapping[str, FitResult], method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if len(fits) < 2:
         raise ValueError(f"stack needs at least two fits, got {len(fits)}")
     names = list(fits)
@@ -164,27 +234,35 @@ def stack(fits: Mapping[str, FitResult], seed: int = 0) -> StackedResult:
             raise ValueError(f"fit {name!r} is of other runs than {names[0]!r}: stacking needs the same data")
         if (other.idata.posterior.sizes["chain"], other.idata.posterior.sizes["draw"]) != shape:
             raise ValueError(f"fit {name!r} has other chain/draw counts than {names[0]!r}: {shape} expected")
-    with warnings.catch_warnings():  # high Pareto k is reported by bs.compare; stacking still uses the estimate
-        warnings.simplefilter("ignore")
-        weights = az.compare({n: fits[n].idata for n in names}, ic="loo", method="stacking")["weight"]
-    w = np.array([max(float(weights[n]), 0.0) for n in names])
-    w = w / w.sum()
+    orders = {n: scale_covariate(fits[n].law) for n in names}
+    if method == "future" and len(set(orders.values())) > 1:
+        raise ValueError(f"leave-future-out stacking cuts every law's runs at the same points; these laws order "
+                         f"runs by different covariates: {orders} (use method='loo')")
+
+
+def mix(fits: Mapping[str, FitResult], w: np.ndarray, seed: int, method: str,
+        record: pd.DataFrame | None = None) -> StackedResult:
+    """The mixture: draw slot ``(chain, draw)`` belongs to member ``k`` with probability ``w[k]`` (seeded)."""
+    names = list(fits)
+    first = fits[names[0]]
+    shape = (first.idata.posterior.sizes["chain"], first.idata.posterior.sizes["draw"])
     model = np.random.default_rng(seed).choice(len(names), size=shape, p=w)
 
-    def mix(group: str) -> np.ndarray:
+    def mixed(group: str) -> np.ndarray:
         values = np.stack([fits[n].idata[group][OBSERVED].values for n in names])
         return np.take_along_axis(values, model[None, :, :, None], axis=0)[0]
 
-    posterior = {"model": model, **{f"{n}{_SEP}{p}": fits[n].idata.posterior[p].values
-                                    for n in names for p in fits[n].latents}}
+    # every posterior variable of every member (its structural error's scale too), so members load back whole
+    posterior = {"model": model, **{f"{n}{_SEP}{p}": v.values for n in names
+                                    for p, v in fits[n].idata.posterior.data_vars.items()}}
     stats = {f"{n}{_SEP}{s}": fits[n].idata.sample_stats[s].values for n in names for s in _STATS
              if s in fits[n].idata.sample_stats}
     constant = {k: v.values for k, v in first.idata.constant_data.items()}
     idata = az.from_dict(
         posterior=posterior,
         sample_stats=stats,
-        log_likelihood={OBSERVED: mix("log_likelihood")},
-        posterior_predictive={OBSERVED: mix("posterior_predictive")},
+        log_likelihood={OBSERVED: mixed("log_likelihood")},
+        posterior_predictive={OBSERVED: mixed("posterior_predictive")},
         observed_data={OBSERVED: first.idata.observed_data[OBSERVED].values},
         constant_data=constant,
         coords={"run": np.arange(first.data.n)},
@@ -192,4 +270,37 @@ def stack(fits: Mapping[str, FitResult], seed: int = 0) -> StackedResult:
     )
     settings = dataclasses.replace(first.settings, seed=seed)
     return StackedResult(idata=idata, data=first.data, settings=settings, members=dict(fits),
-                         weights=dict(zip(names, w.tolist())))
+                         weights=dict(zip(names, w.tolist())), method=method, record=record)
+
+
+def stack(
+    fits: Mapping[str, FitResult],
+    seed: int = 0,
+    method: Literal["future", "loo"] = "future",
+    cuts: Sequence[float] = CUTS,
+) -> StackedResult:
+    """Stack fits of the same runs by their predictive densities on runs they did not see.
+
+    Args:
+        fits: name -> fit (each a :class:`~bayescale.posterior.FitResult` of a law, e.g. the
+            Chinchilla law and a law that bends; a fit may carry a structural error), all of
+            the same runs in the same order and with the same numbers of chains and draws
+            (for batches see :func:`bayescale.stack_batch`).
+        seed: seed of the draw slots' assignment to members.
+        method: ``"future"`` (weights from leave-future-out densities: every law is
+            refitted at each cut, so this costs ``len(cuts)`` small fits per law) or
+            ``"loo"`` (PSIS leave-one-out, no refits; scores interpolation).
+        cuts: quantiles of compute (the laws' scale covariate) at which ``"future"`` cuts.
+
+    Returns:
+        :class:`StackedResult`; its weights are in ``weights`` and in ``summary()``.
+
+    Raises:
+        ValueError: fewer than two fits, fits of other runs, other chain/draw counts, an
+            unknown method, or (``"future"``) laws that order runs by different covariates.
+        DataError: (``"future"``) no cut leaves enough runs to refit every law.
+    """
+    check_stack(fits, method)
+    future = None if method == "loo" else {n: future_elpd(f, cuts) for n, f in fits.items()}
+    w, record = stacking_weights(fits, future)
+    return mix(fits, w, seed, method, record)

@@ -19,11 +19,10 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import scipy.stats
 from matplotlib.axes import Axes
 
 from .data import DataError, ScalingData, as_data
-from .extrapolation import CUTS, rolling_refits
+from .extrapolation import CUTS, log_density, rolling_refits
 from .fit import fit as fit_law
 from .posterior import LEVEL, FitResult
 
@@ -158,14 +157,13 @@ def scores(log_draws: np.ndarray, log_observed: np.ndarray) -> dict[str, float]:
     y = np.asarray(log_observed, dtype=float)
     lo50, hi50, lo90, med, hi90 = np.quantile(log_draws, [0.25, 0.75, 0.05, 0.5, 0.95], axis=0)
     interval = (hi90 - lo90) + 20 * np.maximum(lo90 - y, 0) + 20 * np.maximum(y - hi90, 0)
-    lpd = [np.log(scipy.stats.gaussian_kde(log_draws[:, j])(y[j])[0] + 1e-300) for j in range(y.size)]
     return {
         "n": int(y.size),
         "cover50": float(np.mean((lo50 <= y) & (y <= hi50))),
         "cover90": float(np.mean((lo90 <= y) & (y <= hi90))),
         "width90": float(np.median(np.exp(hi90) - np.exp(lo90)) / np.median(np.exp(med))),
         "interval_score": float(np.mean(interval)),
-        "lpd": float(np.mean(lpd)),
+        "lpd": float(np.mean(log_density(log_draws, y))),
         "max_rel_error": float(np.max(np.abs(np.exp(y - med) - 1))),
     }
 
@@ -217,8 +215,8 @@ def backtest(fit: FitResult, cuts: Sequence[float] = CUTS, structural: bool = Fa
         :class:`Backtest`; its ``message`` says plainly when the bands under-cover.
     """
     rows = []
-    for q, refit, test, draws in rolling_refits(fit, cuts, structural):
-        rows.append({"cut": q, "train": refit.data.n, **scores(draws, np.log(test.loss))})
+    for q, refit, held, draws in rolling_refits(fit, cuts, structural):
+        rows.append({"cut": q, "train": refit.data.n, **scores(draws, np.log(fit.data.loss[held]))})
     if not rows:
         raise DataError(f"no cut in {list(cuts)} leaves enough runs to fit {fit.law.name!r} and some to hold out")
     return Backtest(table=pd.DataFrame(rows).set_index("cut"), structural=structural)
