@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 import bayescale as bs
+from bayescale.posterior import MISFIT
 from conftest import TINY
 
 
@@ -87,6 +88,22 @@ def test_future_record_is_the_backtests() -> None:
     table = bs.backtest(fit, cuts=(0.5, 0.75)).table
     np.testing.assert_allclose(record.groupby(level="cut").mean().to_numpy(), table["lpd"].to_numpy())
     assert list(record.groupby(level="cut").size()) == list(table["n"])
+
+
+def test_structural_members_share_the_refits_that_score_them() -> None:
+    """structural=True gives each law the structural error it would get alone (the same refits, reused), and
+    scores it with that error: its leave-future-out densities differ from the plain law's."""
+    data = bent_runs(5)
+    fits = {law: _quiet_fit(data, law) for law in ("offset_power", "m4")}
+    stacked = bs.stack(fits, structural=True, cuts=(0.5, 0.75))
+    for law, fit in fits.items():
+        alone = bs.extrapolation.structural_error(fit, cuts=(0.5, 0.75))
+        np.testing.assert_array_equal(stacked.members[law].idata.posterior[MISFIT].values,
+                                      alone.idata.posterior[MISFIT].values)
+    plain = bs.stacking.future_elpd(fits["offset_power"], cuts=(0.5, 0.75))
+    assert not np.allclose(stacked.record["offset_power"].to_numpy(), plain.loc[stacked.record.index].to_numpy())
+    with pytest.raises(ValueError, match="method='future'"):
+        bs.stack(fits, method="loo", structural=True)
 
 
 def test_stack_batch(small_groups: dict) -> None:

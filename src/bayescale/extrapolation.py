@@ -45,7 +45,7 @@ from .posterior import MISFIT, ConvergenceWarning, FitResult, distance
 from .sampling import SamplerSettings
 from .fit import fit as fit_law
 
-__all__ = ["structural_error", "rolling_refits", "cut_masks", "refit_settings", "log_predictive", "scale_covariate",
+__all__ = ["structural_error", "rolling_refits", "Refit", "cut_masks", "refit_settings", "log_predictive", "scale_covariate",
            "log_density", "MISFIT_PRIOR_RANGE", "CUTS"]
 
 MISFIT_PRIOR_RANGE = (1e-4, 1.0)
@@ -97,14 +97,17 @@ def refit_settings(settings: SamplerSettings) -> SamplerSettings:
                                num_samples=min(settings.num_samples, _BACKTEST_DRAWS), progress=False)
 
 
-def rolling_refits(fit: FitResult, cuts: Sequence[float], structural: bool = False
-                   ) -> Iterator[tuple[float, FitResult, np.ndarray, np.ndarray]]:
+Refit = tuple[float, FitResult, np.ndarray, np.ndarray]
+"""One rolling-origin refit: ``(cut, refit, held-out mask, predictive draws of held-out log-loss)``."""
+
+
+def rolling_refits(fit: FitResult, cuts: Sequence[float], structural: bool = False) -> Iterator[Refit]:
     """For each cut: the same model refitted to the runs at or below that quantile of the scale covariate,
     the mask of the runs above it, and the refit's predictive draws of their log-loss ``(draws, runs)`` (a
     new run's, noise included, seeded by the fit's seed). Cuts that leave too few runs on either side are skipped.
 
     Refits use :func:`refit_settings`; with ``structural`` each refit gets its own structural error
-    (:func:`structural_error`).
+    (:func:`structural_error`), and cuts whose refit has too few runs to learn it are skipped too.
     """
     data, law = fit.data, fit.law
     settings = refit_settings(fit.settings)
@@ -112,7 +115,11 @@ def rolling_refits(fit: FitResult, cuts: Sequence[float], structural: bool = Fal
         with warnings.catch_warnings():  # a small refit that mixes less well still scores its extrapolation
             warnings.simplefilter("ignore", ConvergenceWarning)
             refit = fit_law(data.subset(below), law, fit.spec.likelihood, dict(fit.spec.priors), settings=settings)
-        refit = structural_error(refit) if structural else refit
+        if structural:
+            try:
+                refit = structural_error(refit)
+            except DataError:
+                continue
         yield q, refit, ~below, log_predictive(refit, data.subset(~below), fit.seed)
 
 
@@ -121,12 +128,12 @@ def log_predictive(fit: FitResult, runs: ScalingData, seed: int) -> np.ndarray:
     return np.log(fit.predict_draws(**{c: runs.covariate(c) for c in fit.law.covariates}, noise=True, seed=seed))
 
 
-def _backtest(fit: FitResult, cuts: Sequence[float]) -> pd.DataFrame:
+def _backtest(fit: FitResult, record: Sequence[Refit]) -> pd.DataFrame:
     """The fit's own extrapolation record: for each held-out run of each cut, the error of the predictive
     mean of log-loss, the predictive variance and the distance beyond the refit's runs."""
     law = fit.law
     rows = []
-    for q, refit, held, draws in rolling_refits(fit, cuts):
+    for q, refit, held, draws in record:
         test = fit.data.subset(held)
         log_x = {c: np.log(test.covariate(c)) for c in law.covariates}
         rows.append(pd.DataFrame({
@@ -135,18 +142,19 @@ def _backtest(fit: FitResult, cuts: Sequence[float]) -> pd.DataFrame:
             "variance": draws.var(axis=0),
             "distance": distance(law, refit.data, log_x),
         }))
-    if not rows:
-        raise DataError(f"no cut in {list(cuts)} leaves enough runs to fit {law.name!r} and some to hold out")
     return pd.concat(rows, ignore_index=True)
 
 
-def structural_error(fit: FitResult, cuts: Sequence[float] = CUTS) -> FitResult:
+def structural_error(fit: FitResult, cuts: Sequence[float] = CUTS, record: Sequence[Refit] | None = None
+                     ) -> FitResult:
     """The fit with a structural-error term learned from its own rolling-origin extrapolations.
 
     Args:
         fit: a fit of any law (N in parameters, D in tokens, C in FLOPs, loss in nats).
         cuts: quantiles of the scale covariate (:func:`scale_covariate`) at which to cut;
             each must leave more runs below it than the law has latents, plus two.
+        record: the fit's rolling refits when already run (``list(rolling_refits(fit, cuts))``),
+            so that stacking and the structural error share them; ``cuts`` is then unused.
 
     Returns:
         A :class:`~bayescale.posterior.FitResult` equal to ``fit`` with a posterior
@@ -157,7 +165,10 @@ def structural_error(fit: FitResult, cuts: Sequence[float] = CUTS) -> FitResult:
     Raises:
         DataError: no cut leaves enough runs on both sides.
     """
-    table = _backtest(fit, cuts)
+    record = list(rolling_refits(fit, cuts)) if record is None else record
+    if not record:
+        raise DataError(f"no cut in {list(cuts)} leaves enough runs to fit {fit.law.name!r} and some to hold out")
+    table = _backtest(fit, record)
     weight = 1.0 / len(set(table["cut"]))
     variance = table["variance"].to_numpy()[None, :] + _GRID[:, None] ** 2 * table["distance"].to_numpy()[None, :]
     # The grid is log-spaced, so equal prior mass per point is the log-uniform prior: the posterior is the likelihood.
