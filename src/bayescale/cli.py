@@ -332,9 +332,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ValueError("--backtest checks one law; with several laws the report carries each law's "
                                  "leave-future-out record")
             fits = {law: fit(data, law=law, likelihood=args.likelihood, **_sampler_args(args)) for law in args.law}
-            if args.structural_error:
-                fits = {law: structural_error(f) for law, f in fits.items()}
-            result = fits[args.law[0]] if len(fits) == 1 else stack(fits, method=args.stack_method)
+            if len(fits) > 1:
+                result = stack(fits, method=args.stack_method, structural=args.structural_error)
+            else:
+                result = structural_error(fits[args.law[0]]) if args.structural_error else fits[args.law[0]]
         check = None
         if getattr(args, "backtest", False):
             check = backtest(result, structural=args.structural_error)

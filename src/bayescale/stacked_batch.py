@@ -23,7 +23,7 @@ from .batch import BatchResult, fit_batch
 from .data import DataError
 from .extrapolation import CUTS, cut_masks, log_predictive, refit_settings
 from .posterior import LEVEL, ConvergenceWarning, Diagnostics
-from .stacking import StackedResult, check_stack, mix, scored, stacking_weights
+from .stacking import METHODS, StackedResult, check_stack, mix, scored, stacking_weights
 
 __all__ = ["StackedBatch", "stack_batch"]
 
@@ -124,11 +124,14 @@ def stack_batch(
     Raises:
         ValueError: batches of other groups, or as :func:`bayescale.stack`.
     """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     names = list(batches)
     order = batches[names[0]].order
     for name in names[1:]:
         if batches[name].order != order:
             raise ValueError(f"batch {name!r} has other groups than {names[0]!r}: stacking needs the same groups")
+    # a group failed by several laws is reported with the first law's reason
     failures = {label: f"{n}: {why}" for n in reversed(names) for label, why in batches[n].failures.items()}
     labels = [label for label in order if label not in failures]
     future = {n: _future_elpd_batch(batches[n], labels, cuts) for n in names} if method == "future" and labels else None
