@@ -26,6 +26,7 @@ from .stacking import StackedResult
 
 __all__ = [
     "plot_fit",
+    "frontier_draws",
     "plot_isoflop",
     "plot_allocation",
     "plot_residuals",
