@@ -118,6 +118,7 @@ def _batch(args: argparse.Namespace) -> int:
     frame = pd.read_csv(args.csv)
     several = len(args.law) > 1
     batches = {}
+    unhealthy = False
     for law in args.law:
         out = os.path.join(args.out, law) if several else args.out
         result = fit_batch(
@@ -131,6 +132,7 @@ def _batch(args: argparse.Namespace) -> int:
             _write_csv(result.summary(), os.path.join(out, "summary.csv"), index=False)
         _print(diag)
         counts = diag["status"].value_counts()
+        unhealthy = unhealthy or bool(counts.get("warning", 0) or counts.get("failed", 0))
         print(f"\n{law}: {len(result)} groups: "
               + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "warning", "failed")))
         print(f"wrote {out}/diagnostics.csv, summary.csv and one file per group")
@@ -145,7 +147,6 @@ def _batch(args: argparse.Namespace) -> int:
         print("\nstacking weights per group:")
         _print(weights)
         print(f"wrote {args.out}/weights.csv")
-    unhealthy = any((b.status()["status"] != "ok").any() for b in batches.values())
     return 1 if args.strict and unhealthy else 0
 
 

@@ -45,8 +45,10 @@ from .posterior import MISFIT, ConvergenceWarning, FitResult, distance
 from .sampling import SamplerSettings
 from .fit import fit as fit_law
 
-__all__ = ["structural_error", "rolling_refits", "Refit", "cut_masks", "refit_settings", "log_predictive", "scale_covariate",
-           "log_density", "MISFIT_PRIOR_RANGE", "CUTS"]
+__all__ = [
+    "structural_error", "rolling_refits", "Refit", "cut_masks", "refit_settings", "log_predictive",
+    "scale_covariate", "log_density", "MISFIT_PRIOR_RANGE", "CUTS",
+]
 
 MISFIT_PRIOR_RANGE = (1e-4, 1.0)
 """Support of the log-uniform prior on ``tau`` (log-loss per square-root e-fold)."""
