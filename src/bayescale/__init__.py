@@ -13,6 +13,14 @@ This namespace only re-exports names from the modules below; importing it
 changes no global state (no warnings filters, no JAX configuration).
 """
 
+import warnings as _warnings
+
+with _warnings.catch_warnings():
+    # ArviZ announces its 1.0 refactor on import, once a day; bayescale pins arviz<1, so the notice
+    # concerns no user of this package. The filter is local to this import.
+    _warnings.filterwarnings("ignore", message=r"\s*ArviZ is undergoing a major refactor", category=FutureWarning)
+    import arviz as _arviz  # noqa: F401
+
 from . import (
     allocation,
     cache,

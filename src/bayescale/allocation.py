@@ -76,7 +76,7 @@ def _fixed(unique_tokens: float | None) -> dict[str, float]:
     """Covariates held fixed along the iso-FLOP line, as logs."""
     if unique_tokens is None:
         return {}
-    (u,) = _budgets(unique_tokens, "unique_tokens")
+    (u,) = _budgets(unique_tokens, "unique_tokens", "tokens")
     return {"U": float(np.log(u))}
 
 
@@ -86,10 +86,11 @@ def _check_k(k: float) -> float:
     return float(k)
 
 
-def _budgets(compute: Any, name: str = "compute") -> np.ndarray:
+def _budgets(compute: Any, name: str = "compute", unit: str = "FLOPs") -> np.ndarray:
+    """``compute`` as a 1-d float array of positive finite numbers, or ValueError naming ``name`` and its ``unit``."""
     c = np.atleast_1d(np.asarray(compute, dtype=float))
     if c.ndim != 1 or c.size == 0 or not np.all(np.isfinite(c)) or np.any(c <= 0):
-        raise ValueError(f"{name} must be positive finite numbers (FLOPs), got {compute!r}")
+        raise ValueError(f"{name} must be positive finite numbers ({unit}), got {compute!r}")
     return c
 
 
@@ -278,7 +279,7 @@ def compute_for_loss(
     """
     law = _check_nd(fit.law)
     k = _check_k(flops_per_token)
-    targets = _budgets(target_loss, "target_loss")
+    targets = _budgets(target_loss, "target_loss", "nats")
     with jax.enable_x64(True):
         log_c, ok = _compute_for_loss_draws(law, _params(fit), jnp.log(targets), float(np.log(k)))
     log_c, ok = np.asarray(log_c), np.asarray(ok)
@@ -326,7 +327,7 @@ def loss_at(
     """
     _check_nd(fit.law)
     k = _check_k(flops_per_token)
-    n, c = np.broadcast_arrays(_budgets(N, "N"), _budgets(C, "C"))
+    n, c = np.broadcast_arrays(_budgets(N, "N", "parameters"), _budgets(C, "C"))
     loss = fit.predict_draws(N=n, D=c / (k * n))
     best = optimal_allocation(fit.law, fit.draws(), c, k)["loss_opt"]
     table = table_of_draws({"loss": loss, "loss_opt": best, "penalty": loss - best}, pd.RangeIndex(len(n)), level)
@@ -378,8 +379,8 @@ def inference_optimal(
     """
     law = _check_nd(fit.law)
     k = _check_k(flops_per_token)
-    (target,) = _budgets(target_loss, "target_loss")
-    (tokens,) = _budgets(inference_tokens, "inference_tokens")
+    (target,) = _budgets(target_loss, "target_loss", "nats")
+    (tokens,) = _budgets(inference_tokens, "inference_tokens", "tokens")
     with jax.enable_x64(True):
         out = _inference_optimal_draws(law, _params(fit), jnp.log(target), jnp.log(tokens), k)
     log_n, log_d, log_total, log_plain_total, log_plain_n = (np.asarray(v) for v in out)

@@ -36,14 +36,14 @@ from tqdm.auto import tqdm
 
 from . import cache
 from .allocation import compute_optimal_by_group
-from .data import DataError, ScalingData
+from .data import DataError, ScalingData, check_labels
 from .laws import Law, get_law
 from .likelihoods import Likelihood, get_likelihood
 from .model import Spec, bucket_size, check_data, make_spec, model_data, potential_fn
 from .posterior import LEVEL, Diagnostics, FitResult, fit_idata, load, spec_to_json, summaries_by_group
 from .sampling import Draws, SamplerSettings, resolve_strategy, sample_lanes, sampler_settings
 from .start import initial_points
-from .store import MANIFEST, Manifest, ResumeWarning, data_hash, group_file, label_from_json
+from .store import MANIFEST, Manifest, ResumeWarning, data_hash, file_hash, group_file, label_from_json
 
 __all__ = ["fit_batch", "BatchResult", "load_batch", "fingerprint"]
 
@@ -70,15 +70,15 @@ def split_groups(
     elif isinstance(data, pd.DataFrame):
         if group is None or group not in data.columns:
             raise DataError(f"group column {group!r} not found; columns are {list(map(str, data.columns))}")
-        missing = data.index[data[group].isna()]
-        if len(missing):
-            raise DataError(
-                f"column {group!r} (group) is missing labels at rows {list(missing[:5])}"
-                f"{f' and {len(missing) - 5} more' if len(missing) > 5 else ''}: label them, or drop them"
-                f" explicitly (frame.dropna(subset=[{group!r}]))"
-            )
+        if data.shape[0] == 0:
+            raise DataError("the table has no rows")
+        try:
+            labels = check_labels(data[group], group)
+        except DataError as err:
+            raise DataError(f"{err}: label them, or drop them explicitly (frame.dropna(subset=[{group!r}]))"
+                            if "missing labels" in str(err) else str(err)) from None
         items = []
-        for name, frame in data.groupby(group, sort=False):
+        for name, frame in data.groupby(pd.Series(labels, index=data.index, dtype=object), sort=False):
             try:
                 items.append((name, ScalingData.from_table(frame.drop(columns=group), **columns)))
             except ValueError as err:
@@ -186,19 +186,20 @@ class BatchResult:
         for name in self.order:
             if name in self.results:
                 fit = self.results[name]
-                _save(manifest, name, fit, fingerprint(fit.spec, fit.settings, fit.data))
+                _save(manifest, name, fit, fingerprint(fit.spec, fit.settings, fit.data, name))
             else:
                 manifest.record(name, "failed", {}, self.failures[name])
 
 
-def fingerprint(spec: Spec, settings: SamplerSettings, data: ScalingData) -> dict[str, Any]:
-    """What a group's result depends on: its data (hash), law, likelihood, priors and sampler settings with seed.
+def fingerprint(spec: Spec, settings: SamplerSettings, data: ScalingData, label: Any = None) -> dict[str, Any]:
+    """What a group's result depends on: its data and label (hash), law, likelihood, priors and sampler
+    settings with seed.
 
     The progress bar is left out; the strategy is recorded as resolved on this machine.
     """
     run = {**settings.to_dict(), "strategy": resolve_strategy(settings.strategy)}
     del run["progress"]
-    return {"data": data_hash(data), **spec_to_json(spec), "settings": run}
+    return {"data": data_hash(data, label), **spec_to_json(spec), "settings": run}
 
 
 def _changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
@@ -230,12 +231,29 @@ def _reuse(manifest: Manifest, recorded: Mapping[str, Any], name: Any, inputs: M
     if why:
         return None, why
     try:
-        fit = load(os.path.join(manifest.folder, group_file(name)), law=law)
+        fit = _load_group(manifest.folder, name, entry, law)
     except DataError as err:
         return None, str(err)
-    if not isinstance(fit, FitResult) or data_hash(fit.data) != inputs["data"]:
-        return None, f"{group_file(name)} holds another result than the manifest records"
     return fit, ""
+
+
+def _load_group(folder: str, name: Any, entry: Mapping[str, Any], law: Law | None) -> FitResult:
+    """The saved result of group ``name``, checked against its manifest entry (file bytes, label and data).
+
+    Raises:
+        DataError: the file is unreadable, or is not the one the manifest recorded for this group (a file
+            copied over it, another group's result), naming it.
+    """
+    path = os.path.join(folder, group_file(name))
+    recorded = entry.get("sha256")
+    if recorded is not None and os.path.isfile(path) and file_hash(path) != recorded:
+        raise DataError(f"{path}: not the file the manifest recorded for group {name!r} (its bytes changed since"
+                        " it was written: another group's result copied over it, or an edit)")
+    fit = load(path, law=law)
+    if not isinstance(fit, FitResult) or data_hash(fit.data, name) != entry["fingerprint"]["data"]:
+        raise DataError(f"{path}: holds another result than the manifest records for group {name!r}"
+                        " (its data or label differ)")
+    return fit
 
 
 def _resume(
@@ -293,7 +311,7 @@ def load_batch(out_dir: str | os.PathLike[str], law: Law | None = None) -> Batch
             failures[name] = entry["reason"]
         else:
             try:
-                results[name] = load(os.path.join(manifest.folder, group_file(name)), law=law)
+                results[name] = _load_group(manifest.folder, name, entry, law)
             except DataError as err:
                 raise DataError(f"{err}; rerunning fit_batch with this out_dir refits the group") from None
     return BatchResult(results, failures, order)

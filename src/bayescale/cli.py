@@ -25,6 +25,7 @@ import argparse
 import os
 import platform
 import sys
+import warnings
 from collections.abc import Sequence
 
 import arviz as az
@@ -35,7 +36,7 @@ import pandas as pd
 from . import __version__, cache, datasets
 from .allocation import compute_for_loss, compute_optimal, plannable
 from .batch import BatchResult, fit_batch, load_batch
-from .data import DataError, ScalingData
+from .data import DataError, ScalingData, read_csv
 from .experiments import design
 from .extrapolation import structural_error
 from .fit import fit
@@ -113,9 +114,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _batch(args: argparse.Namespace) -> int:
-    if not os.path.isfile(args.csv):
-        raise DataError(f"{args.csv}: no such file")
-    frame = pd.read_csv(args.csv)
+    frame = read_csv(args.csv, group=args.group_col)
     several = len(args.law) > 1
     batches = {}
     unhealthy = False
@@ -304,8 +303,19 @@ def _info() -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code (0 ok, 1 not converged with ``--strict``, 2 bad input)."""
+    """Entry point; returns the exit code (0 ok, 1 not converged with ``--strict``, 2 bad input).
+
+    Deprecation notices of dependencies are not shown (they concern this package's code, not the
+    user's data); bayescale's own warnings about data and convergence are.
+    """
     args = _parser().parse_args(argv)
+    with warnings.catch_warnings():
+        for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
+            warnings.simplefilter("ignore", category)
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         if args.command == "info":
             return _info()

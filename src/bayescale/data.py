@@ -9,36 +9,73 @@ naming the column and the rows at fault.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import os
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["DataError", "DataWarning", "ScalingData", "COVARIATES", "fill_covariates", "check_positive", "as_data"]
+__all__ = [
+    "DataError",
+    "DataWarning",
+    "ScalingData",
+    "Covariate",
+    "COVARIATE_INFO",
+    "COVARIATES",
+    "fill_covariates",
+    "check_positive",
+    "check_labels",
+    "read_csv",
+    "as_data",
+]
 
-COVARIATES = ("N", "D", "C", "N_total", "U")
-"""Names of the covariates a law can use: parameters (active, for mixture-of-experts models),
-tokens, FLOPs, total parameters of mixture-of-experts models, and unique tokens (the
-distinct data that ``D`` repeats, for data-constrained laws)."""
 
-_DEFAULT_COLUMNS = {
-    "N": ("N", "params"),
-    "D": ("D", "tokens"),
-    "C": ("C", "compute", "flops"),
-    "N_total": ("N_total", "total_params"),
-    "U": ("U", "unique_tokens"),
-    "loss": ("loss",),
-}
+class Covariate(NamedTuple):
+    """What bayescale knows about one covariate; every module reads covariates from :data:`COVARIATE_INFO`.
+
+    Attributes:
+        name: the :class:`ScalingData` field, the keyword of ``predict`` and the
+            name a law lists in ``covariates``.
+        option: the keyword of :meth:`ScalingData.from_table` naming its column.
+        role: what it measures, in words (used in messages).
+        unit: its unit, ``"parameters"``, ``"tokens"`` or ``"FLOPs"``.
+        columns: column names :meth:`ScalingData.from_table` looks for when ``option`` is not given.
+        smallest: below this largest value, the column is read as given in other units
+            (no real study trains smaller).
+    """
+
+    name: str
+    option: str
+    role: str
+    unit: str
+    columns: tuple[str, ...]
+    smallest: float
+
+
+COVARIATE_INFO: tuple[Covariate, ...] = (
+    Covariate("N", "params", "parameters", "parameters", ("N", "params"), 1e5),
+    Covariate("D", "tokens", "tokens", "tokens", ("D", "tokens"), 1e6),
+    Covariate("C", "compute", "FLOPs", "FLOPs", ("C", "compute", "flops"), 1e12),
+    Covariate("N_total", "total_params", "total parameters", "parameters", ("N_total", "total_params"), 1e5),
+    Covariate("U", "unique_tokens", "unique tokens", "tokens", ("U", "unique_tokens"), 1e6),
+)
+"""The covariates a law can use: parameters (active, for mixture-of-experts models), tokens,
+FLOPs, total parameters of mixture-of-experts models, and unique tokens (the distinct data
+that ``D`` repeats, for data-constrained laws)."""
+
+COVARIATES = tuple(c.name for c in COVARIATE_INFO)
+"""Names of the covariates, in the order of :data:`COVARIATE_INFO`."""
+
 _COMPUTE_RTOL = 0.25
+_NA_STRINGS = ["", "NA", "N/A", "NaN", "nan", "NULL", "null", "None", "#N/A", "-NaN", "-nan", "n/a", "<NA>"]
+"""Cells read as missing in numeric columns of a CSV (pandas' defaults; never in the group column)."""
 _MAX_ROWS_LISTED = 5
 _PF_DAY = 8.64e19
 """FLOPs in one petaFLOP/s-day."""
-_SMALLEST = {"N": 1e5, "D": 1e6, "N_total": 1e5, "U": 1e6, "C": 1e12}
-"""Below these largest values a column is read as given in other units (no real study trains smaller)."""
 
 
 class DataError(ValueError):
@@ -195,25 +232,21 @@ class ScalingData:
     def subset(self, mask: np.ndarray) -> ScalingData:
         """Rows where boolean ``mask`` is true, keeping all metadata."""
         pick = lambda a: None if a is None else np.asarray(a)[mask]  # noqa: E731
-        return dataclasses.replace(
-            self,
-            loss=self.loss[mask],
-            N=pick(self.N),
-            D=pick(self.D),
-            C=pick(self.C),
-            group=pick(self.group),
-            N_total=pick(self.N_total),
-            U=pick(self.U),
-            flops_per_token=pick(self.flops_per_token),
-            index=pick(self.index),
-        )
+        rows = ("loss", *COVARIATES, "group", "flops_per_token", "index")
+        return dataclasses.replace(self, **{name: pick(getattr(self, name)) for name in rows})
 
     def groups(self) -> dict[Any, ScalingData]:
-        """Split by the group column, in order of first appearance."""
+        """Split by the group column, in order of first appearance (labels keep their type).
+
+        Raises:
+            DataError: no group column, or labels that compare equal but differ in type
+                (``True`` and ``1``), which would merge two groups.
+        """
         if self.group is None:
             raise DataError("no group column was given; pass group='column' when loading")
-        labels = pd.unique(pd.Series(self.group))
-        return {label: self.subset(self.group == label) for label in labels}
+        labels = check_labels(self.group, "group")
+        keys = [_label_key(x) for x in self.group]
+        return {label: self.subset(np.array([k == _label_key(label) for k in keys])) for label in labels}
 
     @classmethod
     def from_arrays(
@@ -231,17 +264,13 @@ class ScalingData:
         compute_rtol: float = _COMPUTE_RTOL,
     ) -> ScalingData:
         """Validate arrays of runs; see :meth:`from_table` for the rules."""
-        columns: dict[str, Any] = {"loss": loss, "N": N, "D": D, "C": C, "N_total": N_total, "U": U}
-        frame = pd.DataFrame({k: np.asarray(v) for k, v in columns.items() if v is not None})
+        given = {"N": N, "D": D, "C": C, "N_total": N_total, "U": U}
+        frame = pd.DataFrame({"loss": np.asarray(loss), **{k: np.asarray(v) for k, v in given.items() if v is not None}})
         if group is not None:
-            frame["group"] = np.asarray(group)
+            frame["group"] = pd.Series(list(np.asarray(group, dtype=object)), dtype=object)
         return cls.from_table(
             frame,
-            params="N" if N is not None else None,
-            tokens="D" if D is not None else None,
-            compute="C" if C is not None else None,
-            total_params="N_total" if N_total is not None else None,
-            unique_tokens="U" if U is not None else None,
+            **{c.option: c.name if given[c.name] is not None else None for c in COVARIATE_INFO},
             group="group" if group is not None else None,
             flops_per_token=flops_per_token,
             counts_embeddings=counts_embeddings,
@@ -277,7 +306,8 @@ class ScalingData:
             compute: column of training FLOPs C. Default: ``"C"``, ``"compute"``
                 or ``"flops"``.
             loss: column of final losses (nats), or of any positive target.
-            group: optional column of group labels (kept as given).
+            group: optional column of group labels (kept as given; from a CSV path
+                read as the strings in the file).
             total_params: column of total parameters of mixture-of-experts
                 models (N is then the active parameters; dense runs repeat N).
                 Default: ``"N_total"`` or ``"total_params"`` if present.
@@ -305,8 +335,9 @@ class ScalingData:
 
         Raises:
             DataError: empty table, duplicated or missing columns, non-numeric,
-                boolean, NaN, infinite or non-positive values, naming column and
-                rows.
+                boolean, NaN, infinite or non-positive values, derived values out of
+                the float range (``6·N·D`` overflowing), missing group labels or
+                labels that compare equal across types, naming column and rows.
 
         Warns:
             DataWarning: values that look like other units (N or D in millions or
@@ -314,10 +345,8 @@ class ScalingData:
             than parameters in every run, duplicated runs; each names the fix.
         """
         if isinstance(table, (str, os.PathLike)):
-            if not os.path.exists(table):
-                raise DataError(f"no such file: {os.fspath(table)!r}")
             source = source or os.fspath(table)
-            table = pd.read_csv(table)
+            table = read_csv(table, group=group)
         if not isinstance(table, pd.DataFrame):
             raise DataError(f"table must be a pandas DataFrame or a CSV path, got {type(table).__name__}")
         source = source or "DataFrame"
@@ -327,30 +356,26 @@ class ScalingData:
         if table.shape[0] == 0:
             raise DataError("the table has no rows")
 
-        def resolve(role: str, given: str | None) -> str | None:
+        def resolve(covariate: Covariate, given: str | None) -> str | None:
             if given is not None:
                 if given not in table.columns:
                     raise DataError(
-                        f"column {given!r} (for {role}) not found; columns are {list(map(str, table.columns))}"
+                        f"column {given!r} (for {covariate.name}) not found; columns are"
+                        f" {list(map(str, table.columns))}"
                     )
                 return given
-            return next((c for c in _DEFAULT_COLUMNS[role] if c in table.columns), None)
+            return next((c for c in covariate.columns if c in table.columns), None)
 
-        names = {
-            "N": resolve("N", params),
-            "D": resolve("D", tokens),
-            "C": resolve("C", compute),
-            "N_total": resolve("N_total", total_params),
-            "U": resolve("U", unique_tokens),
-            "loss": resolve("loss", loss),
-        }
+        options = {"params": params, "tokens": tokens, "compute": compute, "total_params": total_params,
+                   "unique_tokens": unique_tokens}
+        names = {c.name: resolve(c, options[c.option]) for c in COVARIATE_INFO}
+        names["loss"] = loss if loss in table.columns else None
         if names["loss"] is None:
             raise DataError(f"column {loss!r} (for loss) not found; columns are {list(map(str, table.columns))}")
         if group is not None and group not in table.columns:
             raise DataError(f"column {group!r} (for group) not found; columns are {list(map(str, table.columns))}")
         table = _duplicates(table, [c for c in (*names.values(), group) if c is not None], duplicates)
-        roles = {"N": "parameters", "D": "tokens", "C": "FLOPs", "N_total": "total parameters",
-                 "U": "unique tokens", "loss": "loss"}
+        roles = {**{c.name: c.role for c in COVARIATE_INFO}, "loss": "loss"}
         values = {k: None if c is None else _numeric_column(table, c, roles[k]) for k, c in names.items()}
 
         m = None
@@ -397,13 +422,15 @@ class ScalingData:
                 stacklevel=2,
             )
         N, D, C = fill_covariates(N, D, C, m)
+        derived = {"N": (N, "C/(6·D)"), "D": (D, "C/(6·N)" if m is None else "C/M"),
+                   "C": (C, "6·N·D" if m is None else "M·D")}
+        for key, (value, rule) in derived.items():
+            if value is not None and names[key] is None:
+                check_positive(value, table.index, f"{key} (derived as {rule})", "derived")
 
         groups = None
         if group is not None:
-            if table[group].isna().any():
-                bad = table.index[table[group].isna()]
-                raise DataError(f"column {group!r} (group) is missing labels at rows {_rows(bad)}")
-            groups = table[group].to_numpy()
+            groups = check_labels(table[group], group)
 
         return cls(
             loss=values["loss"],
@@ -423,20 +450,89 @@ class ScalingData:
 
 def _check_units(names: dict[str, str | None], values: dict[str, np.ndarray | None]) -> None:
     """Warn when a covariate's values look like another unit, naming the column and the fix."""
-    for key, smallest in _SMALLEST.items():
-        x = values[key]
-        if x is None or x.max() >= smallest:
+    for covariate in COVARIATE_INFO:
+        x = values[covariate.name]
+        if x is None or x.max() >= covariate.smallest:
             continue
-        if key == "C":
+        if covariate.unit == "FLOPs":
             log10 = bool(np.all((x >= 5) & (x <= 40)))
             hint = ("looks like log10 FLOPs: give 10**C" if log10
                     else f"looks like PF-days: multiply it by {_PF_DAY:.3g} (FLOPs per PF-day)")
         else:
-            unit = "parameters" if key in ("N", "N_total") else "tokens"  # D, U
+            unit = covariate.unit
             hint = f"looks like millions or billions of {unit}: give {unit} (multiply millions by 1e6, billions by 1e9)"
         warnings.warn(
-            f"column {names[key]!r}: the largest value is {_plain(x.max())!r}; {hint}", DataWarning, stacklevel=3
+            f"column {names[covariate.name]!r}: the largest value is {_plain(x.max())!r}; {hint}",
+            DataWarning,
+            stacklevel=3,
         )
+
+
+def _label_key(label: Any) -> tuple[str, Any]:
+    """A label with its type, so ``1``, ``"1"`` and ``True`` stay three labels."""
+    value = _plain(label)
+    return (type(value).__name__, value)
+
+
+def check_labels(labels: Sequence[Any] | pd.Series, column: str) -> np.ndarray:
+    """Group labels as an object array, checked: none missing, none that would merge with another.
+
+    Labels keep their type: ``1`` and ``"1"`` are two groups. Labels that compare
+    equal across types (``True`` and ``1``, ``1`` and ``1.0``) would be merged by
+    any dictionary or ``groupby``, so they are refused.
+
+    Raises:
+        DataError: missing labels (NaN, None, empty strings), or labels equal across
+            types, naming the column, rows and labels.
+    """
+    series = pd.Series(list(labels) if not isinstance(labels, pd.Series) else labels, dtype=object)
+    missing = series.isna() | series.map(lambda x: isinstance(x, str) and not x.strip())
+    if missing.any():
+        raise DataError(f"column {column!r} (group) is missing labels at rows {_rows(series.index[missing])}")
+    values = np.array([_plain(x) for x in series], dtype=object)
+    seen: dict[Any, tuple[str, Any]] = {}
+    for label in values:
+        key = _label_key(label)
+        try:
+            first = seen.setdefault(label, key)
+        except TypeError:
+            raise DataError(f"column {column!r} (group): label {label!r} is not hashable") from None
+        if first != key:
+            raise DataError(
+                f"column {column!r} (group): labels {first[1]!r} ({first[0]}) and {key[1]!r} ({key[0]}) compare"
+                " equal and would merge two groups; give labels of one type (e.g. all strings)"
+            )
+    return values
+
+
+def read_csv(path: str | os.PathLike[str], group: str | None = None) -> pd.DataFrame:
+    """Read a CSV table of runs: numbers as numbers, the ``group`` column as the strings in the file.
+
+    Labels are never type-guessed: ``01`` and ``1`` stay two groups, ``NA`` is a label;
+    an empty cell in the group column is a missing label (an error when the groups are split).
+
+    Raises:
+        DataError: no such file, no header, or a column name used twice (pandas would
+            rename the second silently).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DataError(f"no such file: {path!r}")
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        header = next(csv.reader(handle), None)
+    if not header:
+        raise DataError(f"{path}: empty file, no header row")
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise DataError(f"{path}: column names used more than once: {repeated}; rename them")
+    if group is None:
+        return pd.read_csv(path, encoding="utf-8-sig")
+    if group not in header:
+        raise DataError(f"{path}: column {group!r} (for group) not found; columns are {header}")
+    frame = pd.read_csv(path, encoding="utf-8-sig", dtype={group: str}, keep_default_na=False,
+                        na_values={c: _NA_STRINGS for c in header if c != group})
+    frame[group] = frame[group].astype(object).where(frame[group].str.strip() != "", None)
+    return frame
 
 
 def _duplicates(table: pd.DataFrame, columns: list[str], how: str) -> pd.DataFrame:

@@ -47,6 +47,7 @@ import pandas as pd
 from .allocation import optimal_allocation
 from .likelihoods import Likelihood
 from .posterior import LEVEL, FitResult, Posterior
+from .sampling import check_seed
 from .stacking import StackedResult
 
 __all__ = ["Design", "design", "expected_width", "candidate_grid"]
@@ -191,6 +192,7 @@ def design(
         raise ValueError(f"k must be a positive integer, got {k!r}")
     if rule not in ("width", "per_flop"):
         raise ValueError(f"rule must be 'width' or 'per_flop', got {rule!r}")
+    check_seed(seed)
     members, combine = _members(result)
     first = next(iter(members.values()))
     table = candidate_grid(first.data) if candidates is None else candidates.reset_index(drop=True).copy()

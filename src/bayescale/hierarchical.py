@@ -198,7 +198,7 @@ class HierarchicalResult(Posterior):
         names = [*self.law.params, "sigma"] + (["nu"] if self.likelihood.learns_nu else [])
         posterior = xr.Dataset({n: post[n].sel(group=group, drop=True) if "group" in post[n].dims else post[n]
                                 for n in names})
-        runs = np.flatnonzero(np.asarray(self.data.group).astype(str) == group)
+        runs = np.flatnonzero(np.asarray(self.data.group).astype(str) == str(group))  # saved as strings
 
         def own_runs(ds: xr.Dataset) -> xr.Dataset:
             return ds.isel(run=runs).assign_coords(run=np.arange(runs.size))
@@ -302,6 +302,9 @@ def fit_hierarchical(
         raise DataError("invalid groups: " + "; ".join(f"{k}: {v}" for k, v in failures.items()))
     if len(groups) < 2:
         raise DataError(f"a hierarchical fit needs at least two groups, got {len(groups)}")
+    if len({str(g) for g in order}) < len(order):
+        raise DataError(f"group labels {order!r} read the same as text (1 and '1'); a hierarchical fit needs"
+                        " labels that differ as text")
     for name, d in groups.items():
         for c in law.covariates:
             try:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
+import json
 import math
 import types
 import warnings
@@ -31,7 +33,7 @@ import scipy.stats
 import numpyro.distributions as dist
 from numpyro import handlers
 from numpyro.distributions import constraints
-from numpyro.distributions.transforms import biject_to
+from numpyro.distributions.transforms import Transform, biject_to
 from numpyro.infer.util import potential_energy
 
 from .data import DataError, DataWarning, ScalingData
@@ -44,6 +46,8 @@ __all__ = [
     "Layout",
     "FlatModel",
     "make_spec",
+    "prior_to_json",
+    "prior_from_json",
     "check_data",
     "model_data",
     "bucket_size",
@@ -105,11 +109,12 @@ class Spec:
 
     @functools.cached_property
     def key(self) -> tuple:
-        """Value identity: equal keys define the same model (compiled programs are reused)."""
-        priors = tuple(
-            (name, type(p).__name__, tuple(np.asarray(getattr(p, a), dtype=float).tobytes() for a in p.arg_constraints))
-            for name, p in sorted(self.priors.items())
-        )
+        """Value identity: equal keys define the same model (compiled programs are reused).
+
+        Priors enter by their full parameters, nested distributions and transforms
+        included (:func:`prior_to_json`, the form ``save`` writes).
+        """
+        priors = json.dumps({name: prior_to_json(p) for name, p in self.priors.items()}, sort_keys=True)
         return (self.law, self.likelihood, priors, self.roles)
 
     def __hash__(self) -> int:
@@ -152,6 +157,12 @@ def make_spec(law: Law, likelihood: Likelihood, priors: Mapping[str, Any] | None
             )
         if name in ("sigma", "nu") and not _positive_support(prior):
             raise ValueError(f"prior for {name!r} must be on positive numbers, got {prior.support}")
+        try:
+            recorded = prior_to_json(prior)
+            if prior_to_json(prior_from_json(recorded)) != recorded:
+                raise ValueError(f"{type(prior).__name__} is not rebuilt from its arguments as it was")
+        except ValueError as err:
+            raise ValueError(f"prior for {name!r} cannot be saved with the result: {err}") from None
         defaults[name] = prior
     return Spec(law, likelihood, types.MappingProxyType(defaults))
 
@@ -194,6 +205,86 @@ def check_data(data: ScalingData, spec: Spec) -> None:
                 DataWarning,
                 stacklevel=3,
             )
+
+
+_ALIASES = {"base_distribution": "base_dist"}
+"""Constructor arguments that a distribution keeps under another attribute name."""
+
+
+def _object_to_json(obj: Any, kind: str) -> dict[str, Any]:
+    """A distribution or transform as ``{"type", "args"}``, from its constructor's arguments."""
+    args = {}
+    for name, param in inspect.signature(type(obj).__init__).parameters.items():
+        if name in ("self", "validate_args") or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if not hasattr(obj, _ALIASES.get(name, name)):
+            raise ValueError(f"{type(obj).__name__} keeps no attribute {name!r}, so it cannot be recorded")
+        value = getattr(obj, _ALIASES.get(name, name))
+        if param.default is not param.empty and value is param.default:
+            continue
+        args[name] = _value_to_json(value, f"{type(obj).__name__}.{name}")
+    return {"type": type(obj).__name__, "args": args} if kind == "distribution" else {
+        "transform": type(obj).__name__, "args": args}
+
+
+def _value_to_json(value: Any, where: str) -> Any:
+    if isinstance(value, dist.Distribution):
+        return {"distribution": _object_to_json(value, "distribution")}
+    if isinstance(value, Transform):
+        return _object_to_json(value, "transform")
+    if isinstance(value, (list, tuple)) and all(isinstance(v, Transform) for v in value):
+        return {"transforms": [_object_to_json(v, "transform") for v in value]}
+    if isinstance(value, bool):
+        return value
+    try:
+        array = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where} is a {type(value).__name__}, which cannot be recorded") from None
+    return array.tolist()
+
+
+def prior_to_json(prior: dist.Distribution) -> dict[str, Any]:
+    """A prior as JSON with every parameter: ``{"type": class name, "args": {argument: value}}``.
+
+    Nested distributions (the base of a truncated or transformed one) appear as
+    ``{"distribution": {...}}`` and transforms as ``{"transform": name, "args": {...}}``,
+    so two priors are equal exactly when their JSON is.
+
+    Raises:
+        ValueError: a distribution whose arguments cannot be read back from it.
+    """
+    return _object_to_json(prior, "distribution")
+
+
+def prior_from_json(spec: Mapping[str, Any]) -> dist.Distribution:
+    """Inverse of :func:`prior_to_json`; only classes of ``numpyro.distributions`` are built.
+
+    Raises:
+        ValueError: a type that is not a NumPyro distribution (or transform), or arguments it rejects.
+    """
+    return _object_from_json(spec["type"], spec["args"], dist, dist.Distribution)
+
+
+def _object_from_json(name: str, args: Mapping[str, Any], namespace: Any, base: type) -> Any:
+    cls = getattr(namespace, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ValueError(f"cannot rebuild {name!r}: not a {base.__module__}.{base.__name__}")
+    try:
+        return cls(**{k: _value_from_json(v) for k, v in args.items()})
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"cannot rebuild {name}({', '.join(args)}): {err}") from None
+
+
+def _value_from_json(value: Any) -> Any:
+    if isinstance(value, dict) and "distribution" in value:
+        return prior_from_json(value["distribution"])
+    if isinstance(value, dict) and "transform" in value:
+        return _object_from_json(value["transform"], value["args"], dist.transforms, Transform)
+    if isinstance(value, dict) and "transforms" in value:
+        return [_value_from_json(t) for t in value["transforms"]]
+    if isinstance(value, bool):
+        return value
+    return np.asarray(value, dtype=float) if isinstance(value, list) else float(value)
 
 
 def _positive_support(prior: dist.Distribution) -> bool:

@@ -29,16 +29,15 @@ import arviz as az
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro.distributions as dist
 import pandas as pd
 import xarray as xr
 from numpyro.infer import Predictive
 from numpyro.infer.util import constrain_fn, log_likelihood
 
-from .data import DataError, ScalingData, check_positive, fill_covariates
+from .data import COVARIATES, DataError, ScalingData, check_positive, fill_covariates
 from .laws import Law, get_law
 from .likelihoods import Likelihood
-from .model import OBSERVED, Layout, ModelData, Spec, build_model, make_spec, unflatten
+from .model import OBSERVED, Layout, ModelData, Spec, build_model, make_spec, prior_from_json, prior_to_json, unflatten
 from .sampling import Draws, SamplerSettings
 from .store import atomic_write
 
@@ -586,7 +585,7 @@ def spec_to_json(spec: Spec) -> dict[str, Any]:
     return {
         "law": {"name": spec.law.name, "options": dict(spec.law.options)},
         "likelihood": {"name": spec.likelihood.name, "nu": spec.likelihood.nu},
-        "priors": {k: _prior_to_json(v) for k, v in spec.priors.items()},
+        "priors": {k: prior_to_json(v) for k, v in spec.priors.items()},
         "roles": [list(r) for r in spec.roles],
     }
 
@@ -595,21 +594,9 @@ def spec_from_json(meta: Mapping[str, Any], law: Law | None = None) -> Spec:
     """Inverse of :func:`spec_to_json`; ``law`` is required for a custom law (functions are not saved)."""
     law = _law_from_meta(meta, law)
     likelihood = Likelihood(meta["likelihood"]["name"], meta["likelihood"]["nu"])
-    priors = {k: _prior_from_json(v) for k, v in meta["priors"].items()}
+    priors = {k: prior_from_json(v) for k, v in meta["priors"].items()}
     roles = tuple(tuple(r) for r in meta.get("roles", ()))
     return Spec(law, likelihood, priors, roles) if roles else make_spec(law, likelihood, priors)
-
-
-def _prior_to_json(prior: dist.Distribution) -> dict[str, Any]:
-    args = {k: np.asarray(getattr(prior, k)).tolist() for k in prior.arg_constraints}
-    return {"type": type(prior).__name__, "args": args}
-
-
-def _prior_from_json(spec: Mapping[str, Any]) -> dist.Distribution:
-    cls = getattr(dist, spec["type"], None)
-    if cls is None:
-        raise ValueError(f"cannot rebuild prior of type {spec['type']!r}")
-    return cls(**spec["args"])
 
 
 def _law_from_meta(meta: Mapping[str, Any], law: Law | None) -> Law:
@@ -636,12 +623,8 @@ def data_from_idata(idata: az.InferenceData, meta: Mapping[str, Any]) -> Scaling
     optional = lambda name: const[name].values if name in const else None  # noqa: E731
     return ScalingData(
         loss=const["loss"].values,
-        N=optional("N"),
-        D=optional("D"),
-        C=optional("C"),
+        **{c: optional(c) for c in COVARIATES},
         group=optional("group"),
-        N_total=optional("N_total"),
-        U=optional("U"),
         flops_per_token=optional("M"),
         counts_embeddings=meta["data"]["counts_embeddings"],
         index=np.asarray(meta["data"]["index"], dtype=object),
@@ -662,9 +645,9 @@ def load(path: str | os.PathLike[str], law: Law | None = None) -> Posterior:
         priors and settings.
 
     Raises:
-        DataError: the file is missing, damaged or not a bayescale result (the
-            message names the file).
-        ValueError: the result uses a custom law and ``law`` was not given.
+        DataError: the file is missing, damaged or not a bayescale result, names an
+            unknown law, prior or settings, or uses a custom law and ``law`` was not
+            given (the message names the file).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -677,13 +660,19 @@ def load(path: str | os.PathLike[str], law: Law | None = None) -> Posterior:
         raise DataError(f"{path}: a netCDF file without a bayescale posterior (not written by bayescale)")
     try:
         meta = json.loads(idata.posterior.attrs["bayescale"])
+        if not isinstance(meta, dict):
+            raise TypeError(f"a JSON {type(meta).__name__}, not an object")
         del idata.posterior.attrs["bayescale"]
         kind = meta.get("kind", "fit")
         if kind not in _KINDS:
             raise DataError(f"{path}: a result of unknown kind {kind!r}")
         return _KINDS[kind]._restore(idata, meta, law)
-    except (KeyError, TypeError, json.JSONDecodeError) as err:
+    except DataError:
+        raise
+    except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as err:
         raise DataError(f"{path}: damaged bayescale metadata ({type(err).__name__}: {err})") from None
+    except ValueError as err:
+        raise DataError(f"{path}: {err}") from None
 
 
 def summaries_by_group(fits: Mapping[str, FitResult], level: float = LEVEL) -> pd.DataFrame:

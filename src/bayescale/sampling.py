@@ -34,6 +34,8 @@ from numpyro.infer.hmc import hmc
 from tqdm.auto import tqdm
 
 __all__ = [
+    "check_seed",
+    "SEED_LIMIT",
     "SamplerSettings",
     "sampler_settings",
     "NUTSConfig",
@@ -59,6 +61,17 @@ class NUTSConfig(NamedTuple):
 
 _STRATEGIES = ("auto", "vmap", "loop")
 _PRECISIONS = ("auto", "float64", "float32")
+
+
+SEED_LIMIT = 2**32
+"""Seeds are integers in ``[0, SEED_LIMIT)``: a batch derives ``seed + i`` per group, which stays in JAX's range."""
+
+
+def check_seed(seed: Any, name: str = "seed") -> int:
+    """Return ``seed`` as an int, or raise ValueError naming ``name`` when it is not an integer in ``[0, 2**32)``."""
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed < SEED_LIMIT:
+        raise ValueError(f"{name} must be an integer in [0, 2**32), got {seed!r}")
+    return int(seed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,10 +112,11 @@ class SamplerSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name, least in (("num_warmup", 0), ("num_samples", 1), ("num_chains", 1), ("max_tree_depth", 1), ("seed", 0)):
+        for name, least in (("num_warmup", 0), ("num_samples", 1), ("num_chains", 1), ("max_tree_depth", 1)):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < least:
                 raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+        check_seed(self.seed)
         if not isinstance(self.target_accept_prob, (int, float)) or not 0 < self.target_accept_prob < 1:
             raise ValueError(f"target_accept_prob must be in (0, 1), got {self.target_accept_prob!r}")
         if self.strategy not in _STRATEGIES:

@@ -125,7 +125,8 @@ class StackedResult(Posterior):
     def predict(self, level: float = LEVEL, seed: int = 0, **points: Any) -> pd.DataFrame:
         """Bands of the mixture at new points: as :meth:`FitResult.predict`, the law uncertainty included."""
         first = next(iter(self.members.values()))
-        covariates = first._covariates(*(points.get(k) for k in ("N", "D", "C", "flops_per_token", "N_total", "U")))
+        covariates = first._covariates(points.get("N"), points.get("D"), points.get("C"), points.get("flops_per_token"),
+                                       points.get("N_total"), points.get("U"))
         table = pd.DataFrame({k: v for k, v in covariates.items() if v is not None})
         lo_q, hi_q = (1 - level) / 2, (1 + level) / 2
         mean, new = self.predict_draws(**points), self.predict_draws(**points, noise=True, seed=seed)

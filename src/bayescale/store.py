@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -27,13 +28,15 @@ from typing import Any
 import numpy as np
 from filelock import FileLock
 
-from .data import DataError, ScalingData
+from .data import COVARIATES, DataError, ScalingData
 
 __all__ = [
     "ResumeWarning",
     "atomic_write",
     "write_text",
     "data_hash",
+    "file_hash",
+    "clean_partial_files",
     "label_to_json",
     "label_from_json",
     "group_file",
@@ -45,6 +48,9 @@ MANIFEST = "manifest.json"
 """File name of a batch folder's manifest."""
 _FORMAT = 1
 _LABEL_TYPES = {bool: "bool", int: "int", float: "float", str: "str"}
+_HOST = re.sub(r"[^A-Za-z0-9-]+", "-", socket.gethostname()) or "host"
+_PARTIAL = re.compile(r"\..+\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.\d+\.tmp")
+"""Temporary names of :func:`atomic_write`: ``.<name>.<host>.<pid>.<thread>.tmp``."""
 
 
 class ResumeWarning(UserWarning):
@@ -58,12 +64,16 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> 
         path: the destination; its folder must exist.
         write: writes the complete file at the path it is given.
 
+    Temporary files that killed writers on this host left in the folder are removed first
+    (:func:`clean_partial_files`).
+
     Raises:
         Whatever ``write`` raises; the temporary file is removed and ``path`` is untouched.
     """
     path = os.fspath(path)
     folder, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    clean_partial_files(folder)
+    tmp = os.path.join(folder, f".{name}.{_HOST}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -82,15 +92,60 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write(path, write)
 
 
-def data_hash(data: ScalingData) -> str:
-    """SHA-256 of the runs' numbers (loss, N, D, C, N_total, M), in row order."""
+def data_hash(data: ScalingData, label: Any = None) -> str:
+    """SHA-256 of the runs' numbers (loss, every covariate, M), in row order, and of the group ``label``.
+
+    Every covariate of :data:`~bayescale.data.COVARIATES` is covered, so no edit of a
+    column a law may read leaves the hash unchanged.
+    """
     digest = hashlib.sha256()
-    for name in ("loss", "N", "D", "C", "N_total", "flops_per_token"):
+    for name in ("loss", *COVARIATES, "flops_per_token"):
         value = getattr(data, name)
         digest.update(name.encode())
         if value is not None:
             digest.update(np.ascontiguousarray(value, dtype=np.float64).tobytes())
+    if label is not None:
+        digest.update(json.dumps(label_to_json(label), sort_keys=True).encode())
     return digest.hexdigest()
+
+
+def file_hash(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def clean_partial_files(folder: str | os.PathLike[str]) -> list[str]:
+    """Remove the temporary files that writers killed mid-write left in ``folder``; return their names.
+
+    A temporary name carries its writer's host and process id (see :func:`atomic_write`);
+    files of processes still running (this one included) and of other hosts (the shards
+    of a batch on a shared folder) are left to them.
+    """
+    removed = []
+    for name in os.listdir(folder):
+        match = _PARTIAL.fullmatch(name)
+        if match is None or match["host"] != _HOST or _running(int(match["pid"])):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(folder, name))
+            removed.append(name)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def label_to_json(label: Any) -> dict[str, Any]:
@@ -191,14 +246,13 @@ class Manifest:
             fingerprint: what the result depends on (compared on resume).
             reason: why the group failed.
             write: writes the group's file (atomically); called under the lock, before the
-                manifest names it, so file and entry always agree.
+                manifest names it, so file and entry always agree. The entry records the
+                file's SHA-256, so a file copied over it later is recognised.
         """
         with self._update() as manifest:
+            entry = {"label": label_to_json(label), "status": status, "reason": reason,
+                     "fingerprint": dict(fingerprint)}
             if write is not None:
                 write()
-            manifest["groups"][group_file(label)] = {
-                "label": label_to_json(label),
-                "status": status,
-                "reason": reason,
-                "fingerprint": dict(fingerprint),
-            }
+                entry["sha256"] = file_hash(os.path.join(self.folder, group_file(label)))
+            manifest["groups"][group_file(label)] = entry
