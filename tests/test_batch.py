@@ -162,6 +162,35 @@ def test_damaged_group_file_is_named_and_refitted(saved: tuple, small_groups: di
     assert same_draws(bs.load_batch(folder)["g2"], batch["g2"])
 
 
+@pytest.mark.filterwarnings("ignore::bayescale.ConvergenceWarning")
+def test_a_group_file_copied_over_another_is_refused_and_refitted(saved: tuple, small_groups: dict, tmp_path) -> None:  # noqa: ANN001
+    """load_batch (and so `bayescale plan`) served g1's posterior as g0's after a copy over g0's file."""
+    batch, folder = saved
+    folder = copy_of(folder, tmp_path)
+    swapped = folder / bs.store.group_file("g0")
+    shutil.copyfile(folder / bs.store.group_file("g1"), swapped)
+    with pytest.raises(bs.DataError, match=f"{swapped.name}.*not the file the manifest recorded for group 'g0'"):
+        bs.load_batch(folder)
+    with pytest.warns(bs.ResumeWarning, match=f"'g0' .*{swapped.name}"):
+        rerun = bs.fit_batch(small_groups, out_dir=folder, settings=TINY)
+    assert rerun.resume["g0"].startswith("refitted") and rerun.resume["g1"] == "reused"
+    assert same_draws(bs.load_batch(folder)["g0"], batch["g0"])
+
+
+@pytest.mark.filterwarnings("ignore::bayescale.ConvergenceWarning")
+def test_rerun_after_editing_unique_tokens_refits(saved: tuple, small_groups: dict, tmp_path) -> None:  # noqa: ANN001
+    """U (unique tokens) was not hashed: a data-constrained batch rerun after editing it reused stale groups."""
+    _, folder = saved
+    folder = copy_of(folder, tmp_path)
+    with_u = {name: dataclasses.replace(d, U=d.D / 4) for name, d in small_groups.items()}
+    with pytest.warns(bs.ResumeWarning, match="its data changed"):
+        bs.fit_batch(with_u, out_dir=folder, settings=TINY)
+    edited = dict(with_u, g1=dataclasses.replace(with_u["g1"], U=with_u["g1"].U * 0.01))
+    with pytest.warns(bs.ResumeWarning, match="'g1' its data changed"):
+        rerun = bs.fit_batch(edited, out_dir=folder, settings=TINY)
+    assert rerun.resume == {"g0": "reused", "g1": "refitted: its data changed", "g2": "reused"}
+
+
 def test_concurrent_writers_and_readers_never_see_a_damaged_file(saved: tuple, tmp_path) -> None:  # noqa: ANN001
     batch, _ = saved
     folder = tmp_path / "shared"
@@ -208,7 +237,7 @@ def test_group_labels_missing_or_of_two_types(small_groups: dict) -> None:
         result = bs.fit_batch(frame, group="arch", settings=TINY)
     assert result.order == [1, "1"] and result[1].data.n == 10 and result["1"].data.n == 10
     frame.loc[[3, 14], "arch"] = np.nan
-    with pytest.raises(bs.DataError, match=r"'arch'.*rows \[3, 14\]"):
+    with pytest.raises(bs.DataError, match=r"'arch'.*rows 3, 14"):
         bs.fit_batch(frame, group="arch", settings=TINY)
 
 

@@ -49,21 +49,23 @@ def test_cli_plan_and_report_from_saved_fit(chinchilla_fit: bs.FitResult, tmp_pa
 
 
 def test_cli_batch_reports_bad_group_and_strict(tmp_path, capsys) -> None:  # noqa: ANN001
+    """Labels are the strings in the file: "01" and "1" were one group of 60 runs, and "NA" was missing."""
     frames = []
-    for i, alpha in enumerate([0.3, 0.36]):
+    for i, (alpha, label) in enumerate([(0.3, "01"), (0.36, "1")]):
         N, D = bs.chinchilla_design(30, seed=i)
         frame = bs.simulate("chinchilla", {**CHINCHILLA, "alpha": alpha}, N=N, D=D, seed=i).to_frame()
-        frames.append(frame.assign(arch=f"arch{i}"))
-    broken = frames[1].assign(arch="broken")
+        frames.append(frame.assign(arch=label))
+    broken = frames[1].assign(arch="NA")
     broken.loc[broken.index[3], "loss"] = np.nan
     csv = tmp_path / "runs.csv"
     pd.concat([frames[0], broken, frames[1]], ignore_index=True).to_csv(csv, index=False)
     args = ["batch", str(csv), "--group-col", "arch", "--samples", "200", "--warmup", "200", "--quiet"]
     assert cli.main([*args, "--out", str(tmp_path / "b")]) == 0
-    diag = pd.read_csv(tmp_path / "b" / "diagnostics.csv", index_col=0)
-    assert diag.index.tolist() == ["arch0", "broken", "arch1"]
-    assert diag.loc["broken", "status"] == "failed" and "row" in diag.loc["broken", "reason"]
-    assert set(diag.loc[["arch0", "arch1"], "status"]) <= {"ok", "warning"}
+    diag = pd.read_csv(tmp_path / "b" / "diagnostics.csv", index_col=0, dtype={"group": str}, keep_default_na=False)
+    assert diag.index.tolist() == ["01", "NA", "1"]
+    assert diag.loc["NA", "status"] == "failed" and "row" in diag.loc["NA", "reason"]
+    assert set(diag.loc[["01", "1"], "status"]) <= {"ok", "warning"}
+    assert [bs.load_batch(tmp_path / "b")[g].data.n for g in ("01", "1")] == [30, 30]
     assert cli.main(["plan", str(tmp_path / "b"), "--compute", "1e22"]) == 0
     # resumed from the saved groups, and --strict turns the failed group into exit status 1
     assert cli.main([*args, "--out", str(tmp_path / "b"), "--strict"]) == 1
@@ -168,3 +170,51 @@ def test_cli_batch_stacks_several_laws(tmp_path, capsys) -> None:  # noqa: ANN00
     np.testing.assert_allclose(weights[["chinchilla", "overtrain"]].sum(axis=1), 1.0)
     assert (out / "chinchilla" / "diagnostics.csv").exists() and (out / "overtrain" / "diagnostics.csv").exists()
     capsys.readouterr()
+
+
+def test_cli_bad_tables_seeds_and_metadata_exit_2_with_one_line(chinchilla_fit: bs.FitResult, tmp_path, capsys) -> None:  # noqa: ANN001
+    """Each of these gave a traceback (KeyError, OverflowError, AttributeError) or exit 0 on the wrong column."""
+    import json
+
+    empty = tmp_path / "empty.csv"
+    empty.write_text("N,D,loss,arch\n")
+    twice = tmp_path / "twice.csv"
+    twice.write_text("N,D,loss,loss\n1e8,2e9,3.1,9.9\n2e8,4e9,3.0,9.9\n")
+    huge = tmp_path / "huge.csv"
+    pd.DataFrame({"N": [1e308, 2e8, 3e8], "D": [2e9, 4e9, 6e9], "loss": [3.1, 3.0, 2.9]}).to_csv(huge, index=False)
+    good = tmp_path / "good.csv"
+    chinchilla_fit.data.to_frame().to_csv(good, index=False)
+    listed = tmp_path / "listed"
+    listed.mkdir()
+    idata = chinchilla_fit.idata.copy()
+    idata.posterior.attrs["bayescale"] = json.dumps([1, 2])
+    idata.to_netcdf(listed / "fit.nc", engine="h5netcdf")
+    cases = {
+        ("batch", str(empty), "--group-col", "arch", "--out", str(tmp_path / "e")): "no rows",
+        ("fit", str(twice), "--out", str(tmp_path / "t")): "more than once",
+        ("fit", str(huge), "--out", str(tmp_path / "h")): "'C (derived as 6·N·D)'",
+        ("fit", str(good), "--seed", "99999999999999999999", "--out", str(tmp_path / "s")): "seed must be an integer",
+        ("plan", str(listed), "--compute", "1e22"): "damaged bayescale metadata",
+        ("design", str(listed), "--target-compute", "1e24", "--budget", "1e21"): "damaged bayescale metadata",
+    }
+    for argv, message in cases.items():
+        capsys.readouterr()
+        assert cli.main(list(argv)) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, (argv, err)
+    assert not (tmp_path / "h").exists() and not (tmp_path / "s").exists()  # nothing written before the refusal
+    with pytest.raises(ValueError, match="seed"):
+        bs.fit(chinchilla_fit.data, seed=2**64)
+
+
+def test_cli_shows_no_dependency_notices(tmp_path) -> None:  # noqa: ANN001
+    """ArviZ's notice about its refactor reached every new CLI user (once a day, on import)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "PYTHONWARNINGS": "default"}
+    run = subprocess.run([sys.executable, "-m", "bayescale.cli", "datasets"], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert run.returncode == 0 and "chinchilla_synthetic" in run.stdout
+    assert "Warning" not in run.stderr and "ArviZ" not in run.stderr, run.stderr

@@ -1,6 +1,7 @@
 """ScalingData: loading, derived columns and validation errors."""
 
 import dataclasses
+import os
 import warnings
 
 import jax
@@ -226,3 +227,73 @@ def test_duplicated_runs_warned_kept_or_dropped() -> None:
         assert bs.ScalingData.from_table(frame, duplicates="keep").n == 6
     with pytest.raises(DataError, match="duplicates must be"):
         bs.ScalingData.from_table(frame, duplicates="maybe")
+
+
+def test_csv_group_labels_are_the_strings_in_the_file(tmp_path) -> None:  # noqa: ANN001
+    """Labels 01 and 1, or 1 and 1.0, were merged by pandas' type guessing; NA was read as missing."""
+    csv = tmp_path / "runs.csv"
+    csv.write_text("N,D,loss,arch\n1e8,2e9,3.1,01\n2e8,4e9,3.0,1\n3e8,6e9,2.9,1.0\n4e8,8e9,2.8,NA\n5e8,1e10,2.7,\n")
+    frame = bs.data.read_csv(csv, group="arch")
+    assert frame["arch"].tolist()[:4] == ["01", "1", "1.0", "NA"] and frame["arch"].isna().tolist()[4]
+    with pytest.raises(bs.DataError, match=r"'arch'.*missing labels at rows 4"):
+        bs.ScalingData.from_table(csv, group="arch")
+    csv.write_text("N,D,loss,arch\n1e8,2e9,3.1,01\n2e8,4e9,NA,1\n")
+    with pytest.raises(bs.DataError, match=r"'loss'.*NaN.*rows 1"):  # NA in a number column is still missing
+        bs.ScalingData.from_table(csv, group="arch")
+
+
+def test_csv_with_a_column_name_twice_is_refused(tmp_path) -> None:  # noqa: ANN001
+    csv = tmp_path / "runs.csv"
+    csv.write_text("N,D,loss,loss\n1e8,2e9,3.1,9.9\n2e8,4e9,3.0,9.9\n")
+    with pytest.raises(bs.DataError, match=r"runs.csv.*more than once.*\['loss'\]"):
+        bs.ScalingData.from_table(csv)
+
+
+def test_labels_equal_across_types_are_refused() -> None:
+    frame = pd.DataFrame({"N": [1e8, 2e8, 3e8], "D": [2e9, 4e9, 6e9], "loss": [3.1, 3.0, 2.9],
+                          "arch": pd.Series([True, 1, "x"], dtype=object)})
+    with pytest.raises(bs.DataError, match=r"'arch'.*True \(bool\) and 1 \(int\).*merge"):
+        bs.ScalingData.from_table(frame, group="arch")
+    with pytest.raises(bs.DataError, match="merge"):
+        bs.fit_batch(frame, group="arch")
+    frame["arch"] = pd.Series([1, "1", "x"], dtype=object)  # two types that do not compare equal: two groups
+    assert [len(g.loss) for g in bs.ScalingData.from_table(frame, group="arch").groups().values()] == [1, 1, 1]
+
+
+def test_derived_compute_that_overflows_is_refused_naming_the_column() -> None:
+    frame = pd.DataFrame({"N": [1e308, 2e8, 3e8], "D": [2e9, 4e9, 6e9], "loss": [3.1, 3.0, 2.9]})
+    with pytest.raises(bs.DataError, match=r"'C \(derived as 6·N·D\)'.*infinite.*rows 0"):
+        bs.ScalingData.from_table(frame)
+    with pytest.raises(bs.DataError, match=r"'D \(derived as C/\(6·N\)\)'.*> 0.*rows 0"):
+        bs.ScalingData.from_table(pd.DataFrame({"N": [1e300, 2e8], "C": [1e-300, 4e18], "loss": [3.1, 3.0]}))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.sampled_from(["1", "01", "1.0", "NA", "nan", "None", "True", "true", "a b", "-0", " x", "é"]),
+                min_size=1, max_size=12))
+def test_any_csv_labels_are_kept_as_the_groups_a_person_sees(labels: list) -> None:
+    """Through read_csv (what the CLI reads) and split_groups (what fit_batch splits by), every distinct
+    string in the group column is its own group with exactly its rows."""
+    import csv as csv_module
+    import io
+    import tempfile
+
+    from bayescale.batch import split_groups
+
+    n = len(labels)
+    frame = pd.DataFrame({"N": np.geomspace(1e8, 1e9, n), "D": np.geomspace(2e9, 2e10, n),
+                          "loss": np.linspace(3.0, 2.5, n), "arch": labels})
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "runs.csv")
+        frame.to_csv(path, index=False)
+        with open(path, newline="") as handle:
+            seen = [row["arch"] for row in csv_module.DictReader(io.StringIO(handle.read()))]
+        read = bs.data.read_csv(path, group="arch")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bs.DataWarning)
+        groups, failures, order = split_groups(read, "arch", {})
+    assert order == list(dict.fromkeys(seen))
+    for label in order:
+        rows = [i for i, s in enumerate(seen) if s == label]
+        size = groups[label].n if label in groups else len(rows)
+        assert size == len(rows), (label, failures)

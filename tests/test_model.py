@@ -1,16 +1,23 @@
 """The model: input checks, the potential over a flat vector, and its guards."""
 
+import dataclasses
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro.distributions as dist
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import bayescale as bs
 from bayescale.data import DataWarning
 from bayescale.laws import get_law
 from bayescale.likelihoods import get_likelihood
 from bayescale.model import make_spec, model_data, potential_fn
+from bayescale.posterior import spec_from_json, spec_to_json
 from conftest import CHINCHILLA
 
 
@@ -46,3 +53,54 @@ def test_overflowing_jacobian_is_a_rejected_point() -> None:
         assert np.isfinite(float(potential(z(0.0), md)))
         u = alpha * (709.5 - float(md.centre["D"]))  # D_c = e^709.5 is finite, D_c / alpha is not
         assert float(potential(z(u), md)) == np.inf
+
+
+def test_two_priors_of_one_family_are_two_models(chinchilla_fit: bs.FitResult, tmp_path) -> None:  # noqa: ANN001
+    """TruncatedNormal keeps loc and scale in its base distribution: two of them compared equal, shared one
+    compiled potential (the second fit sampled the first fit's prior) and failed to load back."""
+    law, lik = get_law("chinchilla"), get_likelihood("student_t")
+    narrow = make_spec(law, lik, {"alpha": dist.TruncatedNormal(0.3, 0.01, low=0.0)})
+    wide = make_spec(law, lik, {"alpha": dist.TruncatedNormal(0.3, 1.0, low=0.0)})
+    assert narrow != wide and hash(narrow) != hash(wide)
+    assert potential_fn(narrow) is not potential_fn(wide)
+    md = model_data(chinchilla_fit.data, law)
+    z = jnp.zeros(len(narrow.latents)).at[1].set(jnp.log(0.5))  # alpha = 0.5, far out for the narrow prior
+    assert float(potential_fn(narrow)(z, md)) > float(potential_fn(wide)(z, md)) + 100
+    dataclasses.replace(chinchilla_fit, spec=narrow).save(tmp_path / "fit.nc")
+    loaded = bs.load(tmp_path / "fit.nc").spec
+    assert loaded == narrow and loaded != wide
+
+
+_FAMILIES = {
+    "Normal": lambda a, b: dist.Normal(a, b),
+    "LogNormal": lambda a, b: dist.LogNormal(a, b),
+    "StudentT": lambda a, b: dist.StudentT(3.0, a, b),
+    "TruncatedNormal": lambda a, b: dist.TruncatedNormal(a, b, low=0.0),
+    "TwoSidedTruncatedNormal": lambda a, b: dist.TruncatedNormal(a, b, low=-1.0, high=2.0),
+    "Uniform": lambda a, b: dist.Uniform(a, a + b),
+    "Gamma": lambda a, b: dist.Gamma(b, b + abs(a)),
+    "Exp(Normal)": lambda a, b: dist.TransformedDistribution(dist.Normal(a, b), dist.transforms.ExpTransform()),
+}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(sorted(_FAMILIES)), st.floats(-3, 3), st.floats(0.05, 3), st.floats(-3, 3), st.floats(0.05, 3))
+def test_priors_of_one_family_compare_by_every_parameter_and_survive_save(
+    family: str, a1: float, b1: float, a2: float, b2: float
+) -> None:
+    law, lik = get_law("chinchilla"), get_likelihood("student_t")
+    first = make_spec(law, lik, {"E": _FAMILIES[family](a1, b1)})
+    second = make_spec(law, lik, {"E": _FAMILIES[family](a2, b2)})
+    assert (first == second) == ((a1, b1) == (a2, b2))
+    for spec in (first, second):
+        back = spec_from_json(json.loads(json.dumps(spec_to_json(spec))))
+        assert back == spec and hash(back) == hash(spec)
+
+
+def test_a_prior_that_cannot_be_saved_is_refused_when_given() -> None:
+    class Mine(dist.Normal):
+        def __init__(self, centre: float) -> None:
+            super().__init__(centre, 1.0)
+
+    with pytest.raises(ValueError, match=r"prior for 'E' cannot be saved.*Mine keeps no attribute 'centre'"):
+        make_spec(get_law("chinchilla"), get_likelihood("student_t"), {"E": Mine(1.0)})

@@ -181,3 +181,43 @@ def test_pointwise_groups_are_computed_in_bounded_blocks(monkeypatch: pytest.Mon
         assert blocks.idata[group]["log_loss"].dtype == np.float32
         assert blocks.idata[group]["log_loss"].shape == whole.idata[group]["log_loss"].shape
     np.testing.assert_allclose(blocks.idata.log_likelihood["log_loss"], whole.idata.log_likelihood["log_loss"], rtol=1e-5)
+
+
+def test_hierarchical_fit_with_integer_labels(tiny_hierarchical: bs.HierarchicalResult, small_groups: dict,
+                                              tmp_path) -> None:  # noqa: ANN001
+    """Labels were compared as strings: with groups 0, 1, 2, `h[1].data.n` was 0."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bs.ConvergenceWarning)
+        h = bs.fit_hierarchical(dict(enumerate(small_groups.values())), settings=TINY)
+    assert h.groups == [0, 1, 2] and [h[g].data.n for g in h.groups] == [10, 10, 10]
+    np.testing.assert_array_equal(h[1].draws("E"), tiny_hierarchical["g1"].draws("E"))  # labels change nothing
+    h.save(tmp_path / "h.nc")
+    loaded = bs.load(tmp_path / "h.nc")
+    assert loaded.groups == [0, 1, 2] and loaded[1].data.n == 10
+    np.testing.assert_array_equal(loaded[1].draws("E"), h[1].draws("E"))
+    with pytest.raises(bs.DataError, match="differ as text"):
+        bs.fit_hierarchical({1: small_groups["g0"], "1": small_groups["g1"]}, settings=TINY)
+
+
+def test_load_refuses_damaged_or_foreign_metadata_naming_the_file(chinchilla_fit: bs.FitResult, tmp_path) -> None:  # noqa: ANN001
+    """A JSON list as metadata raised AttributeError; an unknown law a ValueError without the file; any
+    attribute of numpyro.distributions named as a prior was called."""
+    import json
+
+    import xarray as xr
+
+    chinchilla_fit.save(tmp_path / "fit.nc")
+    meta = json.loads(xr.open_dataset(tmp_path / "fit.nc", group="posterior", engine="h5netcdf").attrs["bayescale"])
+    edits = {
+        "list.nc": ([1, 2], "damaged bayescale metadata"),
+        "law.nc": ({**meta, "law": {"name": "no_such_law", "options": {}}}, "law.nc: .*custom law 'no_such_law'"),
+        "settings.nc": ({**meta, "settings": {**meta["settings"], "num_chains": -1}}, "settings.nc: num_chains"),
+        "prior.nc": ({**meta, "priors": {**meta["priors"], "E": {"type": "biject_to", "args": {}}}},
+                     "prior.nc: cannot rebuild 'biject_to': not a .*Distribution"),
+    }
+    for name, (value, message) in edits.items():
+        idata = chinchilla_fit.idata.copy()
+        idata.posterior.attrs["bayescale"] = json.dumps(value)
+        idata.to_netcdf(tmp_path / name, engine="h5netcdf")
+        with pytest.raises(bs.DataError, match=message):
+            bs.load(tmp_path / name)

@@ -1,6 +1,9 @@
 """Atomic files, group labels that keep their type, the batch manifest."""
 
+import dataclasses
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -48,3 +51,27 @@ def test_unreadable_manifest_is_named_and_replaced(tmp_path) -> None:  # noqa: A
     with pytest.warns(bs.ResumeWarning, match="manifest.json.*refitted"):
         assert manifest.start(["b"]) == []
     assert manifest.read()["order"] == [{"value": "b", "type": "str"}]
+
+
+def test_data_hash_covers_every_covariate_and_the_label() -> None:
+    """U was left out of the hash: a data-constrained batch rerun after editing U reused stale groups."""
+    data = bs.ScalingData.from_arrays(loss=[3.0, 2.9, 2.8], N=[1e8, 2e8, 4e8], D=[4e9, 8e9, 1.6e10],
+                                      U=[1e9, 1e9, 2e9], N_total=[1e8, 3e8, 4e8])
+    base = store.data_hash(data)
+    for name in bs.data.COVARIATES:
+        edited = dataclasses.replace(data, **{name: getattr(data, name) * 1.01})
+        assert store.data_hash(edited) != base, name
+    assert store.data_hash(data, "g0") != store.data_hash(data, "g1") != base
+    assert store.data_hash(data, 1) != store.data_hash(data, "1")
+
+
+def test_partial_files_of_dead_writers_are_cleaned_on_the_next_write(tmp_path) -> None:  # noqa: ANN001
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)  # a process that has ended
+    left = tmp_path / f".group-g0-abc.nc.{store._HOST}.{pid}.1.tmp"
+    mine = tmp_path / f".other.nc.{store._HOST}.{os.getpid()}.1.tmp"  # a writer still running: kept
+    elsewhere = tmp_path / f".other.nc.another-host.{pid}.1.tmp"  # another host's writer (a shared folder): kept
+    for path in (left, mine, elsewhere):
+        path.write_text("half")
+    store.write_text(tmp_path / "result.txt", "new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, elsewhere.name, "result.txt"])

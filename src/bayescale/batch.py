@@ -191,7 +191,7 @@ class BatchResult:
                 manifest.record(name, "failed", {}, self.failures[name])
 
 
-def fingerprint(spec: Spec, settings: SamplerSettings, data: ScalingData, label: Any = None) -> dict[str, Any]:
+def fingerprint(spec: Spec, settings: SamplerSettings, data: ScalingData, label: Any) -> dict[str, Any]:
     """What a group's result depends on: its data and label (hash), law, likelihood, priors and sampler
     settings with seed.
 
@@ -427,7 +427,7 @@ def fit_batch(
     if shard is not None:
         todo = [t for t in todo if t[0] % count == index]
     own = {n: dataclasses.replace(settings, seed=settings.seed + i) for i, n, _ in todo}
-    inputs_of = {n: fingerprint(spec, own[n], d) for _, n, d in todo}
+    inputs_of = {n: fingerprint(spec, own[n], d, n) for _, n, d in todo}
     results: dict[Any, FitResult] = {}
     resume: dict[Any, str] = {}
     manifest = None if out_dir is None else Manifest(out_dir)

@@ -147,13 +147,14 @@ def fill_covariates(
         ``C/(6N)`` or ``C/M``, missing C as ``6·N·D`` or ``M·D``, missing N as
         ``C/(6D)`` when no M is given); the rest stays ``None``.
     """
-    per_token = flops_per_token if flops_per_token is not None else (None if N is None else 6.0 * N)
-    if D is None and C is not None and per_token is not None:
-        D = C / per_token
-    if C is None and D is not None and per_token is not None:
-        C = per_token * D
-    if N is None and flops_per_token is None and C is not None and D is not None:
-        N = C / (6.0 * D)
+    with np.errstate(over="ignore", under="ignore"):  # out-of-range results are refused by the callers, named
+        per_token = flops_per_token if flops_per_token is not None else (None if N is None else 6.0 * N)
+        if D is None and C is not None and per_token is not None:
+            D = C / per_token
+        if C is None and D is not None and per_token is not None:
+            C = per_token * D
+        if N is None and flops_per_token is None and C is not None and D is not None:
+            N = C / (6.0 * D)
     return N, D, C
 
 
@@ -399,9 +400,9 @@ class ScalingData:
                     f" {_rows(table.index[fewer])}; dense runs have N_total = N"
                 )
         _check_units(names, values)
-        per_token = m if m is not None else (None if N is None else 6.0 * N)
-        if C is not None and D is not None and per_token is not None:
-            ratio = C / (per_token * D)
+        if C is not None and D is not None and (m is not None or N is not None):
+            with np.errstate(over="ignore", under="ignore", divide="ignore"):
+                ratio = C / ((m if m is not None else 6.0 * N) * D)
             off = np.abs(np.log(ratio)) > np.log1p(compute_rtol)
             if off.any():
                 rule = "M·D" if m is not None else "6·N·D"
