@@ -427,10 +427,10 @@ def fit_batch(
     if shard is not None:
         todo = [t for t in todo if t[0] % count == index]
     own = {n: dataclasses.replace(settings, seed=settings.seed + i) for i, n, _ in todo}
-    inputs_of = {n: fingerprint(spec, own[n], d, n) for _, n, d in todo}
     results: dict[Any, FitResult] = {}
     resume: dict[Any, str] = {}
     manifest = None if out_dir is None else Manifest(out_dir)
+    inputs_of = {} if manifest is None else {n: fingerprint(spec, own[n], d, n) for _, n, d in todo}
     if manifest is not None:
         results, resume = _resume(manifest, order, [n for _, n, _ in todo], inputs_of, spec.law)
         todo = [t for t in todo if t[1] not in results]

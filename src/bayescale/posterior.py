@@ -558,7 +558,11 @@ class FitResult(Posterior):
             k: check_positive(a.copy(), range(a.size), k, "prediction input") for k, a in zip(present, arrays)
         }
         n, d, c = fill_covariates(checked.get("N"), checked.get("D"), checked.get("C"), checked.get("flops_per_token"))
-        return {"N": n, "D": d, "C": c, "N_total": checked.get("N_total"), "U": checked.get("U")}
+        derived = {"N": n, "D": d, "C": c}
+        for name, value in derived.items():
+            if value is not None and name not in checked:
+                check_positive(value, range(value.size), f"{name} (derived)", "prediction input")
+        return {name: derived.get(name, checked.get(name)) for name in COVARIATES}
 
     def _log_covariates(
         self, N: Any, D: Any, C: Any, flops_per_token: Any, N_total: Any = None, U: Any = None
