@@ -2,6 +2,8 @@
 
 import dataclasses
 import os
+import shutil
+import tempfile
 import warnings
 
 import jax
@@ -10,9 +12,27 @@ import pytest
 
 import bayescale as bs
 
-# The persistent compilation cache stays off in tests (and in the notebook kernels they start): never the
-# user's folder, and no disk writes on every compilation. tests/test_cache.py switches it on in subprocesses.
-os.environ.setdefault(bs.cache.ENV, "0")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One persistent compilation cache for the whole test session, never the user's: a fresh folder made by
+    the controlling process before the workers start, so both workers, every notebook kernel and every
+    subprocess inherit it (through the environment) and a program is compiled once per session. Dropping
+    in-memory programs between modules (below) then costs a read-back, not a compilation."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None and bs.cache.ENV not in os.environ:
+        folder = tempfile.mkdtemp(prefix="bayescale-test-cache-")
+        os.environ[bs.cache.ENV] = folder
+        config.stash[_CACHE] = folder
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    folder = config.stash.get(_CACHE, None)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+        del os.environ[bs.cache.ENV]
+
+
+_CACHE = pytest.StashKey[str]()
 
 CHINCHILLA = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
 SMALL = {"num_warmup": 500, "num_samples": 500, "num_chains": 4}
