@@ -96,6 +96,12 @@ def tiny_batch(small_groups: dict) -> bs.BatchResult:
 
 
 @pytest.fixture(scope="session")
+def tiny_structural_batch(tiny_batch: bs.BatchResult) -> bs.BatchResult:
+    """The planning mode of the tiny batch: every group's structural error, its refits as one more batch."""
+    return _quiet(bs.extrapolation.structural_error, tiny_batch, cuts=(0.6, 0.8))
+
+
+@pytest.fixture(scope="session")
 def tiny_isoflop() -> bs.IsoFlopResult:
     return _quiet(bs.fit_isoflop, bs.datasets.load("palm2"), settings=TINY)
 

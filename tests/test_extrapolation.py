@@ -4,6 +4,7 @@ import dataclasses
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import bayescale as bs
@@ -61,6 +62,49 @@ def test_zero_inside_the_data_and_saved(chinchilla_fit: bs.FitResult, tmp_path) 
     np.testing.assert_array_equal(loaded.predict_draws(**beyond, seed=3), structural.predict_draws(**beyond, seed=3))
     with pytest.raises(ValueError, match="cuts must be quantiles"):
         bs.extrapolation.structural_error(chinchilla_fit, cuts=(0.5, 1.5))
+
+
+def test_every_planning_number_carries_the_structural_error(chinchilla_fit: bs.FitResult) -> None:
+    """loss_opt at 1e24 FLOPs was the plain fit's (0.0237 wide) on a planning-mode fit, and loss_at subtracted
+    an optimum without the structural error from a loss with it."""
+    idata = chinchilla_fit.idata.copy()
+    idata.posterior[MISFIT] = (("chain", "draw"), np.full(idata.posterior["E"].shape, 0.05))
+    structural = dataclasses.replace(chinchilla_fit, idata=idata)
+
+    def spread(table: pd.DataFrame, column: str) -> float:
+        return float((table[(column, "95%")] - table[(column, "5%")]).iloc[0])
+
+    plain, planning = (bs.compute_optimal(f, [1e24]) for f in (chinchilla_fit, structural))
+    assert spread(planning, "loss_opt") > 3 * spread(plain, "loss_opt")
+    pd.testing.assert_frame_equal(planning["N_opt"], plain["N_opt"])  # the optimum is the law's
+    n_opt = float(plain[("N_opt", "median")].iloc[0])
+    at = bs.loss_at(structural, N=[n_opt], C=[1e24])  # at the optimum: loss and loss_opt share their error
+    assert abs(float(at[("penalty", "median")].iloc[0])) < 0.01 * spread(planning, "loss_opt")
+    assert spread(at, "loss") > 3 * spread(bs.loss_at(chinchilla_fit, N=[n_opt], C=[1e24]), "loss")
+    target = float(plain[("loss_opt", "median")].iloc[0])
+    plain_c, planning_c = (bs.compute_for_loss(f, [target]) for f in (chinchilla_fit, structural))
+    ratio = [float((t[("C", "95%")] / t[("C", "5%")]).iloc[0]) for t in (plain_c, planning_c)]
+    assert ratio[1] > 1.5 * ratio[0]  # the compute for a loss is far less certain with the structural error
+    reachable = [float(t[("p_reachable", "")].iloc[0]) for t in (plain_c, planning_c)]
+    assert reachable[0] == 1.0 and 0.3 < reachable[1] < 0.9  # ... and a draw whose curve turns up never reaches it
+    aware = bs.inference_optimal(structural, 1.02 * target, inference_tokens=1e13)
+    assert aware.loc["N", "95%"] / aware.loc["N", "5%"] > 1.5 * (
+        bs.inference_optimal(chinchilla_fit, 1.02 * target, inference_tokens=1e13).loc["N", "95%"]
+        / bs.inference_optimal(chinchilla_fit, 1.02 * target, inference_tokens=1e13).loc["N", "5%"])
+
+
+def test_planning_mode_batch_is_each_member_alone(tiny_batch: bs.BatchResult,
+                                                  tiny_structural_batch: bs.BatchResult) -> None:
+    """The structural error of every group of a batch (its refits as one batch) equals each group's alone."""
+    assert tiny_structural_batch.order == tiny_batch.order
+    for label in tiny_batch.order:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", bs.ConvergenceWarning)
+            alone = bs.extrapolation.structural_error(tiny_batch[label], cuts=(0.6, 0.8))
+        np.testing.assert_array_equal(tiny_structural_batch[label].misfit, alone.misfit)
+        np.testing.assert_array_equal(tiny_structural_batch[label].draws("E"), tiny_batch[label].draws("E"))
+        np.testing.assert_array_equal(tiny_structural_batch[label].predict_draws(N=[1e11], D=[2e12], seed=1),
+                                      alone.predict_draws(N=[1e11], D=[2e12], seed=1))
 
 
 @pytest.mark.slow

@@ -20,10 +20,12 @@ def _results(request: pytest.FixtureRequest) -> dict[str, tuple[bs.Posterior, di
     iso = request.getfixturevalue("tiny_isoflop")
     stacked = request.getfixturevalue("tiny_stacked")
     downstream = request.getfixturevalue("tiny_downstream")
+    structural = request.getfixturevalue("tiny_structural_batch")
     nd = {"N": [1e9, 1e10], "D": [2e10, 2e11]}
     return {
         "fit": (fit, nd),
         "batch member": (batch["g1"], nd),
+        "structural member": (structural["g1"], nd),
         "hierarchical member": (hier["g0"], nd),
         "hierarchical": (hier, {"group": "g2", **nd}),
         "isoflop": (iso, {"N": [1e9, 3e9], "C": [iso.compute[0]] * 2}),
@@ -32,7 +34,10 @@ def _results(request: pytest.FixtureRequest) -> dict[str, tuple[bs.Posterior, di
     }
 
 
-KINDS = ("fit", "batch member", "hierarchical member", "hierarchical", "isoflop", "stacked", "downstream")
+KINDS = ("fit", "batch member", "structural member", "hierarchical member", "hierarchical", "isoflop", "stacked",
+         "downstream")
+PLANNED = ("fit", "batch member", "structural member", "hierarchical member", "stacked")
+"""Kinds read law by law (``components()``): every planning function takes them."""
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -70,6 +75,28 @@ def test_contract(kind: str, request: pytest.FixtureRequest, tmp_path) -> None: 
     if isinstance(result, (bs.FitResult, bs.DownstreamResult)):
         assert loaded.spec == result.spec
     assert not list(tmp_path.glob(".*.tmp")), "a temporary file was left behind"
+
+
+@pytest.mark.parametrize("kind", PLANNED)
+def test_every_planning_function_reads_the_one_predictive(kind: str, request: pytest.FixtureRequest, tmp_path) -> None:  # noqa: ANN001
+    """compute_optimal (all columns), loss_at, compute_for_loss, allocation_exponents and inference_optimal on
+    every result read law by law, equal after save/load (the components, structural error included, survive)."""
+    result, _ = _results(request)[kind]
+    result.save(tmp_path / "r.nc")
+    loaded = bs.load(tmp_path / "r.nc")
+    for planned in (result, loaded):
+        table = bs.compute_optimal(planned, [1e21, 1e24])
+        assert {"N_opt", "D_opt", "tokens_per_param", "loss_opt"} <= set(table.columns.get_level_values(0))
+        assert np.all(np.isfinite(table.to_numpy()))
+        at = bs.loss_at(planned, N=[1e9], C=[1e21])
+        assert np.all(np.isfinite(at.to_numpy()))
+        reach = bs.compute_for_loss(planned, [2.0])
+        assert 0 <= reach[("p_reachable", "")].iloc[0] <= 1
+        assert set(bs.allocation_exponents(planned).index) == {"a", "b"}
+    pd.testing.assert_frame_equal(bs.compute_optimal(loaded, [1e21, 1e24]), bs.compute_optimal(result, [1e21, 1e24]))
+    pd.testing.assert_frame_equal(bs.loss_at(loaded, N=[1e9], C=[1e21]), bs.loss_at(result, N=[1e9], C=[1e21]))
+    lowest = bs.compute_optimal(result, [1e24])[("loss_opt", "median")].iloc[0]
+    assert bs.inference_optimal(result, 1.1 * lowest, inference_tokens=1e12).attrs["p_reachable"] > 0
 
 
 def test_hierarchical_member_saves_loads_and_compares(tiny_hierarchical: bs.HierarchicalResult,

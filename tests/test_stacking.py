@@ -119,6 +119,21 @@ def test_stack_batch(small_groups: dict) -> None:
         assert stacked.failures["bad"].startswith("chinchilla: invalid data")
         assert stacked["g1"].members["kaplan_nd"] is batches["kaplan_nd"]["g1"]
         assert stacked["g1"].method == method
+    # a group stacked inside the batch is the group stacked alone, draw for draw (one refit record, seeded by
+    # each member's own seed), with and without the structural error
+    for structural in (False, True):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", bs.ConvergenceWarning)
+            inside = bs.stack_batch(batches, structural=structural)["g1"]
+            alone = bs.stack({law: batches[law]["g1"] for law in batches}, structural=structural)
+        assert dict(inside.weights) == dict(alone.weights)
+        np.testing.assert_array_equal(inside.assignment, alone.assignment)
+        pd.testing.assert_frame_equal(inside.record, alone.record)
+        for law in batches:
+            assert (inside.members[law].misfit is None) == (not structural)
+            if structural:
+                np.testing.assert_array_equal(inside.members[law].misfit, alone.members[law].misfit)
+        np.testing.assert_array_equal(inside.predict_draws(N=[1e11], D=[2e12]), alone.predict_draws(N=[1e11], D=[2e12]))
     table = stacked.compute_optimal([1e22])
     assert list(table.index.get_level_values("group")) == ["g0", "g1", "g2"]
     assert set(stacked.summary()["group"]) == {"g0", "g1", "g2"}

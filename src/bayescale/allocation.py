@@ -28,8 +28,7 @@ import numpy as np
 import pandas as pd
 
 from .laws import Law
-from .posterior import LEVEL, FitResult, describe_draws, table_of_draws
-from .stacking import StackedResult
+from .posterior import LEVEL, FitResult, Posterior, data_top, describe_draws, reach, table_of_draws
 
 __all__ = [
     "compute_optimal",
@@ -46,6 +45,8 @@ __all__ = [
 
 _GRID = 256
 _REFINE = 80
+_CROSSING_GRID = 64
+_BISECTIONS = 60
 _LOG_C_RANGE = (math.log(1e6), math.log(1e60))
 _GOLDEN = (math.sqrt(5.0) - 1) / 2
 
@@ -55,11 +56,24 @@ def has_allocation(law: Law) -> bool:
     return set(law.covariates) == {"N", "D"}
 
 
-def plannable(fit: FitResult) -> bool:
-    """Whether :func:`compute_optimal` applies to ``fit``: a law in N and D, or a stack of such laws only."""
-    if isinstance(fit, StackedResult):
-        return all(has_allocation(m.law) for m in fit.members.values())
-    return has_allocation(fit.law)
+def plannable(fit: Posterior) -> bool:
+    """Whether :func:`compute_optimal` applies to ``fit``: every one of its components is a law in N and D."""
+    try:
+        return all(has_allocation(m.law) for m in fit.components().values())
+    except TypeError:
+        return False
+
+
+def _per_component(fit: Posterior, compute: Any) -> dict[str, np.ndarray]:
+    """``compute(member)`` (a dict of arrays ``(draws, ...)``) for every component, mixed by ``fit.combine``."""
+    parts = {name: compute(member) for name, member in fit.components().items()}
+    keys = next(iter(parts.values()))
+    return {key: fit.combine({name: part[key] for name, part in parts.items()}) for key in keys}
+
+
+def _structural(member: FitResult, seed: int) -> tuple[jax.Array, dict[str, float]]:
+    """The member's structural error for jitted allocation: shock per draw ``(draws,)`` and its runs' top logs."""
+    return jnp.asarray(member.shock(seed)), data_top(member.law, member.data)
 
 
 def _check_nd(law: Law, fixed: Mapping[str, Any] | None = None) -> Law:
@@ -114,17 +128,26 @@ def _minimise_1d(f: Any, lo: jax.Array, hi: jax.Array) -> jax.Array:
     return (a + b) / 2
 
 
-def _crossing(f: Any, target: jax.Array, lo: jax.Array, hi: jax.Array, steps: int) -> tuple[jax.Array, jax.Array]:
-    """Bracket ``(lo, hi)`` of where a decreasing ``f`` falls to ``target``, by bisection."""
+def _first_crossing(f: Any, target: jax.Array, lo: float, hi: float) -> tuple[jax.Array, jax.Array]:
+    """Where ``f`` first falls to ``target`` on ``[lo, hi]``, and whether it does.
+
+    ``f`` need not be monotone (a loss with its structural error turns up far beyond the
+    data): a grid of :data:`_CROSSING_GRID` points finds the first point at or below the
+    target, then bisection between it and the point before refines it. At ``lo`` already
+    below: ``lo``; never below: ``hi`` and ``False``.
+    """
+    grid = jnp.linspace(lo, hi, _CROSSING_GRID)
+    below = jax.vmap(f)(grid) <= target
+    i = jnp.argmax(below)
 
     def step(carry: tuple, _: None) -> tuple:
-        lo, hi = carry
-        mid = (lo + hi) / 2
+        a, b = carry
+        mid = (a + b) / 2
         above = f(mid) > target
-        return (jnp.where(above, mid, lo), jnp.where(above, hi, mid)), None
+        return (jnp.where(above, mid, a), jnp.where(above, b, mid)), None
 
-    (lo, hi), _ = jax.lax.scan(step, (lo, hi), None, length=steps)
-    return lo, hi
+    (_, b), _ = jax.lax.scan(step, (grid[jnp.maximum(i - 1, 0)], grid[i]), None, length=_BISECTIONS)
+    return jnp.where(i == 0, grid[0], b), below.any()
 
 
 def _optimum(
@@ -186,34 +209,40 @@ def optimal_allocation(
 
 
 def compute_optimal(
-    fit: FitResult, compute: Sequence[float] | np.ndarray, flops_per_token: float = 6.0, level: float = LEVEL,
-    unique_tokens: float | None = None,
+    fit: Posterior, compute: Sequence[float] | np.ndarray, flops_per_token: float = 6.0, level: float = LEVEL,
+    unique_tokens: float | None = None, seed: int = 0,
 ) -> pd.DataFrame:
     """Planning table: compute-optimal N, D, tokens per parameter and loss, with intervals.
 
     Args:
-        fit: a fit of a law in N and D, or a stacked result
-            (:func:`bayescale.stacking.stack`) of such fits, whose allocation is the
+        fit: a fit of a law in N and D (with or without a structural error), or a stacked
+            result (:func:`bayescale.stacking.stack`) of such fits, whose allocation is the
             mixture of its members'.
         compute: budgets in FLOPs.
         flops_per_token: k in ``C = k·N·D`` (6 by default).
         level: credible level of the intervals.
         unique_tokens: the unique data available (tokens), for a data-constrained law.
+        seed: seed of the structural error (see :meth:`~bayescale.posterior.FitResult.shock`).
 
     Returns:
         DataFrame indexed by compute (FLOPs), with column groups ``N_opt``
         (parameters), ``D_opt`` (tokens), ``tokens_per_param`` and ``loss_opt``
         (nats), and ``epochs`` with ``unique_tokens``, each with ``median`` and the
-        interval bounds. The draws are in :func:`optimal_allocation` of
-        ``fit.law`` and ``fit.draws()``.
+        interval bounds. The optimum of each draw is :func:`optimal_allocation`'s (the law's
+        own); ``loss_opt`` is the loss predicted there through the one predictive, so it
+        carries the structural error of a fit that has one.
     """
-    if isinstance(fit, StackedResult):  # a mixture of laws: each draw slot takes its member's optimum
-        per_member = {n: optimal_allocation(m.law, m.draws(), compute, flops_per_token, unique_tokens)
-                      for n, m in fit.members.items()}
-        draws = {key: fit.combine({n: v[key] for n, v in per_member.items()}) for key in next(iter(per_member.values()))}
-    else:
-        draws = optimal_allocation(fit.law, fit.draws(), compute, flops_per_token, unique_tokens)
-    return table_of_draws(draws, pd.Index(_budgets(compute), name="compute"), level)
+    budgets = _budgets(compute)
+
+    def one(member: FitResult) -> dict[str, np.ndarray]:
+        out = optimal_allocation(member.law, member.draws(), budgets, flops_per_token, unique_tokens)
+        if member.misfit is not None:
+            log_x = {"N": np.log(out["N_opt"]), "D": np.log(out["D_opt"]),
+                     **{c: np.full(out["N_opt"].shape, v) for c, v in _fixed(unique_tokens).items()}}
+            out["loss_opt"] = np.exp(member.log_mean_draws(log_x, seed))
+        return out
+
+    return table_of_draws(_per_component(fit, one), pd.Index(budgets, name="compute"), level)
 
 
 def compute_optimal_by_group(
@@ -224,21 +253,25 @@ def compute_optimal_by_group(
                      names=["group"])
 
 
-def allocation_exponent_draws(fit: FitResult, compute: float = 1e22) -> dict[str, np.ndarray]:
+def allocation_exponent_draws(fit: Posterior, compute: float = 1e22) -> dict[str, np.ndarray]:
     """Posterior draws of ``a`` and ``b`` (``N_opt ∝ C^a``, ``D_opt ∝ C^b``); see :func:`allocation_exponents`."""
-    law = _check_nd(fit.law)
-    if law.log_optimum is not None:
-        with jax.enable_x64(True):
-            slope = jax.vmap(jax.grad(law.log_optimum, argnums=1), in_axes=(0, None))
-            a = np.asarray(slope(_params(fit), jnp.log(compute)))
-    else:
-        budgets = compute * np.array([10**-0.5, 10**0.5])
-        n = optimal_allocation(law, fit.draws(), budgets)["N_opt"]
-        a = np.log(n[:, 1] / n[:, 0]) / np.log(budgets[1] / budgets[0])
-    return {"a": a, "b": 1.0 - a}
+
+    def one(member: FitResult) -> dict[str, np.ndarray]:
+        law = _check_nd(member.law)
+        if law.log_optimum is not None:
+            with jax.enable_x64(True):
+                slope = jax.vmap(jax.grad(law.log_optimum, argnums=1), in_axes=(0, None))
+                a = np.asarray(slope(_params(member), jnp.log(compute)))
+        else:
+            budgets = compute * np.array([10**-0.5, 10**0.5])
+            n = optimal_allocation(law, member.draws(), budgets)["N_opt"]
+            a = np.log(n[:, 1] / n[:, 0]) / np.log(budgets[1] / budgets[0])
+        return {"a": a, "b": 1.0 - a}
+
+    return _per_component(fit, one)
 
 
-def allocation_exponents(fit: FitResult, level: float = LEVEL, compute: float = 1e22) -> pd.DataFrame:
+def allocation_exponents(fit: Posterior, level: float = LEVEL, compute: float = 1e22) -> pd.DataFrame:
     """Exponents a and b of ``N_opt ∝ C^a`` and ``D_opt ∝ C^b``, with intervals.
 
     The slope ``a = d log N_opt / d log C`` of the law's closed form when it has
@@ -252,44 +285,63 @@ def allocation_exponents(fit: FitResult, level: float = LEVEL, compute: float = 
     return describe_draws(allocation_exponent_draws(fit, compute), level)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _compute_for_loss_draws(law: Law, p: dict, log_target: jax.Array, log_k: float) -> tuple[jax.Array, jax.Array]:
-    def one(q: dict, target: jax.Array) -> tuple[jax.Array, jax.Array]:
-        best = lambda log_c: _optimum(law, q, log_c, log_k)[2]  # noqa: E731
-        lo, hi = _crossing(best, target, jnp.asarray(_LOG_C_RANGE[0]), jnp.asarray(_LOG_C_RANGE[1]), 100)
-        return (lo + hi) / 2, best(jnp.asarray(_LOG_C_RANGE[1])) < target
+def _log_loss_at(law: Law, q: dict, log_x: Mapping[str, jax.Array], shock: jax.Array, top: Mapping[str, float]
+                 ) -> jax.Array:
+    """One draw's predicted log-loss: the mean curve plus its structural error ``shock·sqrt(reach)``."""
+    return law.log_mean(q, log_x) + shock * reach(log_x, top)
 
-    return jax.vmap(lambda q: jax.vmap(lambda t: one(q, t))(log_target))(p)
+
+@functools.partial(jax.jit, static_argnums=0)
+def _compute_for_loss_draws(law: Law, p: dict, shock: jax.Array, top: dict, log_target: jax.Array, log_k: float
+                            ) -> tuple[jax.Array, ...]:
+    def best(q: dict, z: jax.Array, log_c: jax.Array) -> tuple[jax.Array, ...]:
+        log_n, log_d, _ = _optimum(law, q, log_c, log_k)
+        return _log_loss_at(law, q, {"N": log_n, "D": log_d}, z, top), log_n, log_d
+
+    def one(q: dict, z: jax.Array, target: jax.Array) -> tuple[jax.Array, ...]:
+        log_c, ok = _first_crossing(lambda c: best(q, z, c)[0], target, *_LOG_C_RANGE)
+        _, log_n, log_d = best(q, z, log_c)
+        return log_c, ok, log_n, log_d
+
+    return jax.vmap(lambda q, z: jax.vmap(lambda t: one(q, z, t))(log_target))(p, shock)
 
 
 def compute_for_loss(
-    fit: FitResult, target_loss: float | Sequence[float], flops_per_token: float = 6.0, level: float = LEVEL
+    fit: Posterior, target_loss: float | Sequence[float], flops_per_token: float = 6.0, level: float = LEVEL,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """Compute needed to reach a target loss at the compute-optimal allocation.
 
     A target at or below what a draw can ever reach (for the Chinchilla law,
     the irreducible loss E) is unreachable for that draw; the table reports the
     probability that the target is reachable, and the compute, N and D
-    intervals over the draws that reach it.
+    intervals over the draws that reach it. Each draw's loss at its optimum is
+    the one predictive's (its structural error included, seeded by ``seed``); a stack
+    mixes its members' draws.
 
     Returns:
         DataFrame indexed by target loss (nats): ``p_reachable``, and column
         groups ``C`` (FLOPs), ``N_opt``, ``D_opt`` with median and interval
         (conditional on reachable; absent values where no draw reaches it).
     """
-    law = _check_nd(fit.law)
     k = _check_k(flops_per_token)
     targets = _budgets(target_loss, "target_loss", "nats")
-    with jax.enable_x64(True):
-        log_c, ok = _compute_for_loss_draws(law, _params(fit), jnp.log(targets), float(np.log(k)))
-    log_c, ok = np.asarray(log_c), np.asarray(ok)
+
+    def one(member: FitResult) -> dict[str, np.ndarray]:
+        law = _check_nd(member.law)
+        with jax.enable_x64(True):
+            out = _compute_for_loss_draws(law, _params(member), *_structural(member, seed), jnp.log(targets),
+                                          float(np.log(k)))
+        return dict(zip(("log_c", "ok", "log_n", "log_d"), (np.asarray(v) for v in out)))
+
+    draws = _per_component(fit, one)
+    ok = draws["ok"].astype(bool)
     rows = []
     for j, target in enumerate(targets):
         row: dict[tuple[str, str], float] = {("p_reachable", ""): float(ok[:, j].mean())}
         if ok[:, j].any():
-            c = np.exp(log_c[ok[:, j], j])
-            sub = _optimum_at(fit, c, k, ok[:, j])
-            for name, values in {"C": c, **sub}.items():
+            reached = {"C": draws["log_c"], "N_opt": draws["log_n"], "D_opt": draws["log_d"]}
+            for name, values in {n: np.exp(v[ok[:, j], j]) for n, v in reached.items()}.items():
                 stats = describe_draws({name: values}, level).iloc[0].drop(["mean", "sd"])
                 row.update({(name, s): float(v) for s, v in stats.items()})
         else:
@@ -300,69 +352,76 @@ def compute_for_loss(
     return table
 
 
-def _optimum_at(fit: FitResult, compute: np.ndarray, k: float, mask: np.ndarray) -> dict[str, np.ndarray]:
-    """N_opt and D_opt of the selected draws (``mask``), each at its own budget ``compute``."""
-    law = fit.law
-    p = {name: jnp.asarray(v[mask]) for name, v in fit.draws().items()}
-    with jax.enable_x64(True):
-        log_n, log_d, _ = jax.vmap(lambda q, c: _optimum(law, q, c, float(np.log(k))))(p, jnp.log(compute))
-    return {"N_opt": np.exp(np.asarray(log_n)), "D_opt": np.exp(np.asarray(log_d))}
-
-
 def loss_at(
-    fit: FitResult,
+    fit: Posterior,
     N: float | Sequence[float],
     C: float | Sequence[float],
     flops_per_token: float = 6.0,
     level: float = LEVEL,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """Loss of training N parameters with C FLOPs, and its penalty against the optimum.
 
     For example a 7e9-parameter model trained on 1e12 tokens (C = 6·7e9·1e12),
-    as LLaMA did, against the compute-optimal model at that budget.
+    as LLaMA did, against the compute-optimal model at that budget. Both losses come
+    from the one predictive with the same draws and the same structural error (seed
+    ``seed``), so the penalty compares like with like.
 
     Returns:
         DataFrame, one row per (N, C) pair: column groups ``loss`` (nats), ``loss_opt``
         and ``penalty`` (loss - loss_opt, nats), with median and interval.
     """
-    _check_nd(fit.law)
     k = _check_k(flops_per_token)
     n, c = np.broadcast_arrays(_budgets(N, "N", "parameters"), _budgets(C, "C"))
-    loss = fit.predict_draws(N=n, D=c / (k * n))
-    best = optimal_allocation(fit.law, fit.draws(), c, k)["loss_opt"]
-    table = table_of_draws({"loss": loss, "loss_opt": best, "penalty": loss - best}, pd.RangeIndex(len(n)), level)
+
+    def one(member: FitResult) -> dict[str, np.ndarray]:
+        _check_nd(member.law)
+        loss = np.exp(member.log_mean_draws({"N": np.log(n), "D": np.log(c / (k * n))}, seed))
+        opt = optimal_allocation(member.law, member.draws(), c, k)
+        best = np.exp(member.log_mean_draws({"N": np.log(opt["N_opt"]), "D": np.log(opt["D_opt"])}, seed))
+        return {"loss": loss, "loss_opt": best, "penalty": loss - best}
+
+    table = table_of_draws(_per_component(fit, one), pd.RangeIndex(len(n)), level)
     table.insert(0, ("C", ""), c)
     table.insert(0, ("N", ""), n)
     return table
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _inference_optimal_draws(law: Law, p: dict, log_target: jax.Array, log_tokens: jax.Array, k: float) -> tuple:
-    def log_d_for(q: dict, log_n: jax.Array) -> jax.Array:
-        """Smallest log D reaching the target at this N (inf when unreachable)."""
-        loss = lambda log_d: law.log_mean(q, {"N": log_n, "D": log_d})  # noqa: E731
-        _, hi = _crossing(loss, log_target, jnp.asarray(0.0), jnp.asarray(120.0), 80)
-        return jnp.where(loss(120.0) < log_target, hi, jnp.inf)
+def _inference_optimal_draws(law: Law, p: dict, shock: jax.Array, top: dict, log_target: jax.Array,
+                             log_tokens: jax.Array, k: float) -> tuple:
+    def one(q: dict, z: jax.Array) -> tuple:
+        def log_d_for(log_n: jax.Array) -> jax.Array:
+            """Smallest log D reaching the target at this N (inf when unreachable)."""
+            loss = lambda log_d: _log_loss_at(law, q, {"N": log_n, "D": log_d}, z, top)  # noqa: E731
+            log_d, ok = _first_crossing(loss, log_target, 0.0, 120.0)
+            return jnp.where(ok, log_d, jnp.inf)
 
-    def one(q: dict) -> tuple:
-        def total(log_n: jax.Array, inference: bool) -> jax.Array:
-            log_d = log_d_for(q, log_n)
-            train = jnp.log(k) + log_n + log_d
-            return jnp.logaddexp(train, jnp.log(2.0) + log_n + log_tokens) if inference else train
+        return _inference_optimum(log_d_for, log_tokens, k)
 
-        aware = _minimise_1d(lambda x: total(x, True), jnp.asarray(0.0), jnp.asarray(40.0))
-        plain = _minimise_1d(lambda x: total(x, False), jnp.asarray(0.0), jnp.asarray(40.0))
-        return aware, log_d_for(q, aware), total(aware, True), total(plain, True), plain
+    return jax.vmap(one)(p, shock)
 
-    return jax.vmap(one)(p)
+
+def _inference_optimum(log_d_for: Any, log_tokens: jax.Array, k: float) -> tuple:
+    """Training-plus-inference optimum of one draw, given its smallest log D reaching the target per log N."""
+
+    def total(log_n: jax.Array, inference: bool) -> jax.Array:
+        log_d = log_d_for(log_n)
+        train = jnp.log(k) + log_n + log_d
+        return jnp.logaddexp(train, jnp.log(2.0) + log_n + log_tokens) if inference else train
+
+    aware = _minimise_1d(lambda x: total(x, True), jnp.asarray(0.0), jnp.asarray(40.0))
+    plain = _minimise_1d(lambda x: total(x, False), jnp.asarray(0.0), jnp.asarray(40.0))
+    return aware, log_d_for(aware), total(aware, True), total(plain, True), plain
 
 
 def inference_optimal(
-    fit: FitResult,
+    fit: Posterior,
     target_loss: float,
     inference_tokens: float,
     flops_per_token: float = 6.0,
     level: float = LEVEL,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """Minimise training plus inference compute for a target loss (Sardana et al. 2023).
 
@@ -377,13 +436,20 @@ def inference_optimal(
         median and interval, over the draws that can reach the target (their share
         is the ``p_reachable`` attribute of the table).
     """
-    law = _check_nd(fit.law)
     k = _check_k(flops_per_token)
     (target,) = _budgets(target_loss, "target_loss", "nats")
     (tokens,) = _budgets(inference_tokens, "inference_tokens", "tokens")
-    with jax.enable_x64(True):
-        out = _inference_optimal_draws(law, _params(fit), jnp.log(target), jnp.log(tokens), k)
-    log_n, log_d, log_total, log_plain_total, log_plain_n = (np.asarray(v) for v in out)
+    names = ("log_n", "log_d", "log_total", "log_plain_total", "log_plain_n")
+
+    def one(member: FitResult) -> dict[str, np.ndarray]:
+        law = _check_nd(member.law)
+        with jax.enable_x64(True):
+            out = _inference_optimal_draws(law, _params(member), *_structural(member, seed), jnp.log(target),
+                                           jnp.log(tokens), k)
+        return dict(zip(names, (np.asarray(v) for v in out)))
+
+    draws = _per_component(fit, one)
+    log_n, log_d, log_total, log_plain_total, log_plain_n = (draws[name] for name in names)
     ok = np.isfinite(log_total) & np.isfinite(log_plain_total)
     if not ok.any():
         raise ValueError(f"target loss {target} nats is not reachable under any posterior draw")

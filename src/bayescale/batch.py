@@ -41,7 +41,7 @@ from .laws import Law, get_law
 from .likelihoods import Likelihood, get_likelihood
 from .model import Spec, bucket_size, check_data, make_spec, model_data, potential_fn
 from .posterior import LEVEL, Diagnostics, FitResult, fit_idata, load, spec_to_json, summaries_by_group
-from .sampling import Draws, SamplerSettings, resolve_strategy, sample_lanes, sampler_settings
+from .sampling import Draws, SamplerSettings, check_seed, resolve_strategy, sample_lanes, sampler_settings
 from .start import initial_points
 from .store import MANIFEST, Manifest, ResumeWarning, data_hash, file_hash, group_file, label_from_json
 
@@ -318,17 +318,19 @@ def load_batch(out_dir: str | os.PathLike[str], law: Law | None = None) -> Batch
 
 
 def _fit_chunk(
-    spec: Spec, chunk: list[tuple[int, Any, ScalingData]], size: int, settings: SamplerSettings, strategy: str,
-    on_group: Callable[[Any, FitResult], None] | None = None,
+    spec: Spec, chunk: list[tuple[int, Any, ScalingData]], size: int, own: Mapping[Any, SamplerSettings],
+    strategy: str, on_group: Callable[[Any, FitResult], None] | None = None,
 ) -> tuple[dict[Any, FitResult], float]:
-    """Fit one chunk of groups padded to ``size`` rows; returns results and lane efficiency.
+    """Fit one chunk of groups padded to ``size`` rows, each with its own settings (seed); returns results and
+    lane efficiency.
 
     ``on_group(name, result)`` is called as soon as each group's chains have all finished.
     """
-    num_chains, seed = settings.num_chains, settings.seed
+    settings = own[chunk[0][1]]
+    num_chains = settings.num_chains
     mds = [model_data(d, spec.law, size=size) for _, _, d in chunk]
     stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *mds)
-    keys = jnp.stack([jax.random.split(jax.random.PRNGKey(seed + i), 3) for i, _, _ in chunk])
+    keys = jnp.stack([jax.random.split(jax.random.PRNGKey(own[name].seed), 3) for _, name, _ in chunk])
     if strategy == "loop":  # per group, exactly as `fit` does: results do not depend on the chunk's make-up
         inits = jnp.stack([initial_points(spec, m, k, num_chains) for m, k in zip(mds, keys[:, 0])])
     else:
@@ -348,8 +350,7 @@ def _fit_chunk(
         part = Draws(*(np.stack(field) for field in zip(*(finished[j][c] for c in range(num_chains)))))
         i, name, data = chunk[j]
         idata = fit_idata(spec, data, mds[j], part, keys[j, 2])
-        results[name] = FitResult(idata=idata, data=data, settings=dataclasses.replace(settings, seed=seed + i),
-                                  spec=spec)
+        results[name] = FitResult(idata=idata, data=data, settings=own[name], spec=spec)
         if on_group is not None:
             on_group(name, results[name])
 
@@ -373,6 +374,7 @@ def fit_batch(
     chunk_size: int | None = None,
     out_dir: str | os.PathLike[str] | None = None,
     shard: tuple[int, int] | None = None,
+    seeds: Mapping[Any, int] | None = None,
     **options: Any,
 ) -> BatchResult:
     """Fit one law to many datasets with one compiled sampler.
@@ -385,7 +387,8 @@ def fit_batch(
         group: the group column of a DataFrame.
         law, likelihood, priors: as for :func:`bayescale.fit`.
         settings: sampler settings as for :func:`bayescale.fit`; group ``i`` uses
-            seed ``settings.seed + i``; ``progress`` shows bars over chunks and iterations.
+            seed ``settings.seed + i`` (unless ``seeds`` names it); ``progress`` shows bars
+            over chunks and iterations.
         chunk_size: groups per chunk; default from device memory (vmap) or as many
             as keep the CPU cores busy (loop).
         out_dir: save each group here as soon as its chains finish, with a
@@ -397,6 +400,9 @@ def fit_batch(
             no longer listed (a warning names them).
         shard: ``(index, count)``: fit only groups ``i`` with ``i % count == index``
             (one share per process under ``jax.distributed``).
+        seeds: label -> seed of that group, instead of ``settings.seed + i``: its result
+            then does not depend on its position in the batch (each group is sampled
+            exactly as ``bs.fit(its_data, seed=seeds[label])``).
         **options: :class:`~bayescale.sampling.SamplerSettings` fields as keywords,
             then column options as for ``ScalingData.from_table``.
 
@@ -426,7 +432,9 @@ def fit_batch(
     todo = [(i, n, groups[n]) for i, n in enumerate(order) if n in groups and n not in failures]
     if shard is not None:
         todo = [t for t in todo if t[0] % count == index]
-    own = {n: dataclasses.replace(settings, seed=settings.seed + i) for i, n, _ in todo}
+    seeds = dict(seeds or {})
+    own = {n: dataclasses.replace(settings, seed=check_seed(seeds[n], f"seed of group {n!r}") if n in seeds
+                                  else settings.seed + i) for i, n, _ in todo}
     results: dict[Any, FitResult] = {}
     resume: dict[Any, str] = {}
     manifest = None if out_dir is None else Manifest(out_dir)
@@ -450,7 +458,7 @@ def fit_batch(
         for size, chunk in tqdm(chunks, desc="chunks", disable=not settings.progress or len(chunks) < 2):
             save = None if manifest is None else lambda name, fit: _save(manifest, name, fit, inputs_of[name])
             try:
-                fitted, efficiency = _fit_chunk(spec, chunk, size, settings, strategy, save)
+                fitted, efficiency = _fit_chunk(spec, chunk, size, own, strategy, save)
             except Exception as err:  # noqa: BLE001 - one failing chunk must not stop the batch
                 reason = f"sampler failed: {type(err).__name__}: {err}"
                 for _, name, _ in chunk:

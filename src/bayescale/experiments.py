@@ -48,7 +48,6 @@ from .allocation import optimal_allocation
 from .likelihoods import Likelihood
 from .posterior import LEVEL, FitResult, Posterior
 from .sampling import check_seed
-from .stacking import StackedResult
 
 __all__ = ["Design", "design", "expected_width", "candidate_grid"]
 
@@ -130,12 +129,11 @@ def expected_width(
 
 
 def _members(result: Posterior) -> tuple[dict[str, FitResult], Any]:
-    if isinstance(result, StackedResult):
-        return dict(result.members), result.combine
-    if not isinstance(result, FitResult):
+    try:
+        return dict(result.components()), result.combine
+    except (TypeError, AttributeError):
         raise TypeError("design needs a fit, a batch or hierarchical member, or a stacked result;"
-                        f" got {type(result).__name__}")
-    return {"fit": result}, lambda parts: parts["fit"]
+                        f" got {type(result).__name__}") from None
 
 
 def _noise(fit: FitResult, likelihood: Likelihood) -> tuple[np.ndarray, np.ndarray]:
@@ -215,14 +213,13 @@ def design(
     parts_q, parts_mu, parts_sigma, parts_nu = {}, {}, {}, {}
     with jax.enable_x64(True):
         for name, fit in members.items():
-            params = {p: jnp.asarray(v) for p, v in fit.draws().items()}
-            parts_mu[name] = np.asarray(jax.vmap(lambda p: fit.law.log_mean(p, log_x))(params))
+            parts_mu[name] = fit.log_mean_draws(log_x, seed)  # the one predictive, structural error included
             if compute is not None:
                 n_opt = optimal_allocation(fit.law, fit.draws(), [compute], flops_per_token, unique_tokens)["N_opt"]
                 parts_q[name] = np.log(n_opt[:, 0])
             else:
-                point = {c: jnp.log(jnp.asarray([float(planned[c])])) for c in ("N", "D", *other)}
-                parts_q[name] = np.asarray(jax.vmap(lambda p: fit.law.log_mean(p, point))(params))[:, 0]
+                point = {c: np.log([float(planned[c])]) for c in ("N", "D", *other)}
+                parts_q[name] = fit.log_mean_draws(point, seed)[:, 0]
             parts_sigma[name], parts_nu[name] = _noise(fit, fit.spec.likelihood)
         q, mu, sigma, nu = (np.asarray(combine(parts)) for parts in (parts_q, parts_mu, parts_sigma, parts_nu))
         rng = np.random.default_rng(seed)

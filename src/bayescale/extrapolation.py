@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -41,13 +42,22 @@ import scipy.stats
 
 from .data import DataError, ScalingData
 from .laws import Law
+from .batch import BatchResult, fit_batch
 from .posterior import MISFIT, ConvergenceWarning, FitResult, distance
 from .sampling import SamplerSettings
-from .fit import fit as fit_law
 
 __all__ = [
-    "structural_error", "rolling_refits", "Refit", "cut_masks", "refit_settings", "log_predictive",
-    "scale_covariate", "log_density", "MISFIT_PRIOR_RANGE", "CUTS",
+    "structural_error",
+    "rolling_record",
+    "structural_backtest_record",
+    "Refit",
+    "cut_masks",
+    "refit_settings",
+    "log_predictive",
+    "scale_covariate",
+    "log_density",
+    "MISFIT_PRIOR_RANGE",
+    "CUTS",
 ]
 
 MISFIT_PRIOR_RANGE = (1e-4, 1.0)
@@ -99,30 +109,79 @@ def refit_settings(settings: SamplerSettings) -> SamplerSettings:
                                num_samples=min(settings.num_samples, _BACKTEST_DRAWS), progress=False)
 
 
-Refit = tuple[float, FitResult, np.ndarray, np.ndarray]
-"""One rolling-origin refit: ``(cut, refit, held-out mask, predictive draws of held-out log-loss)``."""
+class Refit(NamedTuple):
+    """One rolling-origin refit of a fit.
 
-
-def rolling_refits(fit: FitResult, cuts: Sequence[float], structural: bool = False) -> Iterator[Refit]:
-    """For each cut: the same model refitted to the runs at or below that quantile of the scale covariate,
-    the mask of the runs above it, and the refit's predictive draws of their log-loss ``(draws, runs)`` (a
-    new run's, noise included, seeded by the fit's seed). Cuts that leave too few runs on either side are skipped.
-
-    Refits use :func:`refit_settings`; with ``structural`` each refit gets its own structural error
-    (:func:`structural_error`), and cuts whose refit has too few runs to learn it are skipped too.
+    Attributes:
+        cut: the quantile of the scale covariate at or below which runs were refitted.
+        fit: the refit (the same model, :func:`refit_settings`, the fit's seed).
+        held: mask of the fit's runs above the cut.
+        draws: the refit's predictive draws of the held-out runs' log-loss ``(draws, held runs)``
+            (a new run's, noise included, seeded by the fit's seed).
     """
-    data, law = fit.data, fit.law
-    settings = refit_settings(fit.settings)
-    for q, below in cut_masks(data, law, cuts, len(fit.spec.latents) + 2):
+
+    cut: float
+    fit: FitResult
+    held: np.ndarray
+    draws: np.ndarray
+
+
+def rolling_record(fits: Mapping[Any, FitResult], cuts: Sequence[float] = CUTS) -> dict[Any, list[Refit]]:
+    """The rolling-origin refits of every fit at every cut, run as one :func:`~bayescale.fit_batch` per model.
+
+    This is the one refit loop of the package: the backtest, the structural error, ``stack``
+    and ``stack_batch`` all read it. The refit of fit ``label`` below cut ``q`` is group
+    ``(label, q)`` of the batch, with the fit's own seed, so it is exactly
+    ``bs.fit(runs_below, seed=fit.seed)`` at :func:`refit_settings`: a fit's record does not
+    depend on the fits beside it. Fits of one model (law, likelihood, priors, sampler
+    settings but the seed) share one batch.
+
+    Args:
+        fits: label -> fit (a single fit, or the members of a batch).
+        cuts: quantiles of the scale covariate (:func:`scale_covariate`); a cut that leaves
+            no more runs below it than the law has latents plus one, or none above it, is skipped.
+
+    Returns:
+        label -> its refits in the order of ``cuts`` (empty when no cut leaves enough runs).
+        A refit the sampler failed on is left out with a warning naming it.
+    """
+    models: dict[tuple[Any, SamplerSettings], dict[tuple[Any, float], np.ndarray]] = {}
+    for label, fit in fits.items():
+        key = (fit.spec, dataclasses.replace(refit_settings(fit.settings), seed=0))
+        for q, below in cut_masks(fit.data, fit.law, cuts, len(fit.spec.latents) + 2):
+            models.setdefault(key, {})[(label, q)] = below
+    refits: dict[tuple[Any, float], FitResult] = {}
+    for (spec, settings), masks in models.items():
         with warnings.catch_warnings():  # a small refit that mixes less well still scores its extrapolation
             warnings.simplefilter("ignore", ConvergenceWarning)
-            refit = fit_law(data.subset(below), law, fit.spec.likelihood, dict(fit.spec.priors), settings=settings)
-        if structural:
-            try:
-                refit = structural_error(refit)
-            except DataError:
-                continue
-        yield q, refit, ~below, log_predictive(refit, data.subset(~below), fit.seed)
+            batch = fit_batch({key: fits[key[0]].data.subset(below) for key, below in masks.items()},
+                              law=spec.law, likelihood=spec.likelihood, priors=dict(spec.priors), settings=settings,
+                              seeds={key: fits[key[0]].seed for key in masks})
+        for key, why in batch.failures.items():
+            warnings.warn(f"rolling-origin refit of {key[0]!r} below cut {key[1]} failed and is left out: {why}",
+                          stacklevel=2)
+        refits.update(batch.results)
+    record: dict[Any, list[Refit]] = {label: [] for label in fits}
+    for masks in models.values():
+        for (label, q), below in masks.items():
+            if (label, q) in refits:
+                fit, refit = fits[label], refits[(label, q)]
+                draws = log_predictive(refit, fit.data.subset(~below), fit.seed)
+                record[label].append(Refit(q, refit, ~below, draws))
+    return record
+
+
+def structural_backtest_record(fit: FitResult, cuts: Sequence[float] = CUTS) -> list[Refit]:
+    """The fit's rolling refits, each with its own structural error learned from its own rolling refits (the
+    refits of all cuts' refits as one more batch); cuts whose refit has too few runs to learn it are left out."""
+    record = rolling_record({0: fit}, cuts)[0]
+    inner = rolling_record({i: r.fit for i, r in enumerate(record)}, cuts)
+    out = []
+    for i, r in enumerate(record):
+        if inner[i]:
+            refit = _with_misfit(r.fit, inner[i])
+            out.append(Refit(r.cut, refit, r.held, log_predictive(refit, fit.data.subset(r.held), fit.seed)))
+    return out
 
 
 def log_predictive(fit: FitResult, runs: ScalingData, seed: int) -> np.ndarray:
@@ -147,29 +206,53 @@ def _backtest(fit: FitResult, record: Sequence[Refit]) -> pd.DataFrame:
     return pd.concat(rows, ignore_index=True)
 
 
-def structural_error(fit: FitResult, cuts: Sequence[float] = CUTS, record: Sequence[Refit] | None = None
-                     ) -> FitResult:
-    """The fit with a structural-error term learned from its own rolling-origin extrapolations.
+def structural_error(
+    fit: FitResult | BatchResult, cuts: Sequence[float] = CUTS, record: Sequence[Refit] | None = None
+) -> FitResult | BatchResult:
+    """The fit (or every group of a batch) with a structural-error term learned from its own rolling-origin
+    extrapolations.
 
     Args:
-        fit: a fit of any law (N in parameters, D in tokens, C in FLOPs, loss in nats).
+        fit: a fit of any law (N in parameters, D in tokens, C in FLOPs, loss in nats), or a
+            :class:`~bayescale.batch.BatchResult`: the refits of all its groups and cuts then run
+            as one more batch (:func:`rolling_record`), and each group equals the structural error
+            of that group's fit alone, draw for draw.
         cuts: quantiles of the scale covariate (:func:`scale_covariate`) at which to cut;
             each must leave more runs below it than the law has latents, plus two.
-        record: the fit's rolling refits when already run (``list(rolling_refits(fit, cuts))``),
+        record: a single fit's rolling refits when already run (``rolling_record({0: fit}, cuts)[0]``),
             so that stacking and the structural error share them; ``cuts`` is then unused.
 
     Returns:
         A :class:`~bayescale.posterior.FitResult` equal to ``fit`` with a posterior
         variable ``misfit_scale`` (``tau``, one draw per posterior draw, from its grid
         posterior). Its predictions widen with distance from the data, and it saves
-        and loads like any fit.
+        and loads like any fit. For a batch, a :class:`~bayescale.batch.BatchResult` of
+        such fits; a group no cut leaves enough runs for is listed in ``failures``, saying so.
 
     Raises:
-        DataError: no cut leaves enough runs on both sides.
+        DataError: (a single fit) no cut leaves enough runs on both sides.
     """
-    record = list(rolling_refits(fit, cuts)) if record is None else record
+    if isinstance(fit, BatchResult):
+        records = rolling_record(fit.results, cuts)
+        results, failures = {}, dict(fit.failures)
+        for label, member in fit.results.items():
+            if records[label]:
+                results[label] = _with_misfit(member, records[label])
+            else:
+                failures[label] = f"structural error: {_too_few(cuts, member.law)}"
+        return dataclasses.replace(fit, results=results, failures=failures)
+    record = rolling_record({0: fit}, cuts)[0] if record is None else record
     if not record:
-        raise DataError(f"no cut in {list(cuts)} leaves enough runs to fit {fit.law.name!r} and some to hold out")
+        raise DataError(_too_few(cuts, fit.law))
+    return _with_misfit(fit, record)
+
+
+def _too_few(cuts: Sequence[float], law: Law) -> str:
+    return f"no cut in {list(cuts)} leaves enough runs to refit {law.name!r} and some to hold out"
+
+
+def _with_misfit(fit: FitResult, record: Sequence[Refit]) -> FitResult:
+    """``fit`` with ``misfit_scale`` draws from the grid posterior of ``tau`` given its rolling refits."""
     table = _backtest(fit, record)
     weight = 1.0 / len(set(table["cut"]))
     variance = table["variance"].to_numpy()[None, :] + _GRID[:, None] ** 2 * table["distance"].to_numpy()[None, :]

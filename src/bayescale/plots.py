@@ -21,7 +21,7 @@ from .allocation import allocation_exponent_draws, has_allocation, optimal_alloc
 from .batch import BatchResult
 from .experiments import Design
 from .isoflop import IsoFlopResult
-from .posterior import LEVEL, FitResult
+from .posterior import LEVEL, FitResult, Posterior
 from .stacking import StackedResult
 
 __all__ = [
@@ -186,16 +186,21 @@ def _mark_optimum(ax: Axes, n: tuple[float, float, float], loss: float, color: A
                 markeredgecolor="k", capsize=3, zorder=4)
 
 
-def frontier_draws(fit: FitResult, compute: np.ndarray) -> np.ndarray:
-    """Draws ``(draws, budgets)`` of the lowest loss (nats) at each budget (FLOPs): the optimum's for a law
-    in N and D, the law's own for a law in C; a stacked result mixes its members'."""
-    if isinstance(fit, StackedResult):
-        return fit.combine({n: frontier_draws(m, compute) for n, m in fit.members.items()})
-    if has_allocation(fit.law):
-        return optimal_allocation(fit.law, fit.draws(), compute)["loss_opt"]
-    if fit.law.covariates != ("C",):
-        raise ValueError(f"law {fit.law.name!r} reads {fit.law.covariates}: no loss per budget without N and D")
-    return fit.predict_draws(C=compute)
+def frontier_draws(fit: Posterior, compute: np.ndarray) -> np.ndarray:
+    """Draws ``(draws, budgets)`` of the lowest loss (nats) at each budget (FLOPs), through the one predictive
+    (structural error included): the optimum's for a law in N and D, the law's own for a law in C; a stacked
+    result mixes its members'."""
+
+    def one(member: FitResult) -> np.ndarray:
+        if has_allocation(member.law):
+            opt = optimal_allocation(member.law, member.draws(), compute)
+            return np.exp(member.log_mean_draws({"N": np.log(opt["N_opt"]), "D": np.log(opt["D_opt"])}))
+        if member.law.covariates != ("C",):
+            raise ValueError(f"law {member.law.name!r} reads {member.law.covariates}: no loss per budget without"
+                             " N and D")
+        return member.predict_draws(C=compute)
+
+    return fit.combine({name: one(member) for name, member in fit.components().items()})
 
 
 def _plot_stacked(fit: StackedResult, level: float, ax: Axes | None) -> Axes:

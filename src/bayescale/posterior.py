@@ -56,6 +56,8 @@ __all__ = [
     "RHAT_MAX",
     "ESS_MIN",
     "MISFIT",
+    "reach",
+    "data_top",
     "distance",
 ]
 
@@ -169,10 +171,22 @@ def warn_unconverged(diagnostics: Diagnostics, subject: str, stacklevel: int = 2
         )
 
 
+def reach(log_x: Mapping[str, Any], top: Mapping[str, Any]) -> jax.Array:
+    """E-folds beyond the runs whose largest log covariates are ``top``: the norm over the covariates of
+    ``max(0, log x - top)`` (any array shape; pure JAX)."""
+    excess = [jnp.maximum(0.0, jnp.asarray(log_x[c]) - top[c]) for c in top]
+    return jnp.sqrt(sum(jnp.square(e) for e in excess))
+
+
+def data_top(law: Law, data: ScalingData) -> dict[str, float]:
+    """The largest log value of each of the law's covariates over the runs of ``data``."""
+    return {c: float(np.log(data.covariate(c)).max()) for c in law.covariates}
+
+
 def distance(law: Law, data: ScalingData, log_x: Mapping[str, Any]) -> np.ndarray:
-    """E-folds beyond the runs of ``data``: norm over the law's covariates of ``max(0, log x - max log x_data)``."""
-    excess = [np.maximum(0.0, np.asarray(log_x[c]) - np.log(data.covariate(c)).max()) for c in law.covariates]
-    return np.sqrt(np.sum(np.square(excess), axis=0))
+    """E-folds beyond the runs of ``data`` (:func:`reach` from their largest covariates), as NumPy."""
+    with jax.enable_x64(True):
+        return np.asarray(reach(log_x, data_top(law, data)))
 
 
 def _interval_columns(level: float) -> tuple[str, str]:
@@ -390,6 +404,20 @@ class Posterior:
         """Posterior draws ``(draws, points)`` of the loss (nats) at new points."""
         raise NotImplementedError
 
+    def components(self) -> Mapping[str, FitResult]:
+        """The fits of single laws whose predictions this result mixes, by name: one for a fit, the members
+        of a stack. Every planning function reads a result through these and :meth:`combine`.
+
+        Raises:
+            TypeError: a result that is not a mixture of fits of laws (hierarchical as a whole, iso-FLOP).
+        """
+        raise TypeError(f"a {self.kind} result is not read law by law; plan with one of its fits")
+
+    def combine(self, per_component: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Mix arrays ``(draws, ...)`` computed for each of :meth:`components` into this result's draws."""
+        (only,) = per_component.values()
+        return np.asarray(only)
+
     def _meta(self) -> dict[str, Any]:
         """What ``save`` records beyond ``idata`` (JSON-ready)."""
         raise NotImplementedError
@@ -466,6 +494,51 @@ class FitResult(Posterior):
         agg = np.median if stat == "median" else np.mean
         return {k: float(agg(v)) for k, v in self.draws().items()}
 
+    def components(self) -> Mapping[str, FitResult]:
+        """This fit alone."""
+        return {self.law.name: self}
+
+    @property
+    def misfit(self) -> np.ndarray | None:
+        """Draws of the structural error's scale ``tau`` (log-loss per square-root e-fold), flat, or ``None``
+        for a fit without one (:func:`bayescale.extrapolation.structural_error`)."""
+        if MISFIT not in self.idata.posterior:
+            return None
+        return self.idata.posterior[MISFIT].values.reshape(-1)
+
+    def shock(self, seed: int = 0) -> np.ndarray:
+        """The structural error's scale per draw, ``tau·z`` with ``z ~ Normal(0, 1)`` seeded by ``seed``
+        (zeros without a structural error), shape ``(draws,)``: draw ``s`` deviates from its mean curve by
+        ``shock[s]·sqrt(d)`` at ``d`` e-folds beyond the runs (:func:`reach`)."""
+        tau = self.misfit
+        if tau is None:
+            return np.zeros(self.idata.posterior.sizes["chain"] * self.idata.posterior.sizes["draw"])
+        with jax.enable_x64(True):
+            z = jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(seed), 1), tau.shape, jnp.float64)
+        return tau * np.asarray(z)
+
+    def log_mean_draws(self, log_x: Mapping[str, Any], seed: int = 0) -> np.ndarray:
+        """The mean curve of log-loss, then the structural error, per draw: the first two steps of every
+        prediction (noise is added by :meth:`predict_draws`, mixing by a stack).
+
+        Args:
+            log_x: log covariates of the law, each ``(points,)`` (shared by every draw) or
+                ``(draws, points)`` (one point per draw, e.g. each draw's own optimum).
+            seed: seed of the structural error (:meth:`shock`).
+
+        Returns:
+            ``(draws, points)`` log-loss (nats).
+        """
+        with jax.enable_x64(True):
+            params = {k: jnp.asarray(v) for k, v in self.draws().items()}
+            x = {c: jnp.asarray(log_x[c], dtype=jnp.float64) for c in self.law.covariates}
+            per_draw = {c: 0 if v.ndim == 2 else None for c, v in x.items()}
+            loc = jax.vmap(self.law.log_mean, in_axes=(0, per_draw))(params, x)
+            loc = jnp.broadcast_to(loc, (params[self.latents[0]].shape[0], *loc.shape[1:]))
+            if self.misfit is not None:
+                loc = loc + jnp.asarray(self.shock(seed))[:, None] * reach(x, data_top(self.law, self.data))
+        return np.asarray(loc)
+
     def predict_draws(
         self,
         N: Any = None,
@@ -491,22 +564,18 @@ class FitResult(Posterior):
             seed: PRNG seed for the noise and the structural error.
 
         Returns:
-            Array ``(draws, points)`` in the target's units (nats). With a structural
-            error (:func:`bayescale.extrapolation.structural_error`) the mean curve
-            includes it: zero inside the data, growing with the distance beyond it.
+            Array ``(draws, points)`` in the target's units (nats), built in the one
+            order: the mean curve, the structural error when the fit has one
+            (:meth:`log_mean_draws`: zero inside the data, growing with the distance
+            beyond it), then with ``noise`` a new run's noise.
         """
-        with jax.enable_x64(True):
-            log_x = self._log_covariates(N, D, C, flops_per_token, N_total, U)
-            params = {k: jnp.asarray(v) for k, v in self.draws().items()}
-            loc = jax.vmap(lambda p: self.law.log_mean(p, log_x))(params)
-            if MISFIT in self.idata.posterior:
-                tau = jnp.asarray(self.idata.posterior[MISFIT].values.reshape(-1))
-                reach = jnp.sqrt(jnp.asarray(distance(self.law, self.data, log_x)))
-                shock = jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(seed), 1), loc.shape, loc.dtype)
-                loc = loc + tau[:, None] * reach[None, :] * shock
-            if noise:
-                nu = params["nu"][:, None] if self.spec.likelihood.learns_nu else None
-                obs = self.spec.likelihood.distribution(loc, params["sigma"][:, None], nu)
+        log_x = self._log_covariates(N, D, C, flops_per_token, N_total, U)
+        loc = self.log_mean_draws(log_x, seed)
+        if noise:
+            with jax.enable_x64(True):
+                draws = self.draws()
+                nu = jnp.asarray(draws["nu"])[:, None] if self.spec.likelihood.learns_nu else None
+                obs = self.spec.likelihood.distribution(jnp.asarray(loc), jnp.asarray(draws["sigma"])[:, None], nu)
                 loc = obs.sample(jax.random.PRNGKey(seed))
         return np.exp(np.asarray(loc))
 
@@ -566,14 +635,14 @@ class FitResult(Posterior):
 
     def _log_covariates(
         self, N: Any, D: Any, C: Any, flops_per_token: Any, N_total: Any = None, U: Any = None
-    ) -> dict[str, jax.Array]:
+    ) -> dict[str, np.ndarray]:
         covs = self._covariates(N, D, C, flops_per_token, N_total, U)
         missing = [c for c in self.law.covariates if covs[c] is None]
         if missing:
             raise ValueError(
                 f"law {self.law.name!r} needs {missing}: give them, or two of N, D, C to derive them"
             )
-        return {c: jnp.asarray(np.log(covs[c]), dtype=jnp.float64) for c in self.law.covariates}
+        return {c: np.log(covs[c]) for c in self.law.covariates}
 
     def _meta(self) -> dict[str, Any]:
         return spec_to_json(self.spec)

@@ -3,7 +3,8 @@
 Each law is fitted to every group with :func:`bayescale.fit_batch`; :func:`stack_batch`
 stacks them group by group as :func:`bayescale.stack` does one fit. With leave-future-out
 weights (the default) the rolling-origin refits of all groups and cuts of one law run as
-one more batch, so the sampler compiles once per law, not once per group.
+one more batch (:func:`bayescale.extrapolation.rolling_record`), so the sampler compiles once
+per law, not once per group, and each group is stacked exactly as it would be alone.
 
 Units: N in parameters, D in tokens, C in FLOPs, loss in nats.
 """
@@ -11,19 +12,17 @@ Units: N in parameters, D in tokens, C in FLOPs, loss in nats.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-import numpy as np
 import pandas as pd
 
 from .allocation import compute_optimal_by_group
-from .batch import BatchResult, fit_batch
+from .batch import BatchResult
 from .data import DataError
-from .extrapolation import CUTS, cut_masks, log_predictive, refit_settings
-from .posterior import LEVEL, ConvergenceWarning, Diagnostics
-from .stacking import METHODS, StackedResult, check_stack, mix, scored, stacking_weights
+from .extrapolation import CUTS, rolling_record
+from .posterior import LEVEL, Diagnostics
+from .stacking import METHODS, StackedResult, check_stack, mix, stack_by_record, stacking_weights
 
 __all__ = ["StackedBatch", "stack_batch"]
 
@@ -76,36 +75,12 @@ class StackedBatch:
         return compute_optimal_by_group(self._stacked(), compute, flops_per_token, level)
 
 
-def _future_elpd_batch(batch: BatchResult, labels: Sequence[Any], cuts: Sequence[float]) -> dict[Any, pd.Series]:
-    """:func:`future_elpd` of every listed group, the refits of all groups and cuts as one :func:`fit_batch`."""
-    first = batch.results[labels[0]]
-    spec = first.spec
-    held: dict[tuple[Any, float], np.ndarray] = {}
-    for label in labels:
-        data = batch.results[label].data
-        for q, below in cut_masks(data, spec.law, cuts, len(spec.latents) + 2):
-            held[(label, q)] = ~below
-    if not held:
-        return {}
-    with warnings.catch_warnings():  # small refits that mix less well still score their extrapolation
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        refits = fit_batch({key: batch.results[key[0]].data.subset(~mask) for key, mask in held.items()},
-                           law=spec.law, likelihood=spec.likelihood, priors=dict(spec.priors),
-                           settings=refit_settings(first.settings))
-    parts: dict[Any, list[pd.Series]] = {}
-    for (label, q), mask in held.items():
-        if (label, q) in refits.results:
-            fit = batch.results[label]
-            draws = log_predictive(refits.results[(label, q)], fit.data.subset(mask), fit.seed)
-            parts.setdefault(label, []).append(scored(fit, q, mask, draws))
-    return {label: pd.concat(p) for label, p in parts.items()}
-
-
 def stack_batch(
     batches: Mapping[str, BatchResult],
     seed: int = 0,
     method: Literal["future", "loo"] = "future",
     cuts: Sequence[float] = CUTS,
+    structural: bool = False,
 ) -> StackedBatch:
     """Stack several laws in every group of a batch, as :func:`bayescale.stack` does for one fit.
 
@@ -116,6 +91,8 @@ def stack_batch(
         method: ``"future"`` (leave-future-out weights; the refits of every group and cut
             run as one :func:`~bayescale.batch.fit_batch` per law) or ``"loo"``.
         cuts: quantiles of compute at which ``"future"`` cuts.
+        structural: give each law in each group its structural error, learned from the same
+            refits (``"future"`` only), as :func:`bayescale.stack` does.
 
     Returns:
         :class:`StackedBatch`: per group a :class:`~bayescale.stacking.StackedResult`;
@@ -126,6 +103,9 @@ def stack_batch(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if structural and method != "future":
+        raise ValueError("structural=True learns each law's structural error from its leave-future-out refits: "
+                         "use method='future'")
     names = list(batches)
     order = batches[names[0]].order
     for name in names[1:]:
@@ -134,15 +114,18 @@ def stack_batch(
     # a group failed by several laws is reported with the first law's reason
     failures = {label: f"{n}: {why}" for n in reversed(names) for label, why in batches[n].failures.items()}
     labels = [label for label in order if label not in failures]
-    future = {n: _future_elpd_batch(batches[n], labels, cuts) for n in names} if method == "future" and labels else None
+    future = method == "future" and labels
+    records = {n: rolling_record({label: batches[n].results[label] for label in labels}, cuts) for n in names
+               } if future else {}
     results = {}
     for label in labels:
         fits = {n: batches[n].results[label] for n in names}
         try:
             check_stack(fits, method)
-            own = None if future is None else {n: future[n].get(label, pd.Series(dtype=float)) for n in names}
-            w, record = stacking_weights(fits, own)
-            results[label] = mix(fits, w, seed, method, record)
+            if future:
+                results[label] = stack_by_record(fits, {n: records[n][label] for n in names}, seed, structural)
+            else:
+                results[label] = mix(fits, stacking_weights(fits, None)[0], seed, method)
         except (ValueError, DataError) as err:
             failures[label] = str(err)
     return StackedBatch(results, failures, [label for label in order if label in results or label in failures])

@@ -39,14 +39,26 @@ import pandas as pd
 import xarray as xr
 
 from .data import DataError
-from .extrapolation import CUTS, Refit, log_density, rolling_refits, scale_covariate, structural_error
+from .extrapolation import (
+    CUTS, Refit, log_density, log_predictive, rolling_record, scale_covariate, structural_error,
+)
 from .laws import Law
 from .model import OBSERVED
 from .posterior import (
-    LEVEL, MISFIT, Diagnostics, FitResult, Posterior, data_from_idata, distance, settings_from_meta, summaries_by_group,
+    LEVEL, MISFIT, Diagnostics, FitResult, Posterior, data_from_idata, settings_from_meta, summaries_by_group,
 )
 
-__all__ = ["StackedResult", "stack", "future_elpd", "stacking_weights", "mix", "check_stack", "scored", "METHODS"]
+__all__ = [
+    "StackedResult",
+    "stack",
+    "stack_by_record",
+    "future_elpd",
+    "stacking_weights",
+    "mix",
+    "check_stack",
+    "scored",
+    "METHODS",
+]
 
 METHODS = ("future", "loo")
 """Records stacking weights can come from: leave-future-out (rolling origin) or PSIS leave-one-out."""
@@ -100,6 +112,10 @@ class StackedResult(Posterior):
     def assignment(self) -> np.ndarray:
         """The member index of every flat draw, shape ``(draws,)``."""
         return self.idata.posterior["model"].values.reshape(-1)
+
+    def components(self) -> Mapping[str, FitResult]:
+        """The members, by name."""
+        return dict(self.members)
 
     def combine(self, per_member: Mapping[str, np.ndarray]) -> np.ndarray:
         """Mix arrays ``(draws, ...)`` of each member into one: row ``s`` from the member that owns draw ``s``."""
@@ -167,15 +183,16 @@ def future_elpd(fit: FitResult, cuts: Sequence[float] = CUTS, record: Sequence[R
     The model (law, likelihood, priors, settings) is refitted to the runs at or below each
     cut quantile of the scale covariate, and each larger run's log-loss is scored by the
     refit's predictive density (a new run's, noise included; Gaussian kernel estimate). A fit
-    with a structural error is scored with its own scale ``tau``: each refit's draws get the
-    discrepancy ``tau·sqrt(d)·z`` at the held-out runs' distance ``d`` beyond the refit's runs.
-    ``tau`` was learned from these same refits rather than again inside each one (six times
-    cheaper; the record then slightly favours the structural error).
+    with a structural error is scored with its own scale ``tau``: each refit is given the fit's
+    ``tau`` draws and predicts through the one predictive path (the discrepancy grows with the
+    held-out runs' distance beyond the refit's runs). ``tau`` was learned from these same
+    refits rather than again inside each one (six times cheaper; the record then slightly
+    favours the structural error).
 
     Args:
         fit: a fit of any law (N in parameters, D in tokens, C in FLOPs, loss in nats).
         cuts: quantiles of the scale covariate (C for laws in N and D).
-        record: the fit's rolling refits when already run (``list(rolling_refits(fit, cuts))``).
+        record: the fit's rolling refits when already run (``rolling_record({0: fit}, cuts)[0]``).
 
     Returns:
         Log densities of log-loss, indexed by ``(cut, run)`` (``run``: the run's position).
@@ -183,17 +200,18 @@ def future_elpd(fit: FitResult, cuts: Sequence[float] = CUTS, record: Sequence[R
     Raises:
         DataError: no cut leaves enough runs to refit the law and some to hold out.
     """
-    record = list(rolling_refits(fit, cuts)) if record is None else record
+    record = rolling_record({0: fit}, cuts)[0] if record is None else record
     if not record:
         raise DataError(f"no cut in {list(cuts)} leaves enough runs to refit {fit.law.name!r} and some to hold out")
     rng = np.random.default_rng(fit.seed)
     parts = []
     for q, refit, held, draws in record:
         if MISFIT in fit.idata.posterior:
-            tau = rng.choice(fit.idata.posterior[MISFIT].values.reshape(-1), size=draws.shape[0])
-            log_x = {c: np.log(fit.data.covariate(c)[held]) for c in fit.law.covariates}
-            reach = np.sqrt(distance(fit.law, refit.data, log_x))
-            draws = draws + tau[:, None] * reach[None, :] * rng.standard_normal(draws.shape)
+            post = refit.idata.posterior
+            tau = rng.choice(fit.idata.posterior[MISFIT].values.reshape(-1), size=(post.sizes["chain"], post.sizes["draw"]))
+            idata = refit.idata.copy()
+            idata.posterior[MISFIT] = (("chain", "draw"), tau)
+            draws = log_predictive(dataclasses.replace(refit, idata=idata), fit.data.subset(held), fit.seed)
         parts.append(scored(fit, q, held, draws))
     return pd.concat(parts)
 
@@ -329,9 +347,22 @@ def stack(
                              "use method='future'")
         w, record = stacking_weights(fits, None)
         return mix(fits, w, seed, method, record)
-    refits = {n: list(rolling_refits(f, cuts)) for n, f in fits.items()}
+    return stack_by_record(fits, {n: rolling_record({0: f}, cuts)[0] for n, f in fits.items()}, seed, structural)
+
+
+def stack_by_record(fits: Mapping[str, FitResult], records: Mapping[str, Sequence[Refit]], seed: int = 0,
+                    structural: bool = False) -> StackedResult:
+    """Leave-future-out stacking of ``fits`` given each one's rolling refits (:func:`rolling_record`).
+
+    What :func:`stack` does after refitting, and what :func:`bayescale.stack_batch` does for
+    each group with the refits of all groups run as one batch: so a group stacked in a batch
+    is the same group stacked alone, draw for draw.
+
+    Raises:
+        DataError: a member whose record is empty (no cut leaves enough runs), or no cut every member was scored on.
+    """
     if structural:
-        fits = {n: f if MISFIT in f.idata.posterior else structural_error(f, record=refits[n]) for n, f in fits.items()}
-    future = {n: future_elpd(f, cuts, refits[n]) for n, f in fits.items()}
+        fits = {n: f if MISFIT in f.idata.posterior else structural_error(f, record=records[n]) for n, f in fits.items()}
+    future = {n: future_elpd(f, record=records[n]) for n, f in fits.items()}
     w, record = stacking_weights(fits, future)
-    return mix(fits, w, seed, method, record)
+    return mix(fits, w, seed, "future", record)

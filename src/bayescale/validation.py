@@ -22,7 +22,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 
 from .data import DataError, ScalingData, as_data
-from .extrapolation import CUTS, log_density, rolling_refits
+from .extrapolation import CUTS, log_density, rolling_record, structural_backtest_record
 from .fit import fit as fit_law
 from .posterior import LEVEL, FitResult
 
@@ -214,9 +214,8 @@ def backtest(fit: FitResult, cuts: Sequence[float] = CUTS, structural: bool = Fa
     Returns:
         :class:`Backtest`; its ``message`` says plainly when the bands under-cover.
     """
-    rows = []
-    for q, refit, held, draws in rolling_refits(fit, cuts, structural):
-        rows.append({"cut": q, "train": refit.data.n, **scores(draws, np.log(fit.data.loss[held]))})
+    record = structural_backtest_record(fit, cuts) if structural else rolling_record({0: fit}, cuts)[0]
+    rows = [{"cut": r.cut, "train": r.fit.data.n, **scores(r.draws, np.log(fit.data.loss[r.held]))} for r in record]
     if not rows:
         raise DataError(f"no cut in {list(cuts)} leaves enough runs to fit {fit.law.name!r} and some to hold out")
     return Backtest(table=pd.DataFrame(rows).set_index("cut"), structural=structural)
