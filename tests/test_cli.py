@@ -10,6 +10,8 @@ from conftest import CHINCHILLA
 
 
 def test_cli_fit_writes_outputs(tmp_path, capsys) -> None:  # noqa: ANN001
+    """The planning mode is the default: the saved fit carries the structural error, the plan and report say so,
+    and the plan speaks a planner's units."""
     csv = tmp_path / "runs.csv"
     bs.datasets.load_frame("chinchilla_synthetic").rename(columns={"N": "params"}).to_csv(csv, index=False)
     out = tmp_path / "out"
@@ -17,8 +19,15 @@ def test_cli_fit_writes_outputs(tmp_path, capsys) -> None:  # noqa: ANN001
                      "--samples", "300", "--warmup", "300", "--quiet", "--compute", "1e22"])
     assert code == 0
     assert (out / "fit.nc").exists() and (out / "summary.csv").exists() and (out / "plan.csv").exists()
-    assert bs.load(out / "fit.nc").summary().index.tolist()[:5] == ["E", "alpha", "beta", "A", "B"]
-    assert "compute-optimal allocation" in capsys.readouterr().out
+    saved = bs.load(out / "fit.nc")
+    assert saved.summary().index.tolist()[:5] == ["E", "alpha", "beta", "A", "B"] and saved.misfit is not None
+    printed = capsys.readouterr().out
+    assert "compute-optimal allocation" in printed and "planning mode: structural error" in printed
+    plan = printed.split("compute-optimal")[1]
+    assert "1e22" in plan and "e+" not in plan and any(cell.endswith("B") for cell in plan.split())  # 4.84B
+    markdown = (out / "report.md").read_text()
+    assert "Compute-optimal allocation (planning mode: structural error beyond the data)" in markdown
+    assert "Bands: planning mode" in markdown
 
 
 def test_cli_bad_input_one_line_and_exit_2(tmp_path, capsys) -> None:  # noqa: ANN001
@@ -83,11 +92,15 @@ def test_cli_rejects_bad_arguments(capsys) -> None:  # noqa: ANN001
 def test_cli_flags_unconverged_fit(tmp_path, capsys) -> None:  # noqa: ANN001
     csv = tmp_path / "runs.csv"
     bs.datasets.load_frame("chinchilla_synthetic").to_csv(csv, index=False)
-    args = ["fit", str(csv), "--samples", "20", "--warmup", "5", "--chains", "2", "--quiet", "--compute", "1e22"]
+    args = ["fit", str(csv), "--samples", "20", "--warmup", "5", "--chains", "2", "--quiet", "--compute", "1e22",
+            "--no-structural-error"]
     with pytest.warns(bs.ConvergenceWarning):
         assert cli.main([*args, "--out", str(tmp_path / "a"), "--strict"]) == 1
     assert "-> WARNING: R-hat" in capsys.readouterr().out
     assert "DIAGNOSTICS FAILED" in (tmp_path / "a" / "report.html").read_text()
+    # --no-structural-error: the bands that assume the law holds, and the report says so
+    assert bs.load(tmp_path / "a" / "fit.nc").misfit is None
+    assert "law assumed to hold beyond the data" in (tmp_path / "a" / "report.md").read_text()
 
 
 def test_cli_error_paths_name_the_file_and_exit_2(chinchilla_fit: bs.FitResult, tmp_path, capsys) -> None:  # noqa: ANN001
@@ -117,7 +130,7 @@ def test_cli_report_of_a_table_in_pf_days_is_complete(tmp_path, capsys) -> None:
     out = tmp_path / "out"
     with pytest.warns(bs.DataWarning, match="PF-days"):
         code = cli.main(["fit", str(csv), "--samples", "100", "--warmup", "100", "--chains", "2", "--quiet",
-                         "--out", str(out)])
+                         "--out", str(out), "--no-structural-error"])
     assert code == 0
     assert {"report.html", "report.md", "report.json", "fit.nc", "summary.csv"} <= {p.name for p in out.iterdir()}
     markdown = (out / "report.md").read_text()

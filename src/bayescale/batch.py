@@ -186,26 +186,29 @@ class BatchResult:
         for name in self.order:
             if name in self.results:
                 fit = self.results[name]
-                _save(manifest, name, fit, fingerprint(fit.spec, fit.settings, fit.data, name))
+                _save(manifest, name, fit, fingerprint(fit.spec, fit.settings, fit.data, name, fit.misfit is not None))
             else:
                 manifest.record(name, "failed", {}, self.failures[name])
 
 
-def fingerprint(spec: Spec, settings: SamplerSettings, data: ScalingData, label: Any) -> dict[str, Any]:
-    """What a group's result depends on: its data and label (hash), law, likelihood, priors and sampler
-    settings with seed.
+def fingerprint(spec: Spec, settings: SamplerSettings, data: ScalingData, label: Any, structural: bool = False
+                ) -> dict[str, Any]:
+    """What a group's result depends on: its data and label (hash), law, likelihood, priors, sampler
+    settings with seed, and whether it carries the structural error (the planning mode).
 
     The progress bar is left out; the strategy is recorded as resolved on this machine.
     """
     run = {**settings.to_dict(), "strategy": resolve_strategy(settings.strategy)}
     del run["progress"]
-    return {"data": data_hash(data, label), **spec_to_json(spec), "settings": run}
+    return {"data": data_hash(data, label), **spec_to_json(spec), "settings": run, "structural": structural}
 
 
 def _changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
     """Why a saved fingerprint differs from a new one, in words ("" when equal)."""
     if old.get("data") != new["data"]:
         return "its data changed"
+    if old.get("structural", False) != new.get("structural", False):
+        return "the planning mode (structural error) was switched " + ("on" if new.get("structural") else "off")
     for key in ("law", "likelihood", "priors", "roles"):
         if old.get(key) != new[key]:
             return f"its {key} changed"
@@ -363,6 +366,25 @@ def _fit_chunk(
     return {name: results[name] for _, name, _ in chunk}, float(np.mean(steps.mean(axis=0) / steps.max(axis=0)))
 
 
+def _plan(results: dict[Any, FitResult], new: list[Any], failures: dict[Any, str], manifest: Manifest | None,
+          inputs_of: Mapping[Any, Mapping[str, Any]]) -> tuple[dict[Any, FitResult], dict[Any, str]]:
+    """The structural error of the groups fitted now (``new``), saved when there is a folder; reused ones have it."""
+    from .extrapolation import structural_error  # extrapolation refits through fit_batch
+
+    fitted = [n for n in new if n in results]
+    planned = structural_error(BatchResult({n: results[n] for n in fitted}, {}, fitted))
+    results, failures = {**results, **planned.results}, {**failures, **planned.failures}
+    for name in fitted:
+        if name in planned.failures:
+            del results[name]
+        if manifest is not None:
+            if name in planned.results:
+                _save(manifest, name, planned.results[name], inputs_of[name])
+            else:
+                manifest.record(name, "failed", inputs_of[name], planned.failures[name])
+    return results, failures
+
+
 def fit_batch(
     data: Any,
     group: str | None = None,
@@ -375,6 +397,7 @@ def fit_batch(
     out_dir: str | os.PathLike[str] | None = None,
     shard: tuple[int, int] | None = None,
     seeds: Mapping[Any, int] | None = None,
+    structural: bool = False,
     **options: Any,
 ) -> BatchResult:
     """Fit one law to many datasets with one compiled sampler.
@@ -403,6 +426,12 @@ def fit_batch(
         seeds: label -> seed of that group, instead of ``settings.seed + i``: its result
             then does not depend on its position in the batch (each group is sampled
             exactly as ``bs.fit(its_data, seed=seeds[label])``).
+        structural: the planning mode: every group gets its structural error
+            (:func:`bayescale.extrapolation.structural_error`), the rolling-origin refits of
+            all groups and cuts as one more batch; each group equals ``bs.fit(its_data,
+            structural=True, seed=...)``. With ``out_dir``, a group is saved once its
+            structural error is learned (after the whole batch's sampling), and a saved group
+            of the other mode is refitted. A group too small for the refits is a failure that says so.
         **options: :class:`~bayescale.sampling.SamplerSettings` fields as keywords,
             then column options as for ``ScalingData.from_table``.
 
@@ -438,7 +467,7 @@ def fit_batch(
     results: dict[Any, FitResult] = {}
     resume: dict[Any, str] = {}
     manifest = None if out_dir is None else Manifest(out_dir)
-    inputs_of = {} if manifest is None else {n: fingerprint(spec, own[n], d, n) for _, n, d in todo}
+    inputs_of = {} if manifest is None else {n: fingerprint(spec, own[n], d, n, structural) for _, n, d in todo}
     if manifest is not None:
         results, resume = _resume(manifest, order, [n for _, n, _ in todo], inputs_of, spec.law)
         todo = [t for t in todo if t[1] not in results]
@@ -456,7 +485,8 @@ def fit_batch(
     start = time.perf_counter()
     with jax.enable_x64(settings.x64):
         for size, chunk in tqdm(chunks, desc="chunks", disable=not settings.progress or len(chunks) < 2):
-            save = None if manifest is None else lambda name, fit: _save(manifest, name, fit, inputs_of[name])
+            save = None if manifest is None or structural else lambda name, fit: _save(manifest, name, fit,
+                                                                                       inputs_of[name])
             try:
                 fitted, efficiency = _fit_chunk(spec, chunk, size, own, strategy, save)
             except Exception as err:  # noqa: BLE001 - one failing chunk must not stop the batch
@@ -468,6 +498,8 @@ def fit_batch(
                 continue
             efficiencies.append(efficiency)
             results.update(fitted)
+    if structural:
+        results, failures = _plan(results, [n for _, n, _ in todo], failures, manifest, inputs_of)
     stats = {"wall_s": time.perf_counter() - start}
     if efficiencies:
         stats["lane_efficiency"] = float(np.mean(efficiencies))

@@ -4,7 +4,8 @@ Examples::
 
     bayescale demo --out bayescale-demo
     bayescale fit runs.csv --law chinchilla --params-col N --tokens-col D --loss-col loss --out results/
-    bayescale fit runs.csv --structural-error --backtest --out results/   # bands for planning, checked
+    bayescale fit runs.csv --backtest --out results/   # planning bands (structural error), checked rolling origin
+    bayescale fit runs.csv --no-structural-error      # bands that assume the law holds beyond the data
     bayescale fit runs.csv --law chinchilla kaplan_nd --out results/     # laws stacked by their extrapolations
     bayescale plan results/ --compute 1e22 1e23 1e24
     bayescale plan results/ --target-loss 2.0 1.9
@@ -15,8 +16,10 @@ Examples::
     bayescale datasets
     bayescale info          # versions, devices, compilation cache folder
 
-Bad input exits with status 2 and a one-line reason; ``--strict`` makes a fit
-that did not converge exit with status 1.
+``fit``, ``batch`` and ``demo`` use the planning mode by default: bands carry the structural
+error learned from rolling-origin refits, so they widen beyond the data; ``plan`` and
+``report`` read the mode a result was saved with. Bad input exits with status 2 and a
+one-line reason; ``--strict`` makes a fit that did not converge exit with status 1.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from .experiments import design
 from .extrapolation import structural_error
 from .fit import fit
 from .laws import list_laws
-from .reporting import DEFAULT_COMPUTE, report
+from .reporting import DEFAULT_COMPUTE, mode, planner_units, report
 from .validation import backtest
 from .posterior import FitResult, load
 from .stacked_batch import stack_batch
@@ -80,8 +83,8 @@ def _write_fit(result: FitResult | StackedResult, out: str, compute: Sequence[fl
     if planned:
         plan = compute_optimal(result, compute=compute)
         _write_csv(plan, os.path.join(out, "plan.csv"))
-        print("\ncompute-optimal allocation (median and 90% interval):")
-        _print(plan)
+        print(f"\ncompute-optimal allocation (median and 90% interval; {mode(result)}):")
+        _print(planner_units(plan))
     print(f"\nwrote {out}/{_FIT_FILE}, summary.csv" + (", plan.csv" if planned else ""))
 
 
@@ -106,7 +109,9 @@ def _plan(args: argparse.Namespace) -> int:
         table = (results.compute_optimal(args.compute, args.flops_per_token) if isinstance(results, BatchResult)
                  else compute_optimal(results, args.compute, args.flops_per_token))
         name = "plan.csv"
-    _print(table)
+    modes = {mode(r) for r in (results.results.values() if isinstance(results, BatchResult) else [results])}
+    print(f"bands: {'; '.join(sorted(modes))}")
+    _print(planner_units(table))
     if os.path.isdir(args.results):
         _write_csv(table, os.path.join(args.results, name))
         print(f"\nwrote {os.path.join(args.results, name)}")
@@ -123,7 +128,7 @@ def _batch(args: argparse.Namespace) -> int:
         result = fit_batch(
             frame, group=args.group_col, law=law, likelihood=args.likelihood, out_dir=out,
             params=args.params_col, tokens=args.tokens_col, compute=args.compute_col, loss=args.loss_col,
-            **_sampler_args(args),
+            structural=args.structural_error, **_sampler_args(args),
         )
         diag = result.status()
         _write_csv(diag, os.path.join(out, "diagnostics.csv"))
@@ -139,7 +144,8 @@ def _batch(args: argparse.Namespace) -> int:
             raise DataError(f"{law}: no group could be fitted; see {out}/diagnostics.csv for the reasons")
         batches[law] = result
     if several:
-        stacked = stack_batch(batches, method=args.stack_method)
+        stacked = stack_batch(batches, method=args.stack_method, structural=args.structural_error and
+                              args.stack_method == "future")
         weights = stacked.weights.reindex(stacked.order)
         weights["failure"] = [stacked.failures.get(g, "") for g in stacked.order]
         _write_csv(weights, os.path.join(args.out, "weights.csv"))
@@ -183,6 +189,19 @@ def _design(args: argparse.Namespace) -> int:
     return 0
 
 
+def _planned(result: FitResult, structural: bool) -> FitResult:
+    """The planning mode of a fit (its structural error), or the fit as it is when asked, or when the runs are
+    too few for the rolling-origin refits (said on stderr; the report says which bands it shows)."""
+    if not structural:
+        return result
+    try:
+        return structural_error(result)
+    except DataError as err:
+        print(f"bayescale: planning mode unavailable ({err}); bands assume the law holds beyond the data",
+              file=sys.stderr)
+        return result
+
+
 def _sampler_args(args: argparse.Namespace) -> dict:
     return {
         "num_warmup": args.warmup,
@@ -218,6 +237,11 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--quiet", action="store_true", help="no progress bar")
         p.add_argument("--strict", action="store_true", help="exit with status 1 when a fit did not converge")
 
+    def planning(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--structural-error", action=argparse.BooleanOptionalAction, default=True,
+                       help="planning mode (default): bands widen beyond the data by the law's misfit, learned from "
+                            "rolling-origin refits; --no-structural-error gives bands that assume the law holds")
+
     def budgets(p: argparse.ArgumentParser) -> None:
         p.add_argument("--compute", type=float, nargs="+", default=list(DEFAULT_COMPUTE),
                        help="budgets in FLOPs for the planning table (default 1e20 ... 1e25)")
@@ -235,14 +259,14 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="fit the bundled Chinchilla-synthetic runs and write the report")
     demo.add_argument("--out", default="bayescale-demo", help="output folder (default bayescale-demo)")
+    planning(demo)
     sampler(demo)
     budgets(demo)
 
     fit_p = sub.add_parser("fit", help="fit a law to a CSV of training runs")
     table(fit_p)
     fit_p.add_argument("--out", default="results", help="output folder (default results)")
-    fit_p.add_argument("--structural-error", action="store_true",
-                       help="widen bands beyond the data by the law's misfit, learned rolling origin (for planning)")
+    planning(fit_p)
     fit_p.add_argument("--backtest", action="store_true",
                        help="refit below several cut points and score the runs above; verdict in the report "
                             "(one law; a stack's report carries each law's leave-future-out record)")
@@ -274,6 +298,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="with several laws: stacking weights from leave-future-out (default) or PSIS-LOO densities")
     batch.add_argument("--group-col", required=True, help="column naming each run's group")
     batch.add_argument("--out", default="batch-results", help="output folder; rerunning resumes (default batch-results)")
+    planning(batch)
     sampler(batch)
 
     rep = sub.add_parser("report", help="write the HTML, Markdown and JSON planning report of a saved fit")
@@ -334,7 +359,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.command == "demo":
             data = datasets.load("chinchilla_synthetic")
             print(f"bayescale demo: fitting the Chinchilla law to {data.n} bundled runs ({data.source})")
-            result = fit(data, law="chinchilla", **_sampler_args(args))
+            result = _planned(fit(data, law="chinchilla", **_sampler_args(args)), args.structural_error)
         else:
             data = ScalingData.from_table(
                 args.csv, params=args.params_col, tokens=args.tokens_col, compute=args.compute_col, loss=args.loss_col
@@ -344,9 +369,10 @@ def _run(args: argparse.Namespace) -> int:
                                  "leave-future-out record")
             fits = {law: fit(data, law=law, likelihood=args.likelihood, **_sampler_args(args)) for law in args.law}
             if len(fits) > 1:
-                result = stack(fits, method=args.stack_method, structural=args.structural_error)
+                result = stack(fits, method=args.stack_method,
+                               structural=args.structural_error and args.stack_method == "future")
             else:
-                result = structural_error(fits[args.law[0]]) if args.structural_error else fits[args.law[0]]
+                result = _planned(fits[args.law[0]], args.structural_error)
         check = None
         if getattr(args, "backtest", False):
             check = backtest(result, structural=args.structural_error)

@@ -20,6 +20,7 @@ import numpyro.distributions as dist
 
 from . import cache
 from .data import ScalingData, as_data
+from .extrapolation import structural_error
 from .laws import Law, get_law
 from .likelihoods import Likelihood, get_likelihood
 from .model import bucket_size, check_data, layout_of, make_spec, model_data, potential_fn, potential_of
@@ -37,6 +38,7 @@ def fit(
     priors: Mapping[str, dist.Distribution] | None = None,
     *,
     settings: SamplerSettings | None = None,
+    structural: bool = False,
     **options: Any,
 ) -> FitResult:
     """Bayesian fit of a scaling law with NUTS.
@@ -50,6 +52,10 @@ def fit(
         priors: overrides of the default priors, by natural parameter name
             (also ``"sigma"``, and ``"nu"`` when learned).
         settings: sampler settings (:class:`~bayescale.sampling.SamplerSettings`).
+        structural: the planning mode: add the structural error learned from the fit's own
+            rolling-origin refits (:func:`bayescale.extrapolation.structural_error`; five more
+            fits, run as one batch), so bands widen beyond the data. Needs enough runs for the
+            refits (more than the law's latents plus two below the 0.8 cut).
         **options: any :class:`~bayescale.sampling.SamplerSettings` field as a
             keyword (``num_samples=500``, ``seed=3``...), overriding ``settings``;
             the rest are column options for loading a table (``params=``,
@@ -89,7 +95,7 @@ def fit(
         idata = fit_idata(spec, data, md, draws, predictive_key)
     result = FitResult(idata=idata, data=data, settings=settings, spec=spec)
     result.warn_if_unconverged()
-    return result
+    return structural_error(result) if structural else result
 
 
 def sample_model(

@@ -16,6 +16,7 @@ import arviz as az
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
+from matplotlib.ticker import FuncFormatter
 
 from .allocation import allocation_exponent_draws, has_allocation, optimal_allocation
 from .batch import BatchResult
@@ -124,6 +125,7 @@ def plot_fit(
             _band(ax, grid, fit.predict_draws(**{x: grid}), level, "C0", f"posterior median, {level:.0%} band")
     ax.legend(fontsize="small")
     ax.set(xscale="log", yscale="log", xlabel=_LABELS.get(x, x), ylabel=f"{data.target}")
+    plain_loss_ticks(ax)
     ax.set_title(f"{law.name}: {law.formula}", fontsize="medium")
     return ax
 
@@ -186,6 +188,12 @@ def _mark_optimum(ax: Axes, n: tuple[float, float, float], loss: float, color: A
                 markeredgecolor="k", capsize=3, zorder=4)
 
 
+def plain_loss_ticks(ax: Axes) -> None:
+    """Label a log-scaled loss axis in plain numbers (2.5, 3), not powers of ten (3x10^0)."""
+    for formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+        formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))
+
+
 def frontier_draws(fit: Posterior, compute: np.ndarray) -> np.ndarray:
     """Draws ``(draws, budgets)`` of the lowest loss (nats) at each budget (FLOPs), through the one predictive
     (structural error included): the optimum's for a law in N and D, the law's own for a law in C; a stacked
@@ -211,6 +219,7 @@ def _plot_stacked(fit: StackedResult, level: float, ax: Axes | None) -> Axes:
     _band(ax, grid, frontier_draws(fit, grid), level, "C0", f"mixture, {level:.0%} band")
     ax.legend(fontsize="small")
     ax.set(xscale="log", yscale="log", xlabel=_LABELS["C"], ylabel=f"{data.target}")
+    plain_loss_ticks(ax)
     weights = ", ".join(f"{n} {w:.2f}" for n, w in fit.weights.items())
     ax.set_title(f"stacked ({fit.method}): {weights}", fontsize="medium")
     return ax

@@ -29,7 +29,7 @@ import pandas as pd
 
 from . import plots
 from .allocation import allocation_exponents, compute_optimal, has_allocation, plannable
-from .posterior import LEVEL, MISFIT, FitResult
+from .posterior import LEVEL, FitResult, Posterior
 from .stacking import StackedResult
 from .store import atomic_write, write_text
 from .experiments import Design
@@ -50,6 +50,58 @@ th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
 .ok{background:#e6f4ea;border:1px solid #34a853}.fail{background:#fde7e7;border:1px solid #d93025}
 img{max-width:100%}
 """
+
+
+_UNITS = {"N_opt": "parameters", "D_opt": "tokens", "N": "parameters", "D": "tokens", "N_train_optimal": "parameters",
+          "C": "FLOPs", "compute": "FLOPs", "total_compute": "FLOPs"}
+"""Columns (and index names) of planning tables and their units, for :func:`planner_units`."""
+
+
+def human(value: Any, unit: str) -> Any:
+    """A number as a planner reads it: parameters and tokens in M, B or T (``0.65B``, ``25.5B``), FLOPs as
+    ``1e21`` or ``3.2e21``; anything else (and non-numbers) unchanged."""
+    if not isinstance(value, (int, float, np.number)) or isinstance(value, bool) or not np.isfinite(value):
+        return value
+    value = float(value)
+    if unit in ("parameters", "tokens"):
+        for size, suffix in ((1e12, "T"), (1e8, "B"), (1e5, "M")):
+            if abs(value) >= size:
+                scale = 1e9 if suffix == "B" else size if suffix == "T" else 1e6
+                return f"{value / scale:.3g}{suffix}"
+        return f"{value:.3g}"
+    if unit == "FLOPs" and value > 0:
+        exponent = int(np.floor(np.log10(value)))
+        mantissa = round(value / 10.0**exponent, 2)
+        if mantissa >= 10:
+            mantissa, exponent = mantissa / 10, exponent + 1
+        return f"{mantissa:g}e{exponent}"
+    return value
+
+
+def planner_units(table: pd.DataFrame) -> pd.DataFrame:
+    """A planning table for display: N and D columns in M/B/T parameters and tokens, compute in ``1e21``
+    FLOPs, other numbers at four significant digits (:func:`human`)."""
+    shown = table.copy().astype(object)
+    for column in shown.columns:
+        unit = _UNITS.get(column[0] if isinstance(column, tuple) else column, "")
+        shown[column] = [human(v, unit) if unit else (f"{v:.4g}" if isinstance(v, (float, np.floating)) else v)
+                         for v in shown[column]]
+    unit = _UNITS.get(str(shown.index.name), "")
+    shown.index = pd.Index([human(v, unit) if unit else v for v in shown.index], name=shown.index.name)
+    return shown
+
+
+def mode(fit: Posterior) -> str:
+    """Which bands a result gives, in words: the planning mode (structural error) or the law taken as exact."""
+    try:
+        members = fit.components()
+    except TypeError:
+        return "bands assume the model holds beyond the data"
+    if all(m.misfit is not None for m in members.values()):
+        return "planning mode: structural error beyond the data"
+    if any(m.misfit is not None for m in members.values()):
+        return "planning mode in some members only"
+    return "law assumed to hold beyond the data (no structural error)"
 
 
 def _versions() -> dict[str, str]:
@@ -118,14 +170,14 @@ def _law(fit: FitResult | StackedResult) -> dict[str, Any]:
     if not isinstance(fit, StackedResult):
         return {"name": fit.law.name, "formula": fit.law.formula, "params": list(fit.law.params)}
     members = [{"name": n, "law": m.law.name, "formula": m.law.formula, "weight": fit.weights[n],
-                "structural_error": MISFIT in m.idata.posterior} for n, m in fit.members.items()]
+                "structural_error": m.misfit is not None} for n, m in fit.members.items()]
     return {"name": "stacked", "method": fit.method, "members": members,
             "formula": "; ".join(f"{m['weight']:.2f} x {m['name']} ({m['formula']})" for m in members)}
 
 
 def _stacking_tables(fit: StackedResult) -> list[tuple[str, pd.DataFrame]]:
     weights = pd.DataFrame([{"law": m.law.name, "formula": m.law.formula, "weight": fit.weights[n],
-                             "structural error": MISFIT in m.idata.posterior} for n, m in fit.members.items()],
+                             "structural error": m.misfit is not None} for n, m in fit.members.items()],
                            index=pd.Index(fit.names, name="member"))
     source = "leave-future-out densities (rolling origin)" if fit.method == "future" else "PSIS leave-one-out densities"
     tables = [(f"Stacked laws: weights from {source}", weights)]
@@ -199,9 +251,10 @@ def report(
         "plan": _records(plan, "compute") if plan is not None else None,
         "exponents": _records(exponents, "exponent") if exponents is not None else None,
         "extrapolation": {
-            "structural_error": MISFIT in fit.idata.posterior,
-            "misfit_scale_median": (_jsonable(float(np.median(fit.idata.posterior[MISFIT].values)))
-                                    if MISFIT in fit.idata.posterior else None),
+            "mode": mode(fit),
+            "structural_error": not stacked and fit.misfit is not None,
+            "misfit_scale_median": (_jsonable(float(np.median(fit.misfit)))
+                                    if not stacked and fit.misfit is not None else None),
             "backtest": _records(backtest.table, "cut") if backtest is not None else None,
             "backtest_message": backtest.message if backtest is not None else None,
             "backtest_under_covers": backtest.under_covers if backtest is not None else None,
@@ -212,14 +265,15 @@ def report(
         },
         "versions": _versions(),
     }
-    figures = _figures(fit, budgets, level)
+    figures = {name: (f"{caption} Bands: {mode(fit)}.", figure)
+               for name, (caption, figure) in _figures(fit, budgets, level).items()}
     if design is not None:
         figures["design"] = (f"Candidate runs coloured by how much each narrows the interval of {design.target};"
                              " circled: the runs chosen, in order.", plots.plot_design(design).figure)
     images = {name: (caption, _png(figure)) for name, (caption, figure) in figures.items()}
     tables = [*(_stacking_tables(fit) if stacked else []), ("Parameters", summary)]
     if plan is not None:
-        tables.append(("Compute-optimal allocation", plan))
+        tables.append((f"Compute-optimal allocation ({mode(fit)})", planner_units(plan)))
     if exponents is not None:
         tables.append(("Allocation exponents (N_opt ∝ C^a, D_opt ∝ C^b)", exponents))
     if backtest is not None:
@@ -249,8 +303,7 @@ def _fmt(table: pd.DataFrame, flat: bool = False) -> pd.DataFrame:
 
 
 def _intro(meta: dict) -> list[tuple[str, str]]:
-    lik, extra = meta["likelihood"], meta["extrapolation"]
-    sampler = meta["sampler"]
+    lik, sampler = meta["likelihood"], meta["sampler"]
     return [
         ("Data", f"{meta['data']['n_runs']} runs from {meta['data']['source']}"),
         ("Law", f"{meta['law']['name']}: {meta['law']['formula']}"),
@@ -258,6 +311,7 @@ def _intro(meta: dict) -> list[tuple[str, str]]:
         ("Sampler", f"NUTS, {sampler['num_chains']} chains x {sampler['num_samples']} draws "
                     f"({sampler['num_warmup']} warmup), seed {sampler['seed']}"),
         ("Intervals", f"equal-tailed, {meta['level']:.0%}"),
+        ("Bands", meta["extrapolation"]["mode"]),
         ("Structural error", _structural_line(meta)),
         ("Versions", ", ".join(f"{k} {v}" for k, v in meta["versions"].items())),
     ]
