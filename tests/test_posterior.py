@@ -94,6 +94,10 @@ def test_every_planning_function_reads_the_one_predictive(kind: str, request: py
         assert 0 <= reach[("p_reachable", "")].iloc[0] <= 1
         assert set(bs.allocation_exponents(planned).index) == {"a", "b"}
     pd.testing.assert_frame_equal(bs.compute_optimal(loaded, [1e21, 1e24]), bs.compute_optimal(result, [1e21, 1e24]))
+    # one signature on every result: a stack's predict bound a positional N to `level`
+    pd.testing.assert_frame_equal(result.predict([1e9], [2e10], seed=2), result.predict(N=[1e9], D=[2e10], seed=2))
+    np.testing.assert_array_equal(result.predict_draws([1e9], [2e10], noise=True, seed=2),
+                                  loaded.predict_draws(N=[1e9], D=[2e10], noise=True, seed=2))
     pd.testing.assert_frame_equal(bs.loss_at(loaded, N=[1e9], C=[1e21]), bs.loss_at(result, N=[1e9], C=[1e21]))
     lowest = bs.compute_optimal(result, [1e24])[("loss_opt", "median")].iloc[0]
     assert bs.inference_optimal(result, 1.1 * lowest, inference_tokens=1e12).attrs["p_reachable"] > 0

@@ -219,13 +219,15 @@ class HierarchicalResult(Posterior):
         """Long table: one row per (group, parameter), with statistics, r_hat and ESS."""
         return summaries_by_group({g: self[g] for g in self.groups}, level)
 
-    def predict_draws(self, *, group: str, **points: Any) -> np.ndarray:
-        """Posterior draws of the loss (nats) of ``group`` at new points (see :meth:`FitResult.predict_draws`)."""
-        return self[group].predict_draws(**points)
+    def predict_draws(self, N: Any = None, D: Any = None, C: Any = None, *, group: Any, **options: Any
+                      ) -> np.ndarray:
+        """Posterior draws of the loss (nats) of ``group`` at new points: :meth:`Posterior.predict_draws` of
+        ``self[group]``, with the same arguments."""
+        return self[group].predict_draws(N, D, C, **options)
 
-    def predict(self, *, group: str, **points: Any) -> pd.DataFrame:
-        """Credible bands of ``group``'s loss at new points (see :meth:`FitResult.predict`)."""
-        return self[group].predict(**points)
+    def predict(self, N: Any = None, D: Any = None, C: Any = None, *, group: Any, **options: Any) -> pd.DataFrame:
+        """Credible bands of ``group``'s loss at new points: :meth:`Posterior.predict` of ``self[group]``."""
+        return self[group].predict(N, D, C, **options)
 
     def compute_optimal(
         self, compute: Sequence[float], flops_per_token: float = 6.0, level: float = LEVEL

@@ -400,9 +400,77 @@ class Posterior:
         """Posterior table: mean, sd, median, equal-tailed interval at ``level``, r_hat, ess_bulk, ess_tail."""
         return describe_draws(self.draws(), level).join(self.diagnostics.table)
 
-    def predict_draws(self, *args: Any, **kwargs: Any) -> np.ndarray:
-        """Posterior draws ``(draws, points)`` of the loss (nats) at new points."""
-        raise NotImplementedError
+    def predict_draws(
+        self,
+        N: Any = None,
+        D: Any = None,
+        C: Any = None,
+        *,
+        N_total: Any = None,
+        U: Any = None,
+        flops_per_token: Any = None,
+        noise: bool = False,
+        seed: int = 0,
+    ) -> np.ndarray:
+        """Posterior draws of the predicted loss at new points: the one predictive of every result.
+
+        Built in one order: each component's mean curve, its structural error when it has one
+        (zero inside the data, growing with the distance beyond it), with ``noise`` a new run's
+        noise (:meth:`FitResult.law_draws`), then the mixing across components (:meth:`combine`).
+
+        Args:
+            N: parameters; D: tokens; C: FLOPs (arrays broadcast together). Missing
+                covariates are derived with ``C = 6·N·D`` (or ``M·D``).
+            N_total: total parameters, for the mixture-of-experts law.
+            U: unique tokens, for the data-constrained law.
+            flops_per_token: M for ``C = M·D``.
+            noise: add observation noise (posterior predictive for a new run)
+                instead of the law's mean curve.
+            seed: PRNG seed for the noise and the structural error.
+
+        Returns:
+            Array ``(draws, points)`` in the target's units (nats).
+        """
+        return self.combine({name: member.law_draws(N, D, C, N_total=N_total, U=U, flops_per_token=flops_per_token,
+                                                    noise=noise, seed=seed)
+                             for name, member in self.components().items()})
+
+    def predict(
+        self,
+        N: Any = None,
+        D: Any = None,
+        C: Any = None,
+        *,
+        N_total: Any = None,
+        U: Any = None,
+        flops_per_token: Any = None,
+        level: float = LEVEL,
+        seed: int = 0,
+    ) -> pd.DataFrame:
+        """Credible bands of the loss at new points (extrapolation), from :meth:`predict_draws`.
+
+        Args:
+            N, D, C, N_total, U: covariates as for :meth:`predict_draws`.
+            flops_per_token: M for ``C = M·D``.
+            level: credible level of the intervals.
+            seed: seed of the predictive noise and the structural error.
+
+        Returns:
+            DataFrame, one row per point: the covariates, ``median``, ``lower`` and
+            ``upper`` of the mean loss, and ``pred_lower``/``pred_upper`` of a new run's
+            observed loss (noise included). Loss in nats.
+        """
+        lo_q, hi_q = (1 - level) / 2, (1 + level) / 2
+        _interval_columns(level)
+        points = {"N_total": N_total, "U": U, "flops_per_token": flops_per_token}
+        mean = self.predict_draws(N, D, C, **points, seed=seed)
+        new = self.predict_draws(N, D, C, **points, noise=True, seed=seed)
+        covs = next(iter(self.components().values()))._covariates(N, D, C, flops_per_token, N_total, U)
+        table = pd.DataFrame({k: v for k, v in covs.items() if v is not None})
+        table["median"] = np.median(mean, axis=0)
+        table["lower"], table["upper"] = np.quantile(mean, [lo_q, hi_q], axis=0)
+        table["pred_lower"], table["pred_upper"] = np.quantile(new, [lo_q, hi_q], axis=0)
+        return table
 
     def components(self) -> Mapping[str, FitResult]:
         """The fits of single laws whose predictions this result mixes, by name: one for a fit, the members
@@ -539,7 +607,7 @@ class FitResult(Posterior):
                 loc = loc + jnp.asarray(self.shock(seed))[:, None] * reach(x, data_top(self.law, self.data))
         return np.asarray(loc)
 
-    def predict_draws(
+    def law_draws(
         self,
         N: Any = None,
         D: Any = None,
@@ -551,24 +619,9 @@ class FitResult(Posterior):
         noise: bool = False,
         seed: int = 0,
     ) -> np.ndarray:
-        """Posterior draws of the predicted loss at new points.
-
-        Args:
-            N: parameters; D: tokens; C: FLOPs (arrays broadcast together). Missing
-                covariates are derived with ``C = 6·N·D`` (or ``M·D``).
-            N_total: total parameters, for the mixture-of-experts law.
-            U: unique tokens, for the data-constrained law.
-            flops_per_token: M for ``C = M·D``.
-            noise: add observation noise (posterior predictive for a new run)
-                instead of the law's mean curve.
-            seed: PRNG seed for the noise and the structural error.
-
-        Returns:
-            Array ``(draws, points)`` in the target's units (nats), built in the one
-            order: the mean curve, the structural error when the fit has one
-            (:meth:`log_mean_draws`: zero inside the data, growing with the distance
-            beyond it), then with ``noise`` a new run's noise.
-        """
+        """This law's draws of the loss (nats) at new points, ``(draws, points)``: the mean curve, the
+        structural error when the fit has one (:meth:`log_mean_draws`), then with ``noise`` a new run's
+        noise. Arguments as for :meth:`Posterior.predict_draws`, which mixes these across components."""
         log_x = self._log_covariates(N, D, C, flops_per_token, N_total, U)
         loc = self.log_mean_draws(log_x, seed)
         if noise:
@@ -578,42 +631,6 @@ class FitResult(Posterior):
                 obs = self.spec.likelihood.distribution(jnp.asarray(loc), jnp.asarray(draws["sigma"])[:, None], nu)
                 loc = obs.sample(jax.random.PRNGKey(seed))
         return np.exp(np.asarray(loc))
-
-    def predict(
-        self,
-        N: Any = None,
-        D: Any = None,
-        C: Any = None,
-        *,
-        N_total: Any = None,
-        U: Any = None,
-        flops_per_token: Any = None,
-        level: float = LEVEL,
-        seed: int = 0,
-    ) -> pd.DataFrame:
-        """Credible bands of the loss at new points (extrapolation).
-
-        Args:
-            N, D, C, N_total, U: covariates as for :meth:`predict_draws`.
-            flops_per_token: M for ``C = M·D``.
-            level: credible level of the intervals.
-            seed: seed of the predictive noise.
-
-        Returns:
-            DataFrame, one row per point: the covariates, ``median``, ``lower`` and
-            ``upper`` of the law's mean loss, and ``pred_lower``/``pred_upper`` of a
-            new run's observed loss (noise included). Loss in nats.
-        """
-        lo_q, hi_q = (1 - level) / 2, (1 + level) / 2
-        _interval_columns(level)
-        mean = self.predict_draws(N, D, C, N_total=N_total, U=U, flops_per_token=flops_per_token)
-        new = self.predict_draws(N, D, C, N_total=N_total, U=U, flops_per_token=flops_per_token, noise=True, seed=seed)
-        covs = self._covariates(N, D, C, flops_per_token, N_total, U)
-        table = pd.DataFrame({k: v for k, v in covs.items() if v is not None})
-        table["median"] = np.median(mean, axis=0)
-        table["lower"], table["upper"] = np.quantile(mean, [lo_q, hi_q], axis=0)
-        table["pred_lower"], table["pred_upper"] = np.quantile(new, [lo_q, hi_q], axis=0)
-        return table
 
     def _covariates(
         self, N: Any, D: Any, C: Any, flops_per_token: Any, N_total: Any = None, U: Any = None

@@ -133,24 +133,6 @@ class StackedResult(Posterior):
         table.insert(1, "weight", table["member"].map(dict(self.weights)))
         return table
 
-    def predict_draws(self, noise: bool = False, seed: int = 0, **points: Any) -> np.ndarray:
-        """Draws ``(draws, points)`` of the mixture's loss (nats) at new points (covariates as for
-        :meth:`FitResult.predict_draws`)."""
-        return self.combine({n: m.predict_draws(**points, noise=noise, seed=seed) for n, m in self.members.items()})
-
-    def predict(self, level: float = LEVEL, seed: int = 0, **points: Any) -> pd.DataFrame:
-        """Bands of the mixture at new points: as :meth:`FitResult.predict`, the law uncertainty included."""
-        first = next(iter(self.members.values()))
-        covariates = first._covariates(points.get("N"), points.get("D"), points.get("C"), points.get("flops_per_token"),
-                                       points.get("N_total"), points.get("U"))
-        table = pd.DataFrame({k: v for k, v in covariates.items() if v is not None})
-        lo_q, hi_q = (1 - level) / 2, (1 + level) / 2
-        mean, new = self.predict_draws(**points), self.predict_draws(**points, noise=True, seed=seed)
-        table["median"] = np.median(mean, axis=0)
-        table["lower"], table["upper"] = np.quantile(mean, [lo_q, hi_q], axis=0)
-        table["pred_lower"], table["pred_upper"] = np.quantile(new, [lo_q, hi_q], axis=0)
-        return table
-
     def _meta(self) -> dict[str, Any]:
         return {
             "weights": dict(self.weights),
