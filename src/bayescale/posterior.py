@@ -37,7 +37,9 @@ from numpyro.infer.util import constrain_fn, log_likelihood
 from .data import COVARIATES, DataError, ScalingData, check_positive, fill_covariates
 from .laws import Law, get_law
 from .likelihoods import Likelihood
-from .model import OBSERVED, Layout, ModelData, Spec, build_model, make_spec, prior_from_json, prior_to_json, unflatten
+from .model import (
+    OBSERVED, Layout, ModelData, Spec, bucket_size, build_model, make_spec, prior_from_json, prior_to_json, unflatten,
+)
 from .sampling import Draws, SamplerSettings
 from .store import atomic_write
 
@@ -176,6 +178,29 @@ def reach(log_x: Mapping[str, Any], top: Mapping[str, Any]) -> jax.Array:
     ``max(0, log x - top)`` (any array shape; pure JAX)."""
     excess = [jnp.maximum(0.0, jnp.asarray(log_x[c]) - top[c]) for c in top]
     return jnp.sqrt(sum(jnp.square(e) for e in excess))
+
+
+def _pad_points(values: np.ndarray) -> np.ndarray:
+    """``values`` with the last axis (points) padded to its shape bucket by repeating the last point, so the
+    compiled predictive serves tables of nearby sizes (results are sliced back)."""
+    points = values.shape[-1]
+    extra = bucket_size(points) - points
+    return np.concatenate([values, np.repeat(values[..., -1:], extra, axis=-1)], axis=-1) if extra else values
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _log_mean(law: Law, params: Mapping[str, Any], log_x: Mapping[str, Any], shock: Any,
+              top: Mapping[str, Any]) -> jax.Array:
+    """Mean curve of log-loss per draw plus the structural error ``shock·sqrt(reach)``, ``(draws, points)``."""
+    per_draw = {c: 0 if jnp.ndim(v) == 2 else None for c, v in log_x.items()}
+    loc = jax.vmap(law.log_mean, in_axes=(0, per_draw))(params, log_x)
+    return loc + shock[:, None] * reach(log_x, top)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _with_noise(likelihood: Likelihood, loc: Any, sigma: Any, nu: Any, key: jax.Array) -> jax.Array:
+    """A new run's log-loss around ``loc`` ``(draws, points)``: the likelihood's noise, one draw each."""
+    return likelihood.distribution(loc, sigma[:, None], None if nu is None else nu[:, None]).sample(key)
 
 
 def data_top(law: Law, data: ScalingData) -> dict[str, float]:
@@ -587,7 +612,7 @@ class FitResult(Posterior):
 
     def log_mean_draws(self, log_x: Mapping[str, Any], seed: int = 0) -> np.ndarray:
         """The mean curve of log-loss, then the structural error, per draw: the first two steps of every
-        prediction (noise is added by :meth:`predict_draws`, mixing by a stack).
+        prediction (noise is added by :meth:`law_draws`, mixing by :meth:`Posterior.combine`).
 
         Args:
             log_x: log covariates of the law, each ``(points,)`` (shared by every draw) or
@@ -597,15 +622,13 @@ class FitResult(Posterior):
         Returns:
             ``(draws, points)`` log-loss (nats).
         """
+        x = {c: np.asarray(log_x[c], dtype=float) for c in self.law.covariates}
+        points = max(v.shape[-1] if v.ndim else 1 for v in x.values())
+        padded = {c: _pad_points(np.broadcast_to(v, v.shape[:-1] + (points,)) if v.ndim else np.full(points, v))
+                  for c, v in x.items()}
         with jax.enable_x64(True):
-            params = {k: jnp.asarray(v) for k, v in self.draws().items()}
-            x = {c: jnp.asarray(log_x[c], dtype=jnp.float64) for c in self.law.covariates}
-            per_draw = {c: 0 if v.ndim == 2 else None for c, v in x.items()}
-            loc = jax.vmap(self.law.log_mean, in_axes=(0, per_draw))(params, x)
-            loc = jnp.broadcast_to(loc, (params[self.latents[0]].shape[0], *loc.shape[1:]))
-            if self.misfit is not None:
-                loc = loc + jnp.asarray(self.shock(seed))[:, None] * reach(x, data_top(self.law, self.data))
-        return np.asarray(loc)
+            loc = _log_mean(self.law, self.draws(), padded, self.shock(seed), data_top(self.law, self.data))
+        return np.asarray(loc)[:, :points]
 
     def law_draws(
         self,
@@ -625,11 +648,11 @@ class FitResult(Posterior):
         log_x = self._log_covariates(N, D, C, flops_per_token, N_total, U)
         loc = self.log_mean_draws(log_x, seed)
         if noise:
+            draws = self.draws()
+            nu = draws["nu"] if self.spec.likelihood.learns_nu else None
             with jax.enable_x64(True):
-                draws = self.draws()
-                nu = jnp.asarray(draws["nu"])[:, None] if self.spec.likelihood.learns_nu else None
-                obs = self.spec.likelihood.distribution(jnp.asarray(loc), jnp.asarray(draws["sigma"])[:, None], nu)
-                loc = obs.sample(jax.random.PRNGKey(seed))
+                noisy = _with_noise(self.spec.likelihood, _pad_points(loc), draws["sigma"], nu, jax.random.PRNGKey(seed))
+            loc = np.asarray(noisy)[:, :loc.shape[1]]
         return np.exp(np.asarray(loc))
 
     def _covariates(
