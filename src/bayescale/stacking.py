@@ -188,9 +188,9 @@ def future_elpd(fit: FitResult, cuts: Sequence[float] = CUTS, record: Sequence[R
     rng = np.random.default_rng(fit.seed)
     parts = []
     for q, refit, held, draws in record:
-        if MISFIT in fit.idata.posterior:
+        if fit.misfit is not None:
             post = refit.idata.posterior
-            tau = rng.choice(fit.idata.posterior[MISFIT].values.reshape(-1), size=(post.sizes["chain"], post.sizes["draw"]))
+            tau = rng.choice(fit.misfit, size=(post.sizes["chain"], post.sizes["draw"]))
             idata = refit.idata.copy()
             idata.posterior[MISFIT] = (("chain", "draw"), tau)
             draws = log_predictive(dataclasses.replace(refit, idata=idata), fit.data.subset(held), fit.seed)
@@ -344,7 +344,7 @@ def stack_by_record(fits: Mapping[str, FitResult], records: Mapping[str, Sequenc
         DataError: a member whose record is empty (no cut leaves enough runs), or no cut every member was scored on.
     """
     if structural:
-        fits = {n: f if MISFIT in f.idata.posterior else structural_error(f, record=records[n]) for n, f in fits.items()}
+        fits = {n: f if f.misfit is not None else structural_error(f, record=records[n]) for n, f in fits.items()}
     future = {n: future_elpd(f, record=records[n]) for n, f in fits.items()}
     w, record = stacking_weights(fits, future)
     return mix(fits, w, seed, "future", record)
