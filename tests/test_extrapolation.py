@@ -9,6 +9,7 @@ import pytest
 
 import bayescale as bs
 from bayescale.posterior import MISFIT
+from conftest import TINY
 
 
 def runs(kind: str, seed: int) -> tuple[bs.ScalingData, np.ndarray, np.ndarray]:
@@ -105,6 +106,21 @@ def test_planning_mode_batch_is_each_member_alone(tiny_batch: bs.BatchResult,
         np.testing.assert_array_equal(tiny_structural_batch[label].draws("E"), tiny_batch[label].draws("E"))
         np.testing.assert_array_equal(tiny_structural_batch[label].predict_draws(N=[1e11], D=[2e12], seed=1),
                                       alone.predict_draws(N=[1e11], D=[2e12], seed=1))
+
+
+def test_refits_run_the_programs_compiled_for_their_fit(chinchilla_data: bs.ScalingData) -> None:
+    """Rolling-origin refits are padded to their fit's shape bucket: the sampler is not traced again."""
+    from bayescale.model import potential_fn
+    from bayescale.sampling import _kernels
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bs.ConvergenceWarning)
+        fit = bs.fit(chinchilla_data, settings=TINY)
+        kernels = _kernels(potential_fn(fit.spec), TINY.nuts)
+        before = [kernel._cache_size() for kernel in kernels]
+        record = bs.extrapolation.rolling_record({0: fit}, cuts=(0.5, 0.7))[0]
+    assert [r.fit.data.n for r in record] == [100, 140]
+    assert [kernel._cache_size() for kernel in kernels] == before
 
 
 @pytest.mark.slow

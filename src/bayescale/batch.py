@@ -398,6 +398,7 @@ def fit_batch(
     shard: tuple[int, int] | None = None,
     seeds: Mapping[Any, int] | None = None,
     structural: bool = False,
+    pad_to: int | None = None,
     **options: Any,
 ) -> BatchResult:
     """Fit one law to many datasets with one compiled sampler.
@@ -432,6 +433,9 @@ def fit_batch(
             structural=True, seed=...)``. With ``out_dir``, a group is saved once its
             structural error is learned (after the whole batch's sampling), and a saved group
             of the other mode is refitted. A group too small for the refits is a failure that says so.
+        pad_to: pad every group to at least the shape bucket of this many runs (padded runs are
+            masked out): the groups then run the programs compiled for a table of that size
+            (rolling-origin refits use their fit's, so they compile nothing).
         **options: :class:`~bayescale.sampling.SamplerSettings` fields as keywords,
             then column options as for ``ScalingData.from_table``.
 
@@ -476,7 +480,7 @@ def fit_batch(
 
     buckets: dict[int, list] = {}
     for item in todo:
-        buckets.setdefault(bucket_size(item[2].n), []).append(item)
+        buckets.setdefault(bucket_size(max(item[2].n, pad_to or 0)), []).append(item)
     iterations = settings.num_warmup + settings.num_samples
     size_of_chunk = chunk_size or _chunk_size(settings.num_chains, len(spec.latents), iterations, strategy)
     chunks = [(size, items[i:i + size_of_chunk]) for size, items in sorted(buckets.items())

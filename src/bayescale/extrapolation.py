@@ -43,6 +43,7 @@ import scipy.stats
 from .data import DataError, ScalingData
 from .laws import Law
 from .batch import BatchResult, fit_batch
+from .model import bucket_size
 from .posterior import MISFIT, ConvergenceWarning, FitResult, distance
 from .sampling import SamplerSettings
 
@@ -134,7 +135,8 @@ def rolling_record(fits: Mapping[Any, FitResult], cuts: Sequence[float] = CUTS) 
     ``(label, q)`` of the batch, with the fit's own seed, so it is exactly
     ``bs.fit(runs_below, seed=fit.seed)`` at :func:`refit_settings`: a fit's record does not
     depend on the fits beside it. Fits of one model (law, likelihood, priors, sampler
-    settings but the seed) share one batch.
+    settings but the seed) and shape bucket share one batch, its refits padded to their fit's
+    bucket so that they run the programs compiled for the fits.
 
     Args:
         fits: label -> fit (a single fit, or the members of a batch).
@@ -145,18 +147,18 @@ def rolling_record(fits: Mapping[Any, FitResult], cuts: Sequence[float] = CUTS) 
         label -> its refits in the order of ``cuts`` (empty when no cut leaves enough runs).
         A refit the sampler failed on is left out with a warning naming it.
     """
-    models: dict[tuple[Any, SamplerSettings], dict[tuple[Any, float], np.ndarray]] = {}
+    models: dict[tuple[Any, SamplerSettings, int], dict[tuple[Any, float], np.ndarray]] = {}
     for label, fit in fits.items():
-        key = (fit.spec, dataclasses.replace(refit_settings(fit.settings), seed=0))
+        key = (fit.spec, dataclasses.replace(refit_settings(fit.settings), seed=0), bucket_size(fit.data.n))
         for q, below in cut_masks(fit.data, fit.law, cuts, len(fit.spec.latents) + 2):
             models.setdefault(key, {})[(label, q)] = below
     refits: dict[tuple[Any, float], FitResult] = {}
-    for (spec, settings), masks in models.items():
+    for (spec, settings, size), masks in models.items():
         with warnings.catch_warnings():  # a small refit that mixes less well still scores its extrapolation
             warnings.simplefilter("ignore", ConvergenceWarning)
             batch = fit_batch({key: fits[key[0]].data.subset(below) for key, below in masks.items()},
                               law=spec.law, likelihood=spec.likelihood, priors=dict(spec.priors), settings=settings,
-                              seeds={key: fits[key[0]].seed for key in masks})
+                              seeds={key: fits[key[0]].seed for key in masks}, pad_to=size)
         for key, why in batch.failures.items():
             warnings.warn(f"rolling-origin refit of {key[0]!r} below cut {key[1]} failed and is left out: {why}",
                           stacklevel=2)
