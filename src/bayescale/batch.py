@@ -425,8 +425,8 @@ def fit_batch(
         shard: ``(index, count)``: fit only groups ``i`` with ``i % count == index``
             (one share per process under ``jax.distributed``).
         seeds: label -> seed of that group, instead of ``settings.seed + i``: its result
-            then does not depend on its position in the batch (each group is sampled
-            exactly as ``bs.fit(its_data, seed=seeds[label])``).
+            then does not depend on its position in the batch (without ``pad_to``, each group
+            is sampled exactly as ``bs.fit(its_data, seed=seeds[label])``).
         structural: the planning mode: every group gets its structural error
             (:func:`bayescale.extrapolation.structural_error`), the rolling-origin refits of
             all groups and cuts as one more batch; each group equals ``bs.fit(its_data,

@@ -132,11 +132,11 @@ def rolling_record(fits: Mapping[Any, FitResult], cuts: Sequence[float] = CUTS) 
 
     This is the one refit loop of the package: the backtest, the structural error, ``stack``
     and ``stack_batch`` all read it. The refit of fit ``label`` below cut ``q`` is group
-    ``(label, q)`` of the batch, with the fit's own seed, so it is exactly
-    ``bs.fit(runs_below, seed=fit.seed)`` at :func:`refit_settings`: a fit's record does not
-    depend on the fits beside it. Fits of one model (law, likelihood, priors, sampler
-    settings but the seed) and shape bucket share one batch, its refits padded to their fit's
-    bucket so that they run the programs compiled for the fits.
+    ``(label, q)`` of the batch, with the fit's own seed and padded to the fit's shape bucket (the
+    same posterior as ``bs.fit(runs_below, seed=fit.seed)`` at :func:`refit_settings`, computed
+    on the sampler compiled for the fit): a fit's record depends on nothing but the fit, not on
+    the fits beside it. Fits of one model (law, likelihood, priors, sampler settings but the
+    seed) and shape bucket share one batch.
 
     Args:
         fits: label -> fit (a single fit, or the members of a batch).
