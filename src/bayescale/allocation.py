@@ -33,6 +33,7 @@ from .posterior import LEVEL, FitResult, Posterior, data_top, describe_draws, re
 __all__ = [
     "compute_optimal",
     "optimal_allocation",
+    "allocation_draws",
     "has_allocation",
     "plannable",
     "compute_optimal_by_group",
@@ -232,6 +233,17 @@ def compute_optimal(
         own); ``loss_opt`` is the loss predicted there through the one predictive, so it
         carries the structural error of a fit that has one.
     """
+    draws = allocation_draws(fit, compute, flops_per_token, unique_tokens, seed)
+    return table_of_draws(draws, pd.Index(_budgets(compute), name="compute"), level)
+
+
+def allocation_draws(
+    fit: Posterior, compute: Sequence[float] | np.ndarray, flops_per_token: float = 6.0,
+    unique_tokens: float | None = None, seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """The draws :func:`compute_optimal` tabulates, ``(draws, budgets)`` each, mixed over the result's
+    components: each draw's own optimum (:func:`optimal_allocation`), and ``loss_opt`` there through the one
+    predictive, so it carries a component's structural error (seeded by ``seed``)."""
     budgets = _budgets(compute)
 
     def one(member: FitResult) -> dict[str, np.ndarray]:
@@ -242,7 +254,7 @@ def compute_optimal(
             out["loss_opt"] = np.exp(member.log_mean_draws(log_x, seed))
         return out
 
-    return table_of_draws(_per_component(fit, one), pd.Index(budgets, name="compute"), level)
+    return _per_component(fit, one)
 
 
 def compute_optimal_by_group(
@@ -377,8 +389,7 @@ def loss_at(
     def one(member: FitResult) -> dict[str, np.ndarray]:
         _check_nd(member.law)
         loss = np.exp(member.log_mean_draws({"N": np.log(n), "D": np.log(c / (k * n))}, seed))
-        opt = optimal_allocation(member.law, member.draws(), c, k)
-        best = np.exp(member.log_mean_draws({"N": np.log(opt["N_opt"]), "D": np.log(opt["D_opt"])}, seed))
+        best = allocation_draws(member, c, k, seed=seed)["loss_opt"]
         return {"loss": loss, "loss_opt": best, "penalty": loss - best}
 
     table = table_of_draws(_per_component(fit, one), pd.RangeIndex(len(n)), level)

@@ -72,11 +72,7 @@ def split_groups(
             raise DataError(f"group column {group!r} not found; columns are {list(map(str, data.columns))}")
         if data.shape[0] == 0:
             raise DataError("the table has no rows")
-        try:
-            labels = check_labels(data[group], group)
-        except DataError as err:
-            raise DataError(f"{err}: label them, or drop them explicitly (frame.dropna(subset=[{group!r}]))"
-                            if "missing labels" in str(err) else str(err)) from None
+        labels = check_labels(data[group], group)
         items = []
         for name, frame in data.groupby(pd.Series(labels, index=data.index, dtype=object), sort=False):
             try:

@@ -489,7 +489,8 @@ def check_labels(labels: Sequence[Any] | pd.Series, column: str) -> np.ndarray:
     series = pd.Series(list(labels) if not isinstance(labels, pd.Series) else labels, dtype=object)
     missing = series.isna() | series.map(lambda x: isinstance(x, str) and not x.strip())
     if missing.any():
-        raise DataError(f"column {column!r} (group) is missing labels at rows {_rows(series.index[missing])}")
+        raise DataError(f"column {column!r} (group) is missing labels at rows {_rows(series.index[missing])}:"
+                        f" label them, or drop them explicitly (frame.dropna(subset=[{column!r}]))")
     values = np.array([_plain(x) for x in series], dtype=object)
     seen: dict[Any, tuple[str, Any]] = {}
     for label in values:

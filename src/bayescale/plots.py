@@ -18,7 +18,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.ticker import FuncFormatter
 
-from .allocation import allocation_exponent_draws, has_allocation, optimal_allocation
+from .allocation import allocation_draws, allocation_exponent_draws, has_allocation, optimal_allocation
 from .batch import BatchResult
 from .experiments import Design
 from .isoflop import IsoFlopResult
@@ -201,8 +201,7 @@ def frontier_draws(fit: Posterior, compute: np.ndarray) -> np.ndarray:
 
     def one(member: FitResult) -> np.ndarray:
         if has_allocation(member.law):
-            opt = optimal_allocation(member.law, member.draws(), compute)
-            return np.exp(member.log_mean_draws({"N": np.log(opt["N_opt"]), "D": np.log(opt["D_opt"])}))
+            return allocation_draws(member, compute)["loss_opt"]
         if member.law.covariates != ("C",):
             raise ValueError(f"law {member.law.name!r} reads {member.law.covariates}: no loss per budget without"
                              " N and D")
