@@ -245,9 +245,10 @@ class ScalingData:
         """
         if self.group is None:
             raise DataError("no group column was given; pass group='column' when loading")
-        labels = check_labels(self.group, "group")
-        keys = [_label_key(x) for x in self.group]
-        return {label: self.subset(np.array([k == _label_key(label) for k in keys])) for label in labels}
+        rows: dict[tuple[str, Any], tuple[Any, list[int]]] = {}
+        for i, label in enumerate(check_labels(self.group, "group")):
+            rows.setdefault(_label_key(label), (label, []))[1].append(i)
+        return {label: self.subset(np.isin(np.arange(self.n), taken)) for label, taken in rows.values()}
 
     @classmethod
     def from_arrays(
