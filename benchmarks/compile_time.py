@@ -20,7 +20,7 @@ import bayescale as bs
 from bayescale.model import bucket_size, make_spec, model_data, potential_fn
 from bayescale.posterior import compile_fit_idata
 from bayescale.sampling import SamplerSettings, compile_ahead
-from bayescale.start import initial_points
+from bayescale.start import initial_points, start_bounds, start_program
 from fit_vs_bootstrap import simulate
 
 
@@ -45,7 +45,7 @@ def main() -> None:
         potential = potential_fn(spec)
         total = 0.0
         total += timed("initial points (point fit, 32 starts)",
-                       lambda: initial_points.lower(spec, md, keys[0], chains).compile())
+                       lambda: start_program.lower(spec, md, keys[0], chains, start_bounds(spec)).compile())
         total += timed("NUTS init + sampling programs",
                        lambda: compile_ahead(potential, z_shape, lanes, keys, settings.nuts, strategy="loop"))
         total += timed("InferenceData program (predictive, log-lik)",

@@ -29,7 +29,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
@@ -41,7 +40,7 @@ from .laws import Law, get_law
 from .likelihoods import Likelihood, get_likelihood
 from .model import Spec, bucket_size, check_data, make_spec, model_data, potential_fn
 from .posterior import LEVEL, Diagnostics, FitResult, fit_idata, load, spec_to_json, summaries_by_group
-from .sampling import Draws, SamplerSettings, check_seed, resolve_strategy, sample_lanes, sampler_settings
+from .sampling import Draws, SamplerSettings, check_seed, fit_keys, resolve_strategy, sample_lanes, sampler_settings
 from .start import initial_points
 from .store import MANIFEST, Manifest, ResumeWarning, data_hash, file_hash, group_file, label_from_json
 
@@ -328,14 +327,14 @@ def _fit_chunk(
     settings = own[chunk[0][1]]
     num_chains = settings.num_chains
     mds = [model_data(d, spec.law, size=size) for _, _, d in chunk]
-    stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *mds)
-    keys = jnp.stack([jax.random.split(jax.random.PRNGKey(own[name].seed), 3) for _, name, _ in chunk])
+    stacked = jax.tree_util.tree_map(lambda *a: np.stack(a), *mds)
+    keys = [fit_keys(own[name].seed, num_chains) for _, name, _ in chunk]  # exactly as `fit` derives them
     if strategy == "loop":  # per group, exactly as `fit` does: results do not depend on the chunk's make-up
-        inits = jnp.stack([initial_points(spec, m, k, num_chains) for m, k in zip(mds, keys[:, 0])])
+        inits = np.stack([initial_points(spec, m, k.init, num_chains) for m, k in zip(mds, keys)])
     else:
-        inits = jax.vmap(lambda m, k: initial_points(spec, m, k, num_chains))(stacked, keys[:, 0])
-    lanes = jax.tree_util.tree_map(lambda a: jnp.repeat(a, num_chains, axis=0), stacked)
-    lane_keys = jax.vmap(lambda k: jax.random.split(k, num_chains))(keys[:, 1]).reshape(-1, 2)
+        inits = jax.vmap(lambda m, k: initial_points(spec, m, k, num_chains))(stacked, np.stack([k.init for k in keys]))
+    lanes = jax.tree_util.tree_map(lambda a: np.repeat(a, num_chains, axis=0), stacked)
+    lane_keys = np.concatenate([k.chains for k in keys])
     results: dict[Any, FitResult] = {}
     finished: dict[int, dict[int, Draws]] = {}
     lock = threading.Lock()
@@ -348,7 +347,7 @@ def _fit_chunk(
                 return
         part = Draws(*(np.stack(field) for field in zip(*(finished[j][c] for c in range(num_chains)))))
         i, name, data = chunk[j]
-        idata = fit_idata(spec, data, mds[j], part, keys[j, 2])
+        idata = fit_idata(spec, data, mds[j], part, keys[j].predictive)
         results[name] = FitResult(idata=idata, data=data, settings=own[name], spec=spec)
         if on_group is not None:
             on_group(name, results[name])

@@ -25,7 +25,7 @@ from .laws import Law, get_law
 from .likelihoods import Likelihood, get_likelihood
 from .model import bucket_size, check_data, layout_of, make_spec, model_data, potential_fn, potential_of
 from .posterior import FitResult, build_idata, compile_fit_idata, fit_idata
-from .sampling import SamplerSettings, compile_ahead, sample_lanes, sampler_settings
+from .sampling import SamplerSettings, compile_ahead, fit_keys, sample_lanes, sampler_settings
 from .start import initial_points, prior_points
 
 __all__ = ["fit", "sample_model"]
@@ -71,12 +71,11 @@ def fit(
     spec = make_spec(get_law(law), get_likelihood(likelihood), priors)
     check_data(data, spec)
     nuts, chains = settings.nuts, settings.num_chains
-    init_key, sample_key, predictive_key = jax.random.split(jax.random.PRNGKey(settings.seed), 3)
+    init_key, keys, predictive_key = fit_keys(settings.seed, chains)
     x64 = settings.x64
     with jax.enable_x64(x64):
         md = model_data(data, spec.law, size=bucket_size(data.n))  # one compiled program per bucket
-        lanes = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (chains, *a.shape)), md)
-        keys = jax.random.split(sample_key, chains)
+        lanes = jax.tree_util.tree_map(lambda a: np.broadcast_to(a, (chains, *a.shape)), md)
         potential = potential_fn(spec)
         z_shape = jax.ShapeDtypeStruct((chains, len(spec.latents)), md.log_y.dtype)
 
@@ -123,13 +122,13 @@ def sample_model(
         ``arviz.InferenceData`` of the model's posterior.
     """
     cache.ensure()
-    init_key, sample_key, predictive_key = jax.random.split(jax.random.PRNGKey(settings.seed), 3)
     chains = settings.num_chains
+    init_key, keys, predictive_key = fit_keys(settings.seed, chains)
     with jax.enable_x64(settings.x64):
-        data = jax.tree_util.tree_map(jnp.asarray, data)
+        data = jax.tree_util.tree_map(jnp.asarray, data)  # floats in the settings' precision
         layout = layout_of(model, data)
         inits = prior_points(model, layout, data, init_key, chains)
-        lanes = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (chains, *a.shape)), data)
-        draws = sample_lanes(potential_of(model, layout), inits, lanes, jax.random.split(sample_key, chains),
+        lanes = jax.tree_util.tree_map(lambda a: np.broadcast_to(a, (chains, *a.shape)), data)
+        draws = sample_lanes(potential_of(model, layout), inits, lanes, keys,
                              settings.nuts, strategy=settings.strategy, progress=settings.progress, desc=desc)
         return build_idata(model, layout, draws, data, predictive_key, observed=observed, constant=constant, dim=dim)

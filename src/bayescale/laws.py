@@ -16,6 +16,7 @@ Units: N in parameters, D in tokens, C in FLOPs, loss in nats.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -127,7 +128,7 @@ class Law:
 # range of 0.23-12 nats; exponents have median 0.3 and a 95% range of 0.04-2.1;
 # amplitudes are nearly flat over many orders of magnitude.
 def _exponent_prior(median: float = 0.3) -> dist.Distribution:
-    return dist.LogNormal(jnp.log(median), 1.0)
+    return dist.LogNormal(math.log(median), 1.0)
 
 
 def _e_prior() -> dist.Distribution:

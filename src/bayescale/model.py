@@ -326,18 +326,18 @@ def model_data(data: ScalingData, law: Law, size: int | None = None, dtype: Any 
     size = n if size is None else size
     if size < n:
         raise ValueError(f"cannot pad {n} rows to {size}")
-    dtype = dtype or jnp.result_type(float)
+    dtype = np.dtype(dtype or jnp.result_type(float))
 
-    def pad(a: np.ndarray) -> jax.Array:
+    def pad(a: np.ndarray) -> np.ndarray:
         out = np.concatenate([a, np.repeat(a[:1], size - n)]) if size > n else a
-        return jnp.asarray(out, dtype=dtype)
+        return out.astype(dtype)
 
     log_x = {c: np.log(data.covariate(c)) for c in law.covariates}
-    return ModelData(
+    return ModelData(  # NumPy on the host: compiled programs take it as it is (no program per conversion)
         log_x={c: pad(v) for c, v in log_x.items()},
         log_y=pad(np.log(data.loss)),
-        mask=jnp.asarray(np.arange(size) < n),
-        centre={c: jnp.asarray(v.mean(), dtype=dtype) for c, v in log_x.items()},
+        mask=np.arange(size) < n,
+        centre={c: np.asarray(v.mean(), dtype=dtype) for c, v in log_x.items()},
     )
 
 

@@ -260,7 +260,7 @@ def draws_per_call(num_draws: int, runs: int) -> int:
     return num_draws if num_draws * runs <= POINTWISE_ELEMENTS else max(1, POINTWISE_ELEMENTS // runs)
 
 
-def _pointwise_draws(model: Any, layout: Layout, z: jax.Array, data: Any, key: jax.Array, runs: int):  # noqa: ANN202
+def _pointwise_draws(model: Any, layout: Layout, z: np.ndarray, data: Any, key: jax.Array, runs: int):  # noqa: ANN202
     """:func:`_pointwise` over all draws ``z``, in calls of one compiled shape; per-run arrays as float32.
 
     A table small enough for one call gets exactly the one-call answer; a larger one is cut into
@@ -273,7 +273,7 @@ def _pointwise_draws(model: Any, layout: Layout, z: jax.Array, data: Any, key: j
         block = z[start:start + size]
         keep = block.shape[0]
         if keep < size:  # the last block, padded to the compiled shape
-            block = jnp.concatenate([block, jnp.repeat(block[-1:], size - keep, axis=0)])
+            block = np.concatenate([block, np.repeat(block[-1:], size - keep, axis=0)])
         sites, loglik = _pointwise(model, layout, block, data, key if size == total else jax.random.fold_in(key, index))
         sites = {name: np.asarray(v)[:keep] for name, v in sites.items()}
         sites[OBSERVED] = sites[OBSERVED].astype(POINTWISE_DTYPE)
@@ -316,7 +316,7 @@ def build_idata(
     """
     chains, samples, k = draws.z.shape
     n = observed.shape[0]
-    sites, loglik = _pointwise_draws(model, layout, jnp.asarray(draws.z.reshape(chains * samples, k)), data, key, n)
+    sites, loglik = _pointwise_draws(model, layout, np.asarray(draws.z).reshape(chains * samples, k), data, key, n)
     shape = lambda a: np.asarray(a).reshape(chains, samples, *np.shape(a)[1:])  # noqa: E731
     # Factor sites (``numpyro.factor``) come back as empty arrays: they are not variables.
     posterior = {

@@ -36,6 +36,8 @@ from tqdm.auto import tqdm
 __all__ = [
     "check_seed",
     "SEED_LIMIT",
+    "FitKeys",
+    "fit_keys",
     "SamplerSettings",
     "sampler_settings",
     "NUTSConfig",
@@ -72,6 +74,34 @@ def check_seed(seed: Any, name: str = "seed") -> int:
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed < SEED_LIMIT:
         raise ValueError(f"{name} must be an integer in [0, 2**32), got {seed!r}")
     return int(seed)
+
+
+class FitKeys(NamedTuple):
+    """The random streams of one fit, raw ``uint32`` keys as NumPy arrays.
+
+    Attributes:
+        init: the starting points' key, ``(2,)``.
+        chains: one sampler key per chain, ``(num_chains, 2)``.
+        predictive: the posterior predictive's key, ``(2,)``.
+    """
+
+    init: np.ndarray
+    chains: np.ndarray
+    predictive: np.ndarray
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _fit_keys(seed: jax.Array, num_chains: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    init, sample, predictive = jax.random.split(jax.random.PRNGKey(seed), 3)
+    return init, jax.random.split(sample, num_chains), predictive
+
+
+def fit_keys(seed: int, num_chains: int) -> FitKeys:
+    """The keys a fit with ``seed`` uses, derived one way everywhere (fits, batches, any model).
+
+    One small compiled program per chain count (splitting keys eagerly compiles a program per operation).
+    """
+    return FitKeys(*(np.asarray(k) for k in _fit_keys(np.uint32(check_seed(seed)), num_chains)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,6 +363,8 @@ def sample_lanes(
             return draws
 
         x64 = bool(jax.config.jax_enable_x64)  # config contexts are thread-local
+        # Lanes are cut on the host: indexing device arrays compiles a program per slice and shape.
+        init_z, data, keys = jax.tree_util.tree_map(np.asarray, (init_z, data, keys))
 
         def run(lane: int) -> Draws:
             with jax.enable_x64(x64):

@@ -27,7 +27,7 @@ from .likelihoods import get_likelihood
 from .model import Layout, ModelData, Spec, check_data, make_spec, model_data, to_natural
 from .sampling import SamplerSettings
 
-__all__ = ["fit_map", "MapResult", "initial_points", "prior_points"]
+__all__ = ["fit_map", "MapResult", "initial_points", "start_program", "start_bounds", "prior_points"]
 
 _JITTER = 0.1
 _NU_INIT = 4.0
@@ -171,7 +171,6 @@ def fit_map(
     return MapResult(params=out, objective=float(value), converged=bool(ok), z=np.asarray(z))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
 def initial_points(spec: Spec, md: ModelData, key: jax.Array, num_chains: int) -> jax.Array:
     """Per-chain starting coordinates ``(num_chains, k)``: the Huber point fit, inside the priors, plus jitter.
 
@@ -179,37 +178,53 @@ def initial_points(spec: Spec, md: ModelData, key: jax.Array, num_chains: int) -
     bounded prior (E on [1.5, 2.2], say) it drives the unconstrained coordinate to
     thousands, where the prior's Jacobian is flat and chains never move; so every
     latent except the centred amplitudes starts inside its prior's central 98%.
+    One compiled program per model, padded size and chain count (vmappable over ``md`` and ``key``).
     """
+    return start_program(spec, md, key, num_chains, start_bounds(spec))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def start_program(spec: Spec, md: ModelData, key: jax.Array, num_chains: int, bounds: jax.Array) -> jax.Array:
+    """:func:`initial_points` with the priors' central 98% given, ``bounds`` of :func:`start_bounds`."""
     map_key, jitter_key = jax.random.split(key)
     z_law, _, _, sigma = _map_point(spec, md, map_key, "huber", 1e-3, 32)
     params, _ = to_natural(spec, z_law, md.centre)
     start = {**params, "sigma": sigma, "nu": jnp.asarray(_NU_INIT, sigma.dtype)}
-    bounds = _start_bounds(spec)
     z0 = []
     for i, name in enumerate(spec.latents):
         if name in spec.law.centred:
             z0.append(z_law[i])
             continue
-        lo, hi = bounds[name]
+        lo, hi = bounds[i, 0], bounds[i, 1]
         z0.append(biject_to(spec.priors[name].support).inv(jnp.clip(start[name], lo, hi)).astype(sigma.dtype))
     z0 = jnp.stack(z0)
     return z0 + _JITTER * jax.random.normal(jitter_key, (num_chains, z0.shape[0]), z0.dtype)
 
 
 @functools.lru_cache(maxsize=256)
-def _start_bounds(spec: Spec) -> dict[str, tuple[float, float]]:
-    """Central 98% of each non-centred latent's prior: quantiles of 4096 fixed draws (any prior works),
-    computed once per model, eagerly, so they add nothing to the compiled start."""
-    bounds = {}
-    with jax.ensure_compile_time_eval():
-        for name in spec.latents:
-            if name not in spec.law.centred:
-                draws = np.asarray(spec.priors[name].sample(jax.random.PRNGKey(0), (4096,)), dtype=float)
-                lo, hi = np.quantile(draws, [0.01, 0.99])
-                bounds[name] = (float(lo), float(hi))
+def start_bounds(spec: Spec) -> np.ndarray:
+    """The 1% and 99% quantiles of each latent's prior, ``(len(spec.latents), 2)`` (NaN for centred
+    amplitudes, which start at the point fit): once per model, in one small program."""
+    bounds = np.asarray(_prior_quantiles(spec), dtype=float)
+    bounds.flags.writeable = False
     return bounds
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _prior_quantiles(spec: Spec) -> jax.Array:
+    """Exact where the distribution has an inverse CDF, else from 4096 fixed draws (any prior works)."""
+    levels = jnp.array([0.01, 0.99])
+    out = []
+    for name in spec.latents:
+        prior = spec.priors[name]
+        if name in spec.law.centred:
+            out.append(jnp.full(2, jnp.nan))
+            continue
+        try:
+            out.append(prior.icdf(levels))
+        except (NotImplementedError, ImportError):  # NumPyro needs TensorFlow Probability for some inverses
+            out.append(jnp.quantile(prior.sample(jax.random.PRNGKey(0), (4096,)), levels))
+    return jnp.stack(out)
 
 
 def prior_points(model: Any, layout: Layout, data: Any, key: jax.Array, num_chains: int) -> jax.Array:
