@@ -41,6 +41,29 @@ TINY = bs.SamplerSettings(num_warmup=150, num_samples=150, num_chains=2)
 """Sampler size of the fast tests that check behaviour, not statistics."""
 
 
+SIZES = {(TINY.num_warmup, TINY.num_samples): "TINY", (SMALL["num_warmup"], SMALL["num_samples"]): "SMALL"}
+"""The suite's two sampler sizes (warmup, draws): every NUTS program of the suite is one of them."""
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _two_sampler_sizes():  # noqa: ANN202
+    """Guard: record the size of every NUTS program the session builds; a third size fails the run at the end,
+    naming the first test that used it. (Notebooks and subprocesses take their sizes from TINY and SMALL.)"""
+    seen: dict[tuple[int, int], str] = {}
+    kernels = bs.sampling._kernels
+
+    def recording(potential, config):  # noqa: ANN001, ANN202
+        test = os.environ.get("PYTEST_CURRENT_TEST", "a session fixture").split(" ")[0]
+        seen.setdefault((config.num_warmup, config.num_samples), test)
+        return kernels(potential, config)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(bs.sampling, "_kernels", recording)
+        yield
+    other = {size: test for size, test in seen.items() if size not in SIZES}
+    assert not other, f"sampler sizes (warmup, draws) beyond TINY and SMALL: {other}"
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():  # noqa: ANN202
     """Drop compiled programs after each test module. Each XLA CPU program holds about 17 memory maps; a

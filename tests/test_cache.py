@@ -12,7 +12,8 @@ from bayescale import cache
 
 
 def run(code: str, env: dict[str, str]) -> str:
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env={**os.environ, **env},
+    path = os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env={**os.environ, "PYTHONPATH": path, **env},
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout.strip()
@@ -43,7 +44,8 @@ def test_a_second_process_reads_compiled_programs_back(tmp_path) -> None:  # noq
         warnings.simplefilter("ignore")
         N, D = bs.chinchilla_design(20, seed=0)
         data = bs.simulate("chinchilla", {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}, N=N, D=D)
-        bs.fit(data, num_warmup=20, num_samples=20, num_chains=2)
+        from conftest import TINY
+        bs.fit(data, settings=TINY)
         print(len(hits))
     """
     env = {cache.ENV: str(tmp_path / "shared")}

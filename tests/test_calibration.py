@@ -13,6 +13,7 @@ import scipy.stats  # noqa: E402
 
 import bayescale as bs  # noqa: E402
 from bayescale import calibration  # noqa: E402
+from conftest import SMALL, TINY  # noqa: E402
 
 NUM = 20
 
@@ -21,7 +22,7 @@ NUM = 20
 def simulated() -> tuple:
     truths = calibration.draw_truths("chinchilla", NUM, seed=0)
     datasets = calibration.simulate_datasets("chinchilla", truths, "student_t", runs_per_dataset=40, seed=0)
-    batch = bs.fit_batch(datasets, num_warmup=300, num_samples=300, seed=0, progress=False)
+    batch = bs.fit_batch(datasets, seed=0, settings=TINY)
     return truths, batch
 
 
@@ -140,7 +141,7 @@ def test_posterior_equals_exact_importance_sampling() -> None:
     """
     truths = calibration.draw_truths("power", 10, seed=4, source="prior")
     datasets = calibration.simulate_datasets("power", truths, "student_t", runs_per_dataset=40, seed=4)
-    batch = bs.fit_batch(datasets, law="power", num_warmup=300, num_samples=300, seed=4, progress=False)
+    batch = bs.fit_batch(datasets, law="power", seed=4, **SMALL)
     rng = np.random.default_rng(0)
     for name, data in datasets.items():
         ref, w = exact_power_posterior(data, 20_000, rng)

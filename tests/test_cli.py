@@ -6,7 +6,10 @@ import pytest
 
 import bayescale as bs
 from bayescale import cli
-from conftest import CHINCHILLA
+from conftest import CHINCHILLA, TINY
+
+SIZE = ["--samples", str(TINY.num_samples), "--warmup", str(TINY.num_warmup), "--chains", str(TINY.num_chains)]
+"""The suite's behaviour size (tests/conftest.py) as CLI flags."""
 
 
 def test_cli_fit_writes_outputs(tmp_path, capsys) -> None:  # noqa: ANN001
@@ -16,7 +19,7 @@ def test_cli_fit_writes_outputs(tmp_path, capsys) -> None:  # noqa: ANN001
     bs.datasets.load_frame("chinchilla_synthetic").rename(columns={"N": "params"}).to_csv(csv, index=False)
     out = tmp_path / "out"
     code = cli.main(["fit", str(csv), "--params-col", "params", "--tokens-col", "D", "--out", str(out),
-                     "--samples", "300", "--warmup", "300", "--quiet", "--compute", "1e22"])
+                     *SIZE, "--quiet", "--compute", "1e22"])
     assert code == 0
     assert (out / "fit.nc").exists() and (out / "summary.csv").exists() and (out / "plan.csv").exists()
     saved = bs.load(out / "fit.nc")
@@ -68,7 +71,7 @@ def test_cli_batch_reports_bad_group_and_strict(tmp_path, capsys) -> None:  # no
     broken.loc[broken.index[3], "loss"] = np.nan
     csv = tmp_path / "runs.csv"
     pd.concat([frames[0], broken, frames[1]], ignore_index=True).to_csv(csv, index=False)
-    args = ["batch", str(csv), "--group-col", "arch", "--samples", "200", "--warmup", "200", "--quiet"]
+    args = ["batch", str(csv), "--group-col", "arch", *SIZE, "--quiet"]
     assert cli.main([*args, "--out", str(tmp_path / "b")]) == 0
     diag = pd.read_csv(tmp_path / "b" / "diagnostics.csv", index_col=0, dtype={"group": str}, keep_default_na=False)
     assert diag.index.tolist() == ["01", "NA", "1"]
@@ -89,10 +92,10 @@ def test_cli_rejects_bad_arguments(capsys) -> None:  # noqa: ANN001
     assert "must be a positive integer" in capsys.readouterr().err
 
 
-def test_cli_flags_unconverged_fit(tmp_path, capsys) -> None:  # noqa: ANN001
+def test_cli_flags_unconverged_fit(small_groups: dict, tmp_path, capsys) -> None:  # noqa: ANN001
     csv = tmp_path / "runs.csv"
-    bs.datasets.load_frame("chinchilla_synthetic").to_csv(csv, index=False)
-    args = ["fit", str(csv), "--samples", "20", "--warmup", "5", "--chains", "2", "--quiet", "--compute", "1e22",
+    small_groups["g0"].to_frame().to_csv(csv, index=False)  # ten runs, five law parameters: chains do not mix
+    args = ["fit", str(csv), *SIZE, "--quiet", "--compute", "1e22",
             "--no-structural-error"]
     with pytest.warns(bs.ConvergenceWarning):
         assert cli.main([*args, "--out", str(tmp_path / "a"), "--strict"]) == 1
@@ -129,7 +132,7 @@ def test_cli_report_of_a_table_in_pf_days_is_complete(tmp_path, capsys) -> None:
     frame[["N", "C", "loss"]].to_csv(csv, index=False)
     out = tmp_path / "out"
     with pytest.warns(bs.DataWarning, match="PF-days"):
-        code = cli.main(["fit", str(csv), "--samples", "100", "--warmup", "100", "--chains", "2", "--quiet",
+        code = cli.main(["fit", str(csv), *SIZE, "--quiet",
                          "--out", str(out), "--no-structural-error"])
     assert code == 0
     assert {"report.html", "report.md", "report.json", "fit.nc", "summary.csv"} <= {p.name for p in out.iterdir()}
@@ -155,8 +158,8 @@ def test_cli_fit_stacks_several_laws(tmp_path, capsys) -> None:  # noqa: ANN001
     N, D = bs.chinchilla_design(40, seed=5)
     bs.simulate("chinchilla", CHINCHILLA, N=N, D=D, noise=0.01, seed=5).to_frame().to_csv(csv, index=False)
     out = tmp_path / "out"
-    args = ["fit", str(csv), "--law", "chinchilla", "overtrain", "--samples", "150", "--warmup", "150",
-            "--chains", "2", "--quiet", "--compute", "1e22", "--out", str(out)]
+    args = ["fit", str(csv), "--law", "chinchilla", "overtrain", *SIZE, "--quiet",
+            "--compute", "1e22", "--out", str(out)]
     assert cli.main(args) == 0
     stacked = bs.load(out / "fit.nc")
     assert isinstance(stacked, bs.StackedResult) and stacked.method == "future" and set(stacked.names) == {
@@ -175,8 +178,8 @@ def test_cli_batch_stacks_several_laws(tmp_path, capsys) -> None:  # noqa: ANN00
     csv = tmp_path / "runs.csv"
     pd.concat(frames, ignore_index=True).to_csv(csv, index=False)
     out = tmp_path / "b"
-    assert cli.main(["batch", str(csv), "--group-col", "arch", "--law", "chinchilla", "overtrain", "--samples",
-                     "150", "--warmup", "150", "--chains", "2", "--quiet", "--stack-method", "loo",
+    assert cli.main(["batch", str(csv), "--group-col", "arch", "--law", "chinchilla", "overtrain", *SIZE,
+                     "--quiet", "--stack-method", "loo",
                      "--out", str(out)]) == 0
     weights = pd.read_csv(out / "weights.csv", index_col=0)
     assert weights.index.tolist() == ["a0", "a1"]

@@ -99,12 +99,12 @@ def test_inconsistent_compute_warns_and_keeps_given_c() -> None:
 def test_law_needing_absent_covariate_raises() -> None:
     data = bs.ScalingData.from_table(table().drop(columns="D"))
     with pytest.raises(DataError, match="needs covariate 'D'"):
-        bs.fit(data, law="chinchilla", num_warmup=5, num_samples=5)
+        bs.fit(data, law="chinchilla", num_warmup=150, num_samples=150, num_chains=2)
 
 
 def test_too_few_rows_for_law() -> None:
     with pytest.raises(DataError, match="4 runs are too few.*6 parameters"):
-        bs.fit(table(), law="chinchilla", num_warmup=5, num_samples=5)
+        bs.fit(table(), law="chinchilla", num_warmup=150, num_samples=150, num_chains=2)
 
 
 def test_fill_covariates_round_trip() -> None:

@@ -9,6 +9,7 @@ import pytest
 
 import bayescale as bs
 from bayescale.experiments import expected_width
+from conftest import SMALL, TINY
 
 
 def test_expected_width_matches_the_linear_gaussian_closed_form() -> None:
@@ -39,7 +40,7 @@ def ladder_fit() -> bs.FitResult:
     runs = bs.simulate("chinchilla", bs.datasets.CHINCHILLA_PARAMS, N=N[keep][:12], D=D[keep][:12], seed=5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", bs.ConvergenceWarning)
-        return bs.fit(runs, num_warmup=300, num_samples=300, num_chains=2, seed=1)
+        return bs.fit(runs, seed=1, **SMALL)
 
 
 def test_design_values_candidates_and_respects_the_budget(ladder_fit: bs.FitResult) -> None:
@@ -80,7 +81,7 @@ def test_design_for_a_hierarchical_member_and_a_data_constrained_law(tiny_hierar
     runs = bs.simulate("data_constrained", truth, N=N, D=D, U=D / 4, seed=3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", bs.ConvergenceWarning)
-        fit = bs.fit(runs, law="data_constrained", num_warmup=150, num_samples=150, num_chains=2)
+        fit = bs.fit(runs, law="data_constrained", settings=TINY)
     with pytest.raises(ValueError, match="unique_tokens"):
         bs.design(fit, compute=1e22, candidates=candidates)
     plan = bs.design(fit, compute=1e22, candidates=candidates, unique_tokens=5e10)

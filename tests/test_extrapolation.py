@@ -9,7 +9,7 @@ import pytest
 
 import bayescale as bs
 from bayescale.posterior import MISFIT
-from conftest import TINY
+from conftest import SMALL, TINY
 
 
 def runs(kind: str, seed: int) -> tuple[bs.ScalingData, np.ndarray, np.ndarray]:
@@ -33,7 +33,7 @@ def fits(kind: str, seed: int) -> tuple[bs.FitResult, bs.FitResult, np.ndarray, 
     data, held, truth = runs(kind, seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", bs.ConvergenceWarning)
-        single = bs.fit(data, law="offset_power", num_warmup=300, num_samples=300, seed=seed)
+        single = bs.fit(data, law="offset_power", seed=seed, **SMALL)
     return single, bs.extrapolation.structural_error(single), held, truth
 
 

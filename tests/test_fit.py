@@ -11,6 +11,7 @@ import pytest
 
 import bayescale as bs
 from bayescale.data import DataError
+from bayescale.fit import PROGRAMS_PER_FIT
 from conftest import CHINCHILLA, SMALL, TINY, interval
 
 
@@ -45,10 +46,8 @@ def test_learned_nu_and_prior_overrides(chinchilla_data: bs.ScalingData) -> None
         chinchilla_data,
         likelihood=bs.likelihoods.student_t(nu=None),
         priors={"E": dist.LogNormal(0.5, 0.5)},
+        settings=TINY,
         seed=3,
-        num_warmup=300,
-        num_samples=300,
-        num_chains=2,
     )
     assert "nu" in result.posterior and result.spec.priors["E"].scale == 0.5
 
@@ -65,7 +64,7 @@ def test_learned_nu_and_prior_overrides(chinchilla_data: bs.ScalingData) -> None
 )
 def test_bad_priors(chinchilla_data: bs.ScalingData, priors: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        bs.fit(chinchilla_data, priors=priors, num_warmup=5, num_samples=5)
+        bs.fit(chinchilla_data, priors=priors, settings=TINY)
 
 
 @pytest.mark.parametrize(
@@ -80,12 +79,13 @@ def test_bad_priors(chinchilla_data: bs.ScalingData, priors: dict, match: str) -
 )
 def test_bad_arguments(chinchilla_data: bs.ScalingData, kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        bs.fit(chinchilla_data, **{"num_warmup": 5, "num_samples": 5, **kwargs})
+        bs.fit(chinchilla_data, settings=TINY, **kwargs)
 
 
-def test_unconverged_fit_warns(chinchilla_data: bs.ScalingData) -> None:
+def test_unconverged_fit_warns(small_groups: dict) -> None:
+    """Ten runs, five law parameters, 150 draws per chain: the chains have not mixed, and the fit says so."""
     with pytest.warns(bs.ConvergenceWarning, match="may not have converged"):
-        result = bs.fit(chinchilla_data, num_warmup=5, num_samples=20, num_chains=2, seed=0)
+        result = bs.fit(small_groups["g0"], settings=TINY, seed=0)
     assert not result.diagnostics.ok and result.diagnostics.problems
 
 
@@ -125,7 +125,7 @@ def runs(n: int = 40, seed: int = 0) -> pd.DataFrame:
 )
 def test_bad_inputs_to_fit(frame: pd.DataFrame, kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        bs.fit(frame, num_warmup=5, num_samples=5, **kwargs)
+        bs.fit(frame, settings=TINY, **kwargs)
 
 
 def test_duplicated_columns() -> None:
@@ -148,6 +148,28 @@ def test_extreme_magnitudes_give_finite_posterior() -> None:
     assert all(np.all(np.isfinite(v)) for v in draws.values())
     lo, hi = np.quantile(draws["E"], [0.005, 0.995])
     assert lo < truth["E"] < hi
+
+
+def test_a_first_fit_builds_its_stated_number_of_programs(chinchilla_data: bs.ScalingData) -> None:
+    """With every in-memory program dropped, one fit builds at most ``PROGRAMS_PER_FIT`` programs (counted as
+    lowerings to XLA: each is then compiled or read back from the persistent cache). Eager operations on device
+    arrays would each add one (a first fit built 43 before they moved to NumPy)."""
+    built = []
+
+    def listener(name: str, *args: object, **kwargs: object) -> None:
+        if name == "/jax/core/compile/jaxpr_to_mlir_module_duration":
+            built.append(name)
+
+    jax.clear_caches()
+    bs.start.start_bounds.cache_clear()
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", bs.ConvergenceWarning)
+            bs.fit(chinchilla_data, settings=TINY, seed=2)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert 0 < len(built) <= PROGRAMS_PER_FIT, f"{len(built)} programs"
 
 
 def test_refit_of_an_edited_table_compiles_nothing(chinchilla_data: bs.ScalingData) -> None:

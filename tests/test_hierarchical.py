@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import bayescale as bs
-from conftest import CHINCHILLA, SMALL
+from conftest import CHINCHILLA, SMALL, TINY
 
 TAU_E, TAU_A = 0.08, 0.3  # true population spreads of log E and log A
 
@@ -26,8 +26,7 @@ def groups() -> tuple[dict, dict]:
 
 @pytest.fixture(scope="module")
 def hierarchical(groups: tuple) -> bs.HierarchicalResult:
-    return bs.fit_hierarchical(groups[0], shared=["alpha", "beta"], pooled=["E", "A", "B"], seed=0,
-                               num_warmup=500, num_samples=500)
+    return bs.fit_hierarchical(groups[0], shared=["alpha", "beta"], pooled=["E", "A", "B"], seed=0, **SMALL)
 
 
 @pytest.mark.slow
@@ -90,6 +89,6 @@ def test_hierarchical_moe_keeps_total_parameters() -> None:
         data[f"g{g}"] = bs.simulate("moe", {**CHINCHILLA, "w": 0.4}, N=N, D=D, N_total=4 * N, seed=40 + g)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", bs.ConvergenceWarning)
-        result = bs.fit_hierarchical(data, law="moe", num_warmup=20, num_samples=20, num_chains=2)
+        result = bs.fit_hierarchical(data, law="moe", settings=TINY)
     np.testing.assert_array_equal(result["g1"].data.N_total, data["g1"].N_total)
-    assert result.idata.posterior["w"].shape == (2, 20, 2)
+    assert result.idata.posterior["w"].shape == (TINY.num_chains, TINY.num_samples, 2)

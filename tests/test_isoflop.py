@@ -65,7 +65,7 @@ def test_compare_with_parametric_fit(isoflop_fit: bs.IsoFlopResult, chinchilla_f
 @pytest.mark.slow
 def test_palm2_matches_least_squares_vertices() -> None:
     frame = bs.datasets.load_frame("palm2")
-    result = bs.fit_isoflop(bs.datasets.load("palm2"), seed=0, num_samples=1000, num_warmup=500, num_chains=4)
+    result = bs.fit_isoflop(bs.datasets.load("palm2"), seed=0, **SMALL)
     table = result.summary()
     assert list(table.index) == [1e20, 1e21, 1e22]
     # the classic approach 2: least-squares parabola of loss in log N per budget, vertex = N_opt

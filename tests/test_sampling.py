@@ -86,7 +86,7 @@ def test_refit_with_another_seed_traces_nothing_new(small_groups: dict) -> None:
 
     law = bs.laws.custom("counted", ("E", "alpha", "A"), ("N",), log_mean,
                          {k: bs.laws.get_law("offset_power").priors[k] for k in ("E", "alpha", "A")})
-    settings = dataclasses.replace(TINY, num_warmup=20, num_samples=20)
+    settings = TINY
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", bs.ConvergenceWarning)
         first = bs.fit(small_groups["g0"], law=law, settings=settings)

@@ -72,7 +72,7 @@ def test_future_weights_go_to_the_law_that_extrapolates() -> None:
     """Runs that bend: leave-future-out stacking gives the bending law most of the weight, because the
     straight power law, refitted below each cut, misses the runs above it."""
     data = bent_runs(3)
-    fits = {law: _quiet_fit(data, law, num_warmup=300, num_samples=300, num_chains=4)
+    fits = {law: _quiet_fit(data, law)
             for law in ("offset_power", "broken_power")}
     stacked = bs.stack(fits)
     assert stacked.method == "future"

@@ -5,7 +5,7 @@ import numpyro.distributions as dist
 import pytest
 
 import bayescale as bs
-from conftest import CHINCHILLA
+from conftest import CHINCHILLA, TINY
 
 
 def test_fit_map_agrees_with_posterior_median(chinchilla_data: bs.ScalingData, chinchilla_fit: bs.FitResult) -> None:
@@ -39,8 +39,7 @@ def test_bounded_law_prior_that_the_data_push_against() -> None:
     drives the logit of a to about -1e4; chains must still start inside and explore, not stick there."""
     C = np.geomspace(1e18, 1e22, 20)
     data = bs.simulate("power", {"a": 0.3, "K": 1e-3}, C=C, N=C / 6e10, noise=0.01, seed=0)
-    fit = bs.fit(data, law="power", priors={"a": dist.Uniform(0.32, 0.5)}, seed=0,
-                 num_warmup=200, num_samples=200, num_chains=2)
+    fit = bs.fit(data, law="power", priors={"a": dist.Uniform(0.32, 0.5)}, seed=0, settings=TINY)
     a = fit.draws()["a"]
     assert 0.32 < a.min() and a.mean() < 0.33 and a.std() > 1e-4
     assert fit.diagnostics.max_r_hat < 1.05 and fit.diagnostics.table["ess_bulk"].min() > 60  # was 1.07-1.17, ESS 9-24
@@ -52,8 +51,7 @@ def test_bounded_noise_priors_that_exclude_the_default_start() -> None:
     C = np.geomspace(1e18, 1e22, 20)
     data = bs.simulate("power", {"a": 0.3, "K": 1e-3}, C=C, N=C / 6e10, noise=0.01, seed=0)
     fit = bs.fit(data, law="power", likelihood=bs.likelihoods.student_t(nu=None),
-                 priors={"sigma": dist.Uniform(0.1, 0.2), "nu": dist.Uniform(1.0, 3.0)}, seed=0,
-                 num_warmup=200, num_samples=200, num_chains=2)
+                 priors={"sigma": dist.Uniform(0.1, 0.2), "nu": dist.Uniform(1.0, 3.0)}, seed=0, settings=TINY)
     sigma, nu = fit.draws()["sigma"], fit.draws()["nu"]
     assert np.all(np.isfinite(sigma)) and 0.1 < sigma.min() and sigma.mean() < 0.12
     assert np.all(np.isfinite(nu)) and 1.0 < nu.min() and nu.max() < 3.0

@@ -7,6 +7,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import bayescale as bs  # noqa: E402
+from conftest import SMALL  # noqa: E402
 
 
 @pytest.mark.slow
@@ -25,7 +26,7 @@ def test_a_break_in_trend_is_caught(chinchilla_data: bs.ScalingData) -> None:
     big = chinchilla_data.N >= np.quantile(chinchilla_data.N, 0.8)
     broken = bs.ScalingData.from_arrays(loss=np.where(big, 1.08, 1.0) * chinchilla_data.loss,
                                         N=chinchilla_data.N, D=chinchilla_data.D)
-    check = bs.validate(broken, holdout="largest params", num_warmup=500, num_samples=500)
+    check = bs.validate(broken, holdout="largest params", **SMALL)
     assert check.coverage < 0.5 and check.table["log_error"].median() > 0.04
 
 
@@ -57,6 +58,6 @@ def test_backtest_says_when_bands_under_cover(chinchilla_data: bs.ScalingData, c
     big = chinchilla_data.C >= np.quantile(chinchilla_data.C, 0.7)
     broken = bs.ScalingData.from_arrays(loss=np.where(big, 1.06, 1.0) * chinchilla_data.loss,
                                         N=chinchilla_data.N, D=chinchilla_data.D)
-    fit = bs.fit(broken, seed=0, num_warmup=500, num_samples=500)
+    fit = bs.fit(broken, seed=0, **SMALL)
     check = bs.backtest(fit, cuts=(0.5, 0.6))
     assert check.under_covers and "UNDER-COVER" in check.message and "structural_error" in check.message

@@ -28,7 +28,12 @@ from .posterior import FitResult, build_idata, compile_fit_idata, fit_idata
 from .sampling import SamplerSettings, compile_ahead, fit_keys, sample_lanes, sampler_settings
 from .start import initial_points, prior_points
 
-__all__ = ["fit", "sample_model"]
+__all__ = ["fit", "sample_model", "PROGRAMS_PER_FIT"]
+
+PROGRAMS_PER_FIT = 6
+"""Programs a first fit builds (XLA-compiled, or read back from the persistent cache): its keys, the priors'
+start bounds, the point-fit start, NUTS's init and its iterations, and the InferenceData program. A later fit
+of the same law, likelihood, priors, padded size and sampler size builds none (tests count both)."""
 
 
 def fit(
@@ -64,6 +69,8 @@ def fit(
     Returns:
         :class:`~bayescale.posterior.FitResult`. A :class:`~bayescale.posterior.ConvergenceWarning`
         is emitted when R-hat > 1.01, bulk ESS < 400 or any transition diverged.
+
+    A first fit builds :data:`PROGRAMS_PER_FIT` compiled programs; see benchmarks/RESULTS.md for their time.
     """
     settings = sampler_settings(settings, options)
     cache.ensure()
