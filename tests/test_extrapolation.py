@@ -29,12 +29,19 @@ def runs(kind: str, seed: int) -> tuple[bs.ScalingData, np.ndarray, np.ndarray]:
     return bs.ScalingData.from_arrays(loss=loss, C=C), held, truth
 
 
-def fits(kind: str, seed: int) -> tuple[bs.FitResult, bs.FitResult, np.ndarray, np.ndarray]:
-    data, held, truth = runs(kind, seed)
+CASES = [("bend", 0), ("bend", 1), ("law", 0), ("law", 1), ("law", 2)]
+
+
+@pytest.fixture(scope="module")
+def planning() -> dict[tuple[str, int], tuple[bs.FitResult, bs.FitResult, np.ndarray, np.ndarray]]:
+    """Every case's single-law fit and its planning mode: the fits as one batch, their refits as one more."""
+    cases = {case: runs(*case) for case in CASES}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", bs.ConvergenceWarning)
-        single = bs.fit(data, law="offset_power", seed=seed, **SMALL)
-    return single, bs.extrapolation.structural_error(single), held, truth
+        single = bs.fit_batch({f"{k}{s}": d for (k, s), (d, _, _) in cases.items()}, law="offset_power", **SMALL)
+        structural = bs.extrapolation.structural_error(single)
+    return {(k, s): (single[f"{k}{s}"], structural[f"{k}{s}"], held, truth)
+            for (k, s), (_, held, truth) in cases.items()}
 
 
 def coverage(result: bs.FitResult, held: np.ndarray, truth: np.ndarray) -> float:
@@ -124,12 +131,12 @@ def test_refits_run_the_programs_compiled_for_their_fit(chinchilla_data: bs.Scal
 
 
 @pytest.mark.slow
-def test_covers_a_law_outside_the_candidate_set() -> None:
+def test_covers_a_law_outside_the_candidate_set(planning: dict) -> None:
     """A curve that bends away from the law: the single law's 90% bands cover under 0.6 of the held-out
     runs, the structural error's at least 0.8."""
     single_cover, structural_cover = [], []
     for seed in range(2):
-        single, structural, held, truth = fits("bend", seed)
+        single, structural, held, truth = planning["bend", seed]
         single_cover.append(coverage(single, held, truth))
         structural_cover.append(coverage(structural, held, truth))
     assert np.mean(single_cover) < 0.6
@@ -137,11 +144,11 @@ def test_covers_a_law_outside_the_candidate_set() -> None:
 
 
 @pytest.mark.slow
-def test_costs_little_when_the_law_is_right() -> None:
+def test_costs_little_when_the_law_is_right(planning: dict) -> None:
     """Data from the law itself: the structural error's bands are at most 1.3x the single law's."""
     ratios = []
     for seed in range(3):
-        single, structural, held, truth = fits("law", seed)
+        single, structural, held, truth = planning["law", seed]
         ratios.append(width(structural, held) / width(single, held))
         assert coverage(structural, held, truth) >= 0.8
     assert np.mean(ratios) <= 1.3
