@@ -1,7 +1,8 @@
 """Where a cold fit's compilation goes, program by program, and what one leapfrog step costs.
 
 On 240 Chinchilla-like runs (``fit_vs_bootstrap.simulate`` with 5% outliers), in a fresh
-process with the persistent cache off: compile time of the point-fit initialiser, the
+process with the persistent cache off: the programs a first fit builds and their backend
+compile seconds (JAX's own counters); compile time of the point-fit initialiser, the
 NUTS init and sampling programs, and the program that builds InferenceData; then the
 cost of one gradient of the potential against the measured time per leapfrog step.
 Run: ``BAYESCALE_COMPILATION_CACHE=0 python benchmarks/compile_time.py``.
@@ -32,8 +33,29 @@ def timed(label: str, fn) -> float:  # noqa: ANN001
     return seconds
 
 
+def count_first_fit(data: bs.ScalingData) -> None:
+    """Programs built (lowered to XLA) and backend compile seconds of one fit in a process that has compiled nothing."""
+    built, seconds = [], []
+
+    def listener(name: str, duration: float, **kwargs: object) -> None:
+        if name == "/jax/core/compile/jaxpr_to_mlir_module_duration":
+            built.append(duration)
+        elif name == "/jax/core/compile/backend_compile_duration":
+            seconds.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    start = time.perf_counter()
+    bs.fit(data, seed=0)
+    wall = time.perf_counter() - start
+    jax.monitoring.unregister_event_duration_listener(listener)
+    print(f"first fit: {wall:.2f} s wall, {len(built)} programs, {sum(seconds):.2f} s of backend compilation"
+          f" (on two threads), {sum(built):.2f} s lowering")
+
+
 def main() -> None:
     data = simulate(outliers=0.05)
+    count_first_fit(data)
+    jax.clear_caches()
     settings = SamplerSettings()
     spec = make_spec(bs.laws.get_law("chinchilla"), bs.likelihoods.student_t())
     chains, k = settings.num_chains, len(spec.latents)
