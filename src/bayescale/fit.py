@@ -14,7 +14,6 @@ from typing import Any
 
 import arviz as az
 import jax
-import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 
@@ -132,10 +131,17 @@ def sample_model(
     chains = settings.num_chains
     init_key, keys, predictive_key = fit_keys(settings.seed, chains)
     with jax.enable_x64(settings.x64):
-        data = jax.tree_util.tree_map(jnp.asarray, data)  # floats in the settings' precision
+        data = jax.tree_util.tree_map(_host, data)
         layout = layout_of(model, data)
         inits = prior_points(model, layout, data, init_key, chains)
         lanes = jax.tree_util.tree_map(lambda a: np.broadcast_to(a, (chains, *a.shape)), data)
         draws = sample_lanes(potential_of(model, layout), inits, lanes, keys,
                              settings.nuts, strategy=settings.strategy, progress=settings.progress, desc=desc)
         return build_idata(model, layout, draws, data, predictive_key, observed=observed, constant=constant, dim=dim)
+
+
+def _host(a: Any) -> np.ndarray:
+    """``a`` as a NumPy array of JAX's dtype for it in the current precision (converted on the host: a
+    conversion on the device compiles a program)."""
+    a = np.asarray(a)
+    return a.astype(jax.dtypes.canonicalize_dtype(a.dtype))

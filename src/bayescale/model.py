@@ -408,13 +408,22 @@ def build_model(spec: Spec) -> FlatModel:
 
 
 def layout_of(model: Any, data: Any) -> Layout:
-    """The latent sample sites of a NumPyro model and their unconstrained shapes, in trace order."""
-    trace = handlers.trace(handlers.seed(model, 0)).get_trace(data)
-    return tuple(
-        (name, tuple(biject_to(site["fn"].support).inverse_shape(jnp.shape(site["value"]))))
-        for name, site in trace.items()
-        if site["type"] == "sample" and not site["is_observed"]
-    )
+    """The latent sample sites of a NumPyro model and their unconstrained shapes, in trace order.
+
+    The model is traced abstractly (shapes only): nothing is computed or compiled.
+    """
+    found: list[tuple[str, tuple[int, ...]]] = []
+
+    def probe(data: Any) -> None:
+        trace = handlers.trace(handlers.seed(model, 0)).get_trace(data)
+        found.extend(
+            (name, tuple(biject_to(site["fn"].support).inverse_shape(jnp.shape(site["value"]))))
+            for name, site in trace.items()
+            if site["type"] == "sample" and not site["is_observed"]
+        )
+
+    jax.eval_shape(probe, data)
+    return tuple(found)
 
 
 def unflatten(z: jax.Array, layout: Layout) -> dict[str, jax.Array]:

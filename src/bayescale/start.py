@@ -227,13 +227,30 @@ def _prior_quantiles(spec: Spec) -> jax.Array:
     return jnp.stack(out)
 
 
-def prior_points(model: Any, layout: Layout, data: Any, key: jax.Array, num_chains: int) -> jax.Array:
+def prior_points(model: Any, layout: Layout, data: Any, key: jax.Array, num_chains: int) -> np.ndarray:
     """Per-chain starting vectors ``(num_chains, k)`` of a NumPyro model, uniform in (-2, 2) unconstrained.
 
-    Each chain's point has a finite potential and gradient (NumPyro retries until so).
+    Each chain's point has a finite potential and gradient (NumPyro retries until so). One compiled
+    program per model, data shape and chain count (``model`` hashable by value, as for ``sample_model``).
+
+    Raises:
+        RuntimeError: no valid starting point found for some chain (the model's density is not finite
+            anywhere NumPyro looked).
     """
+    z, valid = _prior_points(model, layout, data, key, num_chains)
+    if not np.asarray(valid).all():
+        raise RuntimeError(f"cannot find a valid starting point for {type(model).__name__}: its potential or "
+                           "gradient is not finite at 100 points drawn uniformly in (-2, 2) unconstrained")
+    return np.asarray(z)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 4))
+def _prior_points(model: Any, layout: Layout, data: Any, key: jax.Array, num_chains: int):  # noqa: ANN202
     info = initialize_model(
         jax.random.split(key, num_chains), model, model_args=(data,), init_strategy=init_to_uniform
     )
-    values = info.param_info.z
-    return jnp.concatenate([values[name].reshape(num_chains, -1) for name, _ in layout], axis=1)
+    values, energy, grad = info.param_info
+    finite = [jnp.isfinite(g).reshape(num_chains, -1).all(axis=1) for g in jax.tree_util.tree_leaves(grad)]
+    valid = jnp.isfinite(energy) & jnp.stack(finite).all(axis=0)
+    return jnp.concatenate([values[name].reshape(num_chains, -1) for name, _ in layout], axis=1), valid
+
