@@ -15,7 +15,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import bayescale as bs
 from bayescale.model import bucket_size, make_spec, model_data, potential_fn
