@@ -1,5 +1,6 @@
 """Starting points: the Huber point fit (bs.fit_map) and where chains begin."""
 
+import jax
 import numpy as np
 import numpyro.distributions as dist
 import pytest
@@ -55,3 +56,24 @@ def test_bounded_noise_priors_that_exclude_the_default_start() -> None:
     sigma, nu = fit.draws()["sigma"], fit.draws()["nu"]
     assert np.all(np.isfinite(sigma)) and 0.1 < sigma.min() and sigma.mean() < 0.12
     assert np.all(np.isfinite(nu)) and 1.0 < nu.min() and nu.max() < 3.0
+
+
+def test_initial_points_can_be_traced() -> None:
+    """The starts of a batch are computed under jax.vmap (and a user may jit them): the priors' bounds, asked
+    for the first time inside the trace, still give the eager answer."""
+    from bayescale.model import make_spec, model_data
+    from bayescale.start import initial_points, start_bounds
+
+    spec = make_spec(bs.laws.get_law("chinchilla"), bs.likelihoods.student_t())
+    N, D = bs.chinchilla_design(20, seed=0)
+    runs = bs.simulate("chinchilla", CHINCHILLA, N=N, D=D, seed=0)
+    with jax.enable_x64(True):  # as fits run on CPU: the 100-step point fit then agrees to rounding
+        md = model_data(runs, spec.law)
+        key = jax.random.PRNGKey(0)
+        start_bounds.cache_clear()
+        traced = jax.jit(lambda m, k: initial_points(spec, m, k, 2))(md, key)
+        start_bounds.cache_clear()
+        batched = jax.vmap(lambda k: initial_points(spec, md, k, 2))(key[None])
+        eager = initial_points(spec, md, key, 2)
+    np.testing.assert_allclose(traced, eager, rtol=1e-9)
+    np.testing.assert_allclose(batched[0], eager, rtol=1e-9)

@@ -204,8 +204,9 @@ def start_program(spec: Spec, md: ModelData, key: jax.Array, num_chains: int, bo
 @functools.lru_cache(maxsize=256)
 def start_bounds(spec: Spec) -> np.ndarray:
     """The 1% and 99% quantiles of each latent's prior, ``(len(spec.latents), 2)`` (NaN for centred
-    amplitudes, which start at the point fit): once per model, in one small program."""
-    bounds = np.asarray(_prior_quantiles(spec), dtype=float)
+    amplitudes, which start at the point fit): once per model, in one small program, compiled ahead and
+    called directly, so that it runs also while a caller traces :func:`initial_points` (``jax.jit``, ``jax.vmap``)."""
+    bounds = np.asarray(_prior_quantiles.lower(spec).compile()(), dtype=float)
     bounds.flags.writeable = False
     return bounds
 
