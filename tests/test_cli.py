@@ -143,11 +143,16 @@ def test_cli_report_of_a_table_in_pf_days_is_complete(tmp_path, capsys) -> None:
 
 def test_cli_design_prints_and_writes_the_next_runs(chinchilla_fit: bs.FitResult, tmp_path, capsys) -> None:  # noqa: ANN001
     chinchilla_fit.save(tmp_path / "fit.nc")
-    assert cli.main(["design", str(tmp_path), "--target-compute", "1e24", "--budget", "1e21", "-k", "2"]) == 0
+    assert cli.main(["design", str(tmp_path), "--target-compute", "1e24", "--budget", "1e21", "-k", "2",
+                     "--forecast", "importance"]) == 0
     out = capsys.readouterr().out
     assert "N_opt at 1e+24 FLOPs" in out and "runs to do next" in out
+    assert "best iso-FLOP grid of the budget: expected width" in out and "forecast by importance" in out
     chosen = pd.read_csv(tmp_path / "design.csv")
-    assert len(chosen) == 2 and chosen["cumulative_cost"].iloc[-1] <= 1e21
+    assert 1 <= len(chosen) <= 2 and chosen["cumulative_cost"].iloc[-1] <= 1e21
+    assert chosen["budget_share"].iloc[-1] == pytest.approx(chosen["cumulative_cost"].iloc[-1] / 1e21)
+    sets = pd.read_csv(tmp_path / "design_sets.csv")
+    assert sets["chosen"].sum() == 1 and (sets["cost"] <= 1e21).all()
     assert cli.main(["design", str(tmp_path), "--target-compute", "1e24", "--candidates", str(tmp_path / "no.csv")]) == 2
 
 

@@ -6,6 +6,8 @@ import jax
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import bayescale as bs
 from bayescale.experiments import expected_width
@@ -43,19 +45,66 @@ def ladder_fit() -> bs.FitResult:
         return bs.fit(runs, seed=1, **SMALL)
 
 
-def test_design_values_candidates_and_respects_the_budget(ladder_fit: bs.FitResult) -> None:
-    plan = bs.design(ladder_fit, compute=1e24, budget=3e20, k=3, seed=0)
+def test_design_compares_whole_sets_and_reports_the_budget_share(ladder_fit: bs.FitResult) -> None:
+    plan = bs.design(ladder_fit, compute=1e24, budget=3e20, k=3, forecast="importance", seed=0)
     table = plan.candidates
     assert {"N", "D", "cost", "width", "reduction", "per_eflop", "ess"} <= set(table.columns)
     assert table["per_eflop"].is_monotonic_decreasing
     assert np.all(table["width"] <= plan.width * 1.05)  # a run cannot be expected to widen the interval
     assert plan.selected["cumulative_cost"].iloc[-1] <= 3e20
-    assert plan.selected["width_after"].is_monotonic_decreasing and plan.selected["width_after"].iloc[0] < plan.width
+    assert plan.selected["budget_share"].iloc[-1] == pytest.approx(plan.spent / 3e20)
+    assert plan.selected["width_after"].iloc[0] < plan.width
     # bigger runs (beyond the ladder) narrow N_opt at 1e24 FLOPs more than the smallest ones
     big, small = table.loc[table["N"].idxmax(), "width"], table.loc[table["N"].idxmin(), "width"]
     assert big < small
-    same = bs.design(ladder_fit, compute=1e24, budget=3e20, k=3, seed=0)
+    # the sets compared: greedy, every split of the budget, iso-FLOP grids; the chosen one is the narrowest
+    sets = plan.sets
+    assert {"greedy", "budget split 3 (of 3)", "budget split 1+1+1 (of 3)"} <= set(sets["set"])
+    assert sets["set"].str.startswith("iso-FLOP grid").any() and (sets["cost"] <= 3e20).all()
+    assert sets.loc[sets["chosen"], "width"].item() == sets["width"].min()
+    assert sets.loc[sets["set"] == "budget split 1+1+1 (of 3)", "budget_share"].item() == pytest.approx(1.0)
+    runs, grid = plan.grid
+    assert len(runs) >= 2 and runs["cost"].sum() <= 3e20 and grid.width >= plan.forecast.width
+    assert plan.forecast.method == "importance" and 0 <= plan.forecast.pareto_k <= 1
+    assert plan.forecast.low <= plan.forecast.width <= plan.forecast.high
+    same = bs.design(ladder_fit, compute=1e24, budget=3e20, k=3, forecast="importance", seed=0)
     pd.testing.assert_frame_equal(same.selected, plan.selected)  # reproducible from the seed
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(budget=st.floats(1e19, 1e22), k=st.integers(1, 4), rule=st.sampled_from(["width", "per_flop"]))
+def test_the_chosen_set_never_exceeds_the_budget(ladder_fit: bs.FitResult, budget: float, k: int,
+                                                 rule: str) -> None:
+    plan = bs.design(ladder_fit, compute=1e24, budget=budget, k=k, rule=rule, forecast="importance", seed=1)
+    assert 1 <= len(plan.selected) <= k
+    assert plan.spent <= budget and plan.selected["budget_share"].iloc[-1] <= 1.0
+    assert (plan.sets["cost"] <= budget).all()
+
+
+def test_a_budget_that_buys_one_large_run_spends_it_on_that_run(ladder_fit: bs.FitResult) -> None:
+    """Four cheap small runs or one large run that costs the whole budget: the large run narrows N_opt at
+    1e24 FLOPs most, so the whole-budget rule takes it; ranking by reduction per FLOP takes the cheap runs."""
+    small = [(6e7, 1.2e9), (8e7, 1.6e9), (1e8, 2e9), (1.2e8, 2.4e9)]
+    candidates = pd.DataFrame([*small, (3e9, 6e10)], columns=["N", "D"])
+    budget = 6 * 3e9 * 6e10
+    plan = bs.design(ladder_fit, compute=1e24, candidates=candidates, budget=budget, k=4, forecast="importance")
+    assert plan.selected["N"].tolist() == [3e9] and plan.selected["budget_share"].item() == pytest.approx(1.0)
+    cheap = bs.design(ladder_fit, compute=1e24, candidates=candidates, budget=budget, k=4, rule="per_flop",
+                      forecast="importance")
+    assert cheap.selected["N"].iloc[0] < 3e9
+    assert plan.forecast.width < cheap.forecast.width  # and the large run was worth it
+
+
+def test_a_wide_posterior_switches_the_forecast_to_refits(ladder_fit: bs.FitResult) -> None:
+    """12 runs below 3e8 parameters leave N_opt at 1e24 FLOPs uncertain over orders of magnitude: the
+    importance weights after large runs degenerate (Pareto k), and the forecast refits instead."""
+    wide = bs.design(ladder_fit, compute=1e24, budget=1.9e21, k=2, refits=2, seed=3)
+    assert wide.forecast.pareto_k > 0.1 and wide.forecast.method == "refit"
+    assert wide.grid[1].method == "refit" and np.isfinite(wide.forecast.width) and 0 <= wide.forecast.converged <= 1
+    # one more tiny run barely moves the posterior: importance sampling is reliable and kept
+    tiny = pd.DataFrame({"N": [5e7], "D": [5e8]})
+    plain = bs.design(ladder_fit, compute=1e24, candidates=tiny, seed=3)
+    assert plain.forecast.method == "importance" and plain.forecast.pareto_k <= 0.1
 
 
 def test_design_for_a_planned_run_and_for_stacked_laws(ladder_fit: bs.FitResult, tiny_stacked: bs.StackedResult) -> None:
@@ -96,6 +145,9 @@ def test_design_for_a_hierarchical_member_and_a_data_constrained_law(tiny_hierar
         ({"compute": 1e24, "k": 0}, "k must be"),
         ({"compute": 1e24, "candidates": pd.DataFrame({"N": [1e9, -1.0], "D": [1e10, 1e10]})}, "'N'"),
         ({"compute": 1e24, "budget": 1.0}, "no candidate fits the budget"),
+        ({"compute": 1e24, "budget": -1.0}, "budget must be"),
+        ({"compute": 1e24, "forecast": "guess"}, "forecast must be"),
+        ({"compute": 1e24, "refits": 1}, "refits must be"),
     ],
 )
 def test_design_bad_arguments(ladder_fit: bs.FitResult, kwargs: dict, match: str) -> None:

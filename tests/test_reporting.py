@@ -81,12 +81,14 @@ def test_report_carries_the_extrapolation_check(chinchilla_fit: bs.FitResult, tm
 
 
 def test_report_carries_the_design(chinchilla_fit: bs.FitResult, tmp_path) -> None:  # noqa: ANN001
-    plan = bs.design(chinchilla_fit, compute=1e24, budget=1e21, k=2)
+    plan = bs.design(chinchilla_fit, compute=1e24, budget=1e21, k=2, forecast="importance")
     files = bs.report(chinchilla_fit, tmp_path, compute=[1e22], design=plan)
     page = files["html"].read_text()
     assert "Next runs for N_opt at 1e+24 FLOPs" in page and 'id="fig-design"' in page
+    assert "Sets of runs compared" in page and "by importance" in page
     saved = json.loads(files["json"].read_text())["design"]
-    assert len(saved["selected"]) == 2 and saved["width"] == pytest.approx(plan.width)
+    assert len(saved["selected"]) == len(plan.selected) and saved["width"] == pytest.approx(plan.width)
+    assert saved["forecast"]["width"] == pytest.approx(plan.forecast.width) and saved["budget"] == 1e21
 
 
 def test_report_of_a_stack_names_laws_weights_and_record(chinchilla_fit: bs.FitResult, kaplan_fit: bs.FitResult,

@@ -40,7 +40,7 @@ from . import __version__, cache, datasets
 from .allocation import compute_for_loss, compute_optimal, plannable
 from .batch import BatchResult, fit_batch, load_batch
 from .data import DataError, ScalingData, read_csv
-from .experiments import design
+from .experiments import Forecast, design
 from .extrapolation import structural_error
 from .fit import fit
 from .laws import list_laws
@@ -176,17 +176,29 @@ def _design(args: argparse.Namespace) -> int:
             raise DataError(f"{args.candidates}: no such file")
         candidates = pd.read_csv(args.candidates)
     plan = design(result, compute=args.target_compute, candidates=candidates, budget=args.budget, k=args.k,
-                  rule=args.rule, seed=args.seed)
+                  rule=args.rule, forecast=args.forecast, refits=args.refits, seed=args.seed)
     print(f"{plan.target}: current {plan.level:.0%} interval width {plan.width:.3g} (log scale)\n")
-    print("runs to do next, in order (width after each, with the ones before):")
+    print("runs to do next, in order (width after each, with the ones before; importance sampling):")
     _print(plan.selected)
+    print(f"\n{_forecast_line('chosen runs', plan.forecast, plan.level)}")
+    if plan.grid is not None:
+        print(_forecast_line("best iso-FLOP grid of the budget", plan.grid[1], plan.level))
+    print("\nsets of runs compared (expected width by importance sampling):")
+    _print(plan.sets)
     print("\nbest candidates per FLOP:")
     _print(plan.candidates.head(10))
     if os.path.isdir(args.results):
-        _write_csv(plan.candidates, os.path.join(args.results, "design_candidates.csv"), index=False)
-        _write_csv(plan.selected, os.path.join(args.results, "design.csv"), index=False)
-        print(f"\nwrote {args.results}/design.csv, design_candidates.csv")
+        for table, name in ((plan.candidates, "design_candidates"), (plan.selected, "design"),
+                            (plan.sets, "design_sets")):
+            _write_csv(table, os.path.join(args.results, f"{name}.csv"), index=False)
+        print(f"\nwrote {args.results}/design.csv, design_sets.csv, design_candidates.csv")
     return 0
+
+
+def _forecast_line(what: str, forecast: Forecast, level: float) -> str:
+    return (f"{what}: expected width {forecast.width:.3g} ± {forecast.se:.2g} (MC error), {level:.0%} of outcomes"
+            f" in [{forecast.low:.3g}, {forecast.high:.3g}]; forecast by {forecast.method}"
+            f" (Pareto k > 0.7 for {forecast.pareto_k:.0%} of simulated outcomes)")
 
 
 def _planned(result: FitResult, structural: bool) -> FitResult:
@@ -289,7 +301,13 @@ def _parser() -> argparse.ArgumentParser:
     des.add_argument("-k", type=_positive_int, default=4, help="runs to choose (default 4)")
     des.add_argument("--candidates", default=None, help="CSV of candidate runs (columns N, D; optional cost)")
     des.add_argument("--rule", choices=["width", "per_flop"], default="width",
-                     help="choose by expected narrowing (default) or narrowing per FLOP")
+                     help="the set with the narrowest expected interval for the whole budget (default), or runs"
+                          " one at a time by narrowing per FLOP")
+    des.add_argument("--forecast", choices=["auto", "importance", "refit"], default="auto",
+                     help="importance sampling, refits of simulated outcomes, or refits when the weights degenerate"
+                          " (default)")
+    des.add_argument("--refits", type=_positive_int, default=16, help="simulated outcomes refitted per forecast"
+                     " set when refitting (default 16)")
     des.add_argument("--seed", type=int, default=0, help="PRNG seed of the simulated outcomes (default 0)")
 
     batch = sub.add_parser("batch", help="fit a law (or several, stacked per group) to every group of a CSV")

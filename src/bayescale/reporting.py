@@ -260,7 +260,10 @@ def report(
             "backtest_under_covers": backtest.under_covers if backtest is not None else None,
         },
         "design": None if design is None else {
-            "target": design.target, "level": design.level, "width": design.width,
+            "target": design.target, "level": design.level, "width": design.width, "budget": design.budget,
+            "rule": design.rule, "forecast": {k: _jsonable(v) for k, v in design.forecast._asdict().items()},
+            "grid_forecast": None if design.grid is None else {
+                k: _jsonable(v) for k, v in design.grid[1]._asdict().items()},
             "selected": _records(design.selected, "order"),
         },
         "versions": _versions(),
@@ -280,7 +283,12 @@ def report(
         tables.append(("Extrapolation check (rolling origin): " + backtest.message, backtest.table))
     if design is not None:
         heading = f"Next runs for {design.target} (current {design.level:.0%} width {design.width:.3g}, log scale)"
-        tables += [(heading, design.selected), ("Best candidates per FLOP", design.candidates.head(10))]
+        f = design.forecast
+        expected = (f"expected width after them {f.width:.3g} ± {f.se:.2g}, {design.level:.0%} of outcomes in"
+                    f" [{f.low:.3g}, {f.high:.3g}], by {f.method}")
+        tables += [(f"{heading}: {expected}", design.selected),
+                   ("Sets of runs compared (expected width by importance sampling)", design.sets),
+                   ("Best candidates per FLOP", design.candidates.head(10))]
     texts = {
         "json": json.dumps(meta, indent=2, allow_nan=False),
         "markdown": _markdown(meta, status, tables, images),
