@@ -36,10 +36,13 @@ def test_expected_width_matches_the_linear_gaussian_closed_form() -> None:
 
 @pytest.fixture(scope="module")
 def ladder_fit() -> bs.FitResult:
-    """A small ladder: 12 runs below 3e8 parameters."""
-    N, D = bs.chinchilla_design(40, seed=4)
-    keep = N < 3e8
-    runs = bs.simulate("chinchilla", bs.datasets.CHINCHILLA_PARAMS, N=N[keep][:12], D=D[keep][:12], seed=5)
+    """12 small runs (50M-500M parameters, about 20 tokens per parameter, 2% noise): N_opt at 1e24 FLOPs
+    is uncertain over orders of magnitude, since runs on one tokens-per-parameter line hardly tell the
+    exponents of N and D apart."""
+    rng = np.random.default_rng(7)
+    N = np.exp(rng.uniform(np.log(5e7), np.log(5e8), 12))
+    runs = bs.simulate("chinchilla", bs.datasets.CHINCHILLA_PARAMS, N=N, D=20 * N * np.exp(rng.normal(0, 0.3, 12)),
+                       noise=0.02, seed=5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", bs.ConvergenceWarning)
         return bs.fit(runs, seed=1, **SMALL)
@@ -82,23 +85,24 @@ def test_the_chosen_set_never_exceeds_the_budget(ladder_fit: bs.FitResult, budge
 
 
 def test_a_budget_that_buys_one_large_run_spends_it_on_that_run(ladder_fit: bs.FitResult) -> None:
-    """Four cheap small runs or one large run that costs the whole budget: the large run narrows N_opt at
-    1e24 FLOPs most, so the whole-budget rule takes it; ranking by reduction per FLOP takes the cheap runs."""
+    """Four cheap small runs or one large run that costs the whole budget, to narrow the loss of that large
+    run: the large run narrows it most, so the whole-budget rule takes it; ranking by reduction per FLOP
+    takes the cheap runs first."""
     small = [(6e7, 1.2e9), (8e7, 1.6e9), (1e8, 2e9), (1.2e8, 2.4e9)]
     candidates = pd.DataFrame([*small, (3e9, 6e10)], columns=["N", "D"])
-    budget = 6 * 3e9 * 6e10
-    plan = bs.design(ladder_fit, compute=1e24, candidates=candidates, budget=budget, k=4, forecast="importance")
+    budget, planned = 6 * 3e9 * 6e10, {"N": 3e9, "D": 6e10}
+    plan = bs.design(ladder_fit, planned=planned, candidates=candidates, budget=budget, k=4, forecast="importance")
     assert plan.selected["N"].tolist() == [3e9] and plan.selected["budget_share"].item() == pytest.approx(1.0)
-    cheap = bs.design(ladder_fit, compute=1e24, candidates=candidates, budget=budget, k=4, rule="per_flop",
+    cheap = bs.design(ladder_fit, planned=planned, candidates=candidates, budget=budget, k=4, rule="per_flop",
                       forecast="importance")
-    assert cheap.selected["N"].iloc[0] < 3e9
+    assert cheap.selected["N"].iloc[0] < 3e9 and cheap.spent < 0.01 * budget
     assert plan.forecast.width < cheap.forecast.width  # and the large run was worth it
 
 
 def test_a_wide_posterior_switches_the_forecast_to_refits(ladder_fit: bs.FitResult) -> None:
-    """12 runs below 3e8 parameters leave N_opt at 1e24 FLOPs uncertain over orders of magnitude: the
-    importance weights after large runs degenerate (Pareto k), and the forecast refits instead."""
-    wide = bs.design(ladder_fit, compute=1e24, budget=1.9e21, k=2, refits=2, seed=3)
+    """The ladder leaves N_opt at 1e24 FLOPs uncertain over orders of magnitude: the importance weights
+    after four new runs degenerate (Pareto k), and the forecast refits instead."""
+    wide = bs.design(ladder_fit, compute=1e24, budget=1.9e21, k=4, refits=2, seed=3)
     assert wide.forecast.pareto_k > 0.1 and wide.forecast.method == "refit"
     assert wide.grid[1].method == "refit" and np.isfinite(wide.forecast.width) and 0 <= wide.forecast.converged <= 1
     # one more tiny run barely moves the posterior: importance sampling is reliable and kept
@@ -111,11 +115,11 @@ def test_design_for_a_planned_run_and_for_stacked_laws(ladder_fit: bs.FitResult,
     candidates = pd.DataFrame({"N": [1e8, 1e9, 4e9], "D": [2e9, 2e10, 8e10]})
     plan = bs.design(ladder_fit, planned={"N": 4e9, "D": 8e10}, candidates=candidates)
     assert "loss at N = 4e+09" in plan.target
-    # running the planned model itself narrows its loss most; per FLOP, the cheap run wins
+    # running the planned model itself narrows its loss most; per FLOP, the top of the ranked table wins
     assert plan.candidates.loc[plan.candidates["reduction"].idxmax(), "N"] == 4e9
     assert plan.selected["N"].iloc[0] == 4e9
     cheap = bs.design(ladder_fit, planned={"N": 4e9, "D": 8e10}, candidates=candidates, rule="per_flop")
-    assert cheap.selected["N"].iloc[0] == cheap.candidates["N"].iloc[0] == 1e8
+    assert cheap.selected["N"].iloc[0] == cheap.candidates["N"].iloc[0] < 4e9
     stacked = bs.design(tiny_stacked, compute=1e23, candidates=candidates, k=2)
     assert len(stacked.selected) == 2 and np.isfinite(stacked.candidates["width"]).all()
 

@@ -205,8 +205,10 @@ class _Preposterior:
         size = (outcomes, mu.shape[1])
         self.shocks = (rng.standard_t(nu[self.source][:, None], size=size) if self.student
                        else rng.standard_normal(size))
+        lo, hi = np.quantile(q, [(1 - level) / 2, (1 + level) / 2])
+        self.current = float(hi - lo)
         self._memo: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray, jax.Array]] = {
-            (): (np.zeros(outcomes), np.zeros(outcomes), jnp.zeros((outcomes, q.size)))}
+            (): (np.full(outcomes, self.current), np.full(outcomes, float(q.size)), jnp.zeros((outcomes, q.size)))}
 
     def of(self, runs: Sequence[int]) -> tuple[np.ndarray, np.ndarray, jax.Array]:
         """Per outcome, the width after ``runs`` (in this order) and the weights' ESS; and the log weights."""
@@ -412,12 +414,17 @@ def design(
             sizes = [*(median[u - 1] * _MULTIPLES), *(largest * np.array(_BEYOND))]
             shares[u] = [] if given else [add(n, c) for n in sizes if sane(n, c)]
         for m in range(2, k + 1):
-            c, centre = budget / m, median[units + m - 2]
-            for spread in _SPREADS:
-                sizes = [centre * spread ** (i - (m - 1) / 2) for i in range(m)]
-                if all(sane(n, c) for n in sizes):
-                    grids.append((f"iso-FLOP grid: {m} runs of 1/{m} of the budget, sizes x{spread:g} apart",
-                                  [add(n, c) for n in sizes]))
+            c = budget / m
+            low = np.log(max(smallest, np.sqrt(c / (flops_per_token * _TOKENS_PER_PARAM[1]))))
+            high = np.log(np.sqrt(c / (flops_per_token * _TOKENS_PER_PARAM[0])))
+            for spread in _SPREADS:  # centred on the median N_opt, moved inside the sensible sizes if need be
+                half = (m - 1) / 2 * np.log(spread)
+                if high - low < 2 * half:
+                    continue
+                centre = np.clip(np.log(median[units + m - 2]), low + half, high - half)
+                sizes = np.exp(centre + np.log(spread) * (np.arange(m) - (m - 1) / 2))
+                grids.append((f"iso-FLOP grid: {m} runs of 1/{m} of the budget, sizes x{spread:g} apart",
+                              [add(float(n), c) for n in sizes]))
         table = pd.concat([table, pd.DataFrame(rows)], ignore_index=True)
     pool = list(range(len(candidates) if given else len(table)))
     if "cost" not in table or table["cost"].isna().any():
@@ -449,8 +456,7 @@ def design(
         rng = np.random.default_rng(seed)
         keep = rng.permutation(q.size)[:_MAX_DRAWS]
         pre = _Preposterior(q[keep], mu[keep], sigma[keep], nu[keep], level, outcomes, rng)
-        lo, hi = np.quantile(pre.q, [(1 - level) / 2, (1 + level) / 2])
-        current = float(hi - lo)
+        current = pre.current
         alone = [pre.width([c]) for c in range(len(table))]
         cost = table["cost"].to_numpy(dtype=float)
         sets = [("greedy per FLOP" if rule == "per_flop" else "greedy", _greedy(
