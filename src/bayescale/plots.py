@@ -326,7 +326,8 @@ def _param_draws(fit: FitResult, name: str) -> np.ndarray:
 def plot_design(plan: Design, ax: Axes | None = None) -> Axes:
     """Candidate runs on the (N, D) plane coloured by their expected width reduction, the chosen ones numbered.
 
-    Dashed grey lines are iso-FLOP lines (C = 6·N·D) through the chosen runs.
+    Dashed grey lines are iso-FLOP lines (C = 6·N·D) through the chosen runs; grey squares mark the best
+    iso-FLOP grid of the same budget (when the design had a budget), the legend gives both forecast widths.
     """
     ax = _axes(ax)
     table = plan.candidates
@@ -337,6 +338,12 @@ def plot_design(plan: Design, ax: Axes | None = None) -> Axes:
         ax.plot(n, row.N * row.D / n, color="0.6", linestyle="--", linewidth=0.8, zorder=1)
         ax.scatter([row.N], [row.D], s=160, facecolors="none", edgecolors="C3", linewidths=1.5, zorder=3)
         ax.annotate(str(i), (row.N, row.D), textcoords="offset points", xytext=(6, 6), color="C3")
+    ax.scatter([], [], s=160, facecolors="none", edgecolors="C3", label=f"chosen: width {plan.forecast.width:.3g}")
+    if plan.grid is not None:
+        runs, forecast = plan.grid
+        ax.scatter(runs["N"], runs["D"], marker="s", s=90, facecolors="none", edgecolors="0.4", zorder=3,
+                   label=f"best iso-FLOP grid: width {forecast.width:.3g}")
+    ax.legend(loc="best", fontsize="small")
     ax.set(xscale="log", yscale="log", xlabel=_LABELS["N"], ylabel=_LABELS["D"],
            ylim=(table["D"].min() / 2, table["D"].max() * 2), title=f"next runs for {plan.target}")
     return ax
