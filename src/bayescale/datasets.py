@@ -26,18 +26,26 @@ sources in ``data/SOURCES.md``:
   et al. 2023 (MIT over Apache-2.0): ``num_params``, ``token_num`` tokens seen,
   ``epochs`` over the unique data, ``openLM_loss`` nats/token; ``load`` adds the
   unique tokens ``U = token_num / epochs`` (the file's ``tokens_per_epoch`` is wrong).
+- ``loss_curves``: whole validation-loss curves of Luo et al. 2025 (MIT): 25M, 100M and
+  400M-parameter models under learning-rate schedules (``size``, ``schedule``, ``step``, the
+  logged ``lr`` and ``loss`` in nats, every 128 steps after warmup); 400M has only the three
+  fitting schedules. :func:`loss_curves` gives them as :class:`~bayescale.curves.LossCurves`
+  with every step's rate built by :func:`bayescale.schedules.from_name`.
 """
 
 from __future__ import annotations
 
 from importlib import resources
 
+import numpy as np
 import pandas as pd
 
+from . import schedules
+from .curves import LossCurves
 from .data import ScalingData
 from .simulate import chinchilla_design, simulate
 
-__all__ = ["load", "load_frame", "list", "PALM2_OPTIMAL_PARAMS", "CHINCHILLA_PARAMS", "KAPLAN_PARAMS"]
+__all__ = ["load", "load_frame", "loss_curves", "list", "PALM2_OPTIMAL_PARAMS", "CHINCHILLA_PARAMS", "KAPLAN_PARAMS"]
 
 PALM2_OPTIMAL_PARAMS = {1e20: 1.04e9, 1e21: 3.35e9, 1e22: 10.7e9}
 """Compute-optimal parameters reported by PaLM 2 per budget (FLOPs -> parameters)."""
@@ -53,6 +61,7 @@ _DATASETS = {
     "olmo_ladder": "OLMo 2 ladder, 30 real runs 190M-3.2B params, validation losses and downstream accuracies.",
     "overtrain": "Over-training study (Gadre et al. 2024), 95 real runs 10.6M-412M params, 3 training mixes.",
     "datablations_final": "Data-constrained study (Muennighoff et al. 2023), final losses with repeated data.",
+    "loss_curves": "Loss curves of 25M/100M/400M models under 9 learning-rate schedules (Luo et al. 2025).",
 }
 _COLUMNS = {
     "olmo_ladder": {"params": "N", "tokens": "D_tokens", "loss": "val_loss_c4_en"},
@@ -96,9 +105,29 @@ def load(name: str, **columns: str) -> ScalingData:
         **columns: column options of :meth:`ScalingData.from_table`, overriding the
             dataset's defaults (for the real tables, e.g. ``loss="val_loss_mean11"``).
     """
+    if name == "loss_curves":
+        raise ValueError("loss_curves are whole curves, not final losses: use bayescale.datasets.loss_curves(size)")
     frame = load_frame(name)
     if name == "datablations_final":
         frame = frame.assign(U=frame["token_num"] / frame["epochs"])
     group = "budget" if "budget" in frame.columns else None
     options = {"group": group, **_COLUMNS.get(name, {}), **columns}
     return ScalingData.from_table(frame, source=f"bayescale.datasets:{name}", **options)
+
+
+def loss_curves(size: str = "25M") -> LossCurves:
+    """The bundled loss curves of one model size (``"25M"``, ``"100M"`` or ``"400M"``), one run per schedule.
+
+    Runs are labelled by schedule name (``"cosine_24000"``, ...); each schedule is rebuilt at every
+    step from its definition, and checked against the rates logged with the curve.
+    """
+    frame = load_frame("loss_curves")
+    if size not in set(frame["size"]):
+        raise ValueError(f"unknown size {size!r}; sizes are {sorted(set(frame['size']))}")
+    frame = frame[frame["size"] == size]
+    lrs = {name: schedules.from_name(name) for name in frame["schedule"].unique()}
+    for name, rows in frame.groupby("schedule"):
+        built = lrs[name][rows["step"].to_numpy()]
+        if not np.allclose(built, rows["lr"].to_numpy(), rtol=1e-9, atol=0):
+            raise RuntimeError(f"schedule {name!r} does not match the rates logged with its curve")
+    return LossCurves.from_table(frame, lrs, run="schedule")

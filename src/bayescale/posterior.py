@@ -316,7 +316,9 @@ def build_idata(
     """
     chains, samples, k = draws.z.shape
     n = observed.shape[0]
-    sites, loglik = _pointwise_draws(model, layout, np.asarray(draws.z).reshape(chains * samples, k), data, key, n)
+    per_run = max([1, *(np.size(a) // np.shape(a)[0] for a in jax.tree_util.tree_leaves(data) if np.ndim(a) > 1)])
+    sites, loglik = _pointwise_draws(model, layout, np.asarray(draws.z).reshape(chains * samples, k), data, key,
+                                     n * per_run)  # memory per draw: a run may carry a row of values (curve blocks)
     shape = lambda a: np.asarray(a).reshape(chains, samples, *np.shape(a)[1:])  # noqa: E731
     # Factor sites (``numpyro.factor``) come back as empty arrays: they are not variables.
     posterior = {

@@ -1,0 +1,258 @@
+"""Whole loss curves under learning-rate schedules: the data, the schedule sums and the curve laws.
+
+A run is its logged points (step, loss in nats) and its learning rate at *every* step (a schedule
+from :mod:`bayescale.schedules`, or any array). The laws read the schedule through sums, all
+computed here on the host in float64 from cumulative sums (no loop over steps), with ``W`` the warmup
+(the steps before the rate first reaches its maximum) and ``c(t) = sum_{s=W+1..t} lr[s]``:
+
+- ``S1(t) = c(t)``, the area under the schedule after warmup, and ``S_W = sum_{s<=W} lr[s]``;
+- multi-power law (Luo et al. 2025, arXiv 2503.12811)::
+
+      L(t) = L0 + A (S1 + S_W)^-alpha - B sum_{k=W+1..t} (lr[k-1] - lr[k]) G(lr[k]^-gamma (c(t) - c(k-1)))
+      G(x) = 1 - (C x + 1)^-beta
+
+  The sum over steps is aggregated in blocks of ``block`` steps: per block and logged point, the
+  drops are summed exactly and ``lr[k]`` and ``c(k-1)`` enter as drop-weighted means, so only the
+  curvature of ``G`` within a block is approximated (``tests/test_curves.py`` bounds the error against
+  the exact sum);
+- learning-rate annealing law (Tissue et al. 2024, arXiv 2408.11029)::
+
+      L(t) = L0 + A (S1 + S_W)^-alpha - C S2,   S2(t) = sum_{k=W+1..t} m_k,
+      m_k = decay m_{k-1} + (lr[k-1] - lr[k])   (the annealing area with momentum ``decay``).
+
+Units: steps are optimiser steps, learning rates as the optimiser uses them, loss in nats.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as dist
+import pandas as pd
+import scipy.signal
+
+from .data import DataError
+
+__all__ = ["LossCurves", "CurveInputs", "CurveLaw", "curve_inputs", "multi_power", "lr_annealing",
+           "get_curve_law", "BLOCK"]
+
+BLOCK = 64
+"""Steps per block of the multi-power law's sum over the schedule's drops."""
+Array = Any
+
+
+def warmup_of(lr: np.ndarray) -> int:
+    """The warmup of a schedule: the first step at its maximum rate."""
+    return int(np.argmax(lr))
+
+
+@dataclasses.dataclass(frozen=True)
+class LossCurves:
+    """Logged loss curves and the learning rate of every run at every step.
+
+    Attributes:
+        table: one row per logged point, columns ``run``, ``step`` (int) and ``loss`` (nats),
+            sorted by run then step.
+        schedules: per run label, the learning rate at steps ``0 .. len - 1``.
+    """
+
+    table: pd.DataFrame
+    schedules: Mapping[Any, np.ndarray]
+
+    @classmethod
+    def from_table(cls, table: pd.DataFrame, schedules: Mapping[Any, Sequence[float] | np.ndarray], *,
+                   run: str = "run", step: str = "step", loss: str = "loss") -> LossCurves:
+        """Check and sort a table of logged points (columns ``run``, ``step``, ``loss``) with each run's schedule.
+
+        Raises:
+            DataError: a missing column, a loss that is not positive and finite, a step that is not a
+                whole number, before the end of warmup or beyond the schedule, a repeated (run, step), a run
+                without a schedule, or a schedule that is not a 1-d array of finite rates >= 0 with a
+                positive maximum.
+        """
+        missing = [c for c in (run, step, loss) if c not in table.columns]
+        if missing:
+            raise DataError(f"loss curves need columns {missing}; the table has {list(table.columns)}")
+        frame = pd.DataFrame({"run": table[run].to_numpy(), "step": pd.to_numeric(table[step], errors="coerce"),
+                              "loss": pd.to_numeric(table[loss], errors="coerce")}, index=table.index)
+        bad = frame.index[~(np.isfinite(frame["loss"]) & (frame["loss"] > 0))]
+        if len(bad):
+            raise DataError(f"column {loss!r}: losses must be positive and finite; rows {list(bad[:5])}")
+        whole = np.isfinite(frame["step"]) & (frame["step"] == np.round(frame["step"])) & (frame["step"] >= 0)
+        if not whole.all():
+            raise DataError(f"column {step!r}: steps must be whole numbers >= 0; rows {list(frame.index[~whole][:5])}")
+        frame["step"] = frame["step"].astype(np.int64)
+        repeated = frame.index[frame.duplicated(["run", "step"], keep=False)]
+        if len(repeated):
+            raise DataError(f"columns {run!r}, {step!r}: a run logs each step once; repeated in rows {list(repeated[:5])}")
+        lrs: dict[Any, np.ndarray] = {}
+        for label in pd.unique(frame["run"]):
+            if label not in schedules:
+                raise DataError(f"run {label!r} has no schedule; schedules are given for {list(schedules)}")
+            lr = np.asarray(schedules[label], dtype=float)
+            if lr.ndim != 1 or not np.all(np.isfinite(lr) & (lr >= 0)) or not lr.max(initial=0) > 0:
+                raise DataError(f"schedule of run {label!r}: a 1-d array of finite learning rates >= 0 with a"
+                                " positive maximum")
+            steps = frame.loc[frame["run"] == label, "step"]
+            outside = steps.index[(steps < warmup_of(lr)) | (steps >= lr.size)]
+            if len(outside):
+                raise DataError(f"run {label!r}: steps must lie at or after the end of warmup (step {warmup_of(lr)}) and within"
+                                f" its schedule ({lr.size} steps); rows {list(outside[:5])}")
+            lrs[label] = lr
+        frame = frame.sort_values(["run", "step"], key=lambda c: c.map(str) if c.name == "run" else c)
+        return cls(frame.reset_index(drop=True), lrs)
+
+    @property
+    def runs(self) -> list[Any]:
+        """Run labels, in table order."""
+        return list(pd.unique(self.table["run"]))
+
+    def subset(self, runs: Sequence[Any]) -> LossCurves:
+        """The curves of ``runs`` only."""
+        unknown = [r for r in runs if r not in self.schedules]
+        if unknown:
+            raise KeyError(f"unknown runs {unknown}; runs are {self.runs}")
+        keep = self.table["run"].isin(list(runs))
+        return LossCurves(self.table[keep].reset_index(drop=True), {r: self.schedules[r] for r in runs})
+
+    def prefix(self, run: Any, fraction: float) -> LossCurves:
+        """These curves with ``run`` cut to its points up to ``fraction`` of its last logged step."""
+        if not 0 < fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+        rows = self.table["run"] == run
+        if not rows.any():
+            raise KeyError(f"unknown run {run!r}; runs are {self.runs}")
+        last = self.table.loc[rows, "step"].max()
+        keep = ~rows | (self.table["step"] <= fraction * last)
+        return LossCurves(self.table[keep].reset_index(drop=True), dict(self.schedules))
+
+
+class CurveInputs(NamedTuple):
+    """Schedule sums at each point, for the curve laws (float64 on the host; see the module docstring).
+
+    ``s1``, ``sw``, ``s2``: ``(P,)``; ``drop``, ``eta``, ``tail``: ``(P, K)`` per block of drops
+    (summed drop, drop-weighted rate, ``c(t) - c(k-1)`` drop-weighted; zero drop pads).
+    """
+
+    s1: Array
+    sw: Array
+    s2: Array
+    drop: Array
+    eta: Array
+    tail: Array
+
+
+def _run_inputs(lr: np.ndarray, steps: np.ndarray, block: int, decay: float) -> CurveInputs:
+    w = warmup_of(lr)
+    after = np.zeros_like(lr)
+    after[w + 1:] = lr[w + 1:]
+    c = np.cumsum(after)  # c[t] = sum_{s=W+1..t} lr[s]
+    delta = np.zeros_like(lr)
+    delta[w + 1:] = lr[w:-1] - lr[w + 1:]
+    if np.any(delta < 0):
+        raise DataError(f"the learning rate rises after warmup (step {w + 1 + int(np.argmax(delta[w + 1:] < 0))}): the"
+                        " curve laws describe schedules that do not rise after their warmup")
+    momentum = scipy.signal.lfilter([1.0], [1.0, -decay], delta)
+    s2 = np.cumsum(momentum)
+    c_before = np.r_[0.0, c[:-1]]  # c(k - 1)
+    # per block, exact partial sums up to each point: cumulative sums of drop, drop*lr, drop*c(k-1)
+    sums = [np.cumsum(v) for v in (delta, delta * lr, delta * c_before)]
+    starts = np.arange(w + 1, lr.size, block)
+    ends = np.minimum(starts + block - 1, lr.size - 1)
+    active = np.array([np.any(delta[s:e + 1] != 0) for s, e in zip(starts, ends)], dtype=bool)
+    starts, ends = starts[active], ends[active]
+    upto = np.minimum(ends[None, :], steps[:, None])  # (P, K): the last step of each block counted at t
+    part = [np.where(upto >= starts[None, :], s[np.maximum(upto, 0)] - s[starts - 1][None, :], 0.0) for s in sums]
+    drop = part[0]
+    safe = np.where(drop != 0, drop, 1.0)
+    eta = np.where(drop != 0, part[1] / safe, 1.0)
+    tail = np.where(drop != 0, c[steps][:, None] - part[2] / safe, 1.0)
+    return CurveInputs(c[steps], np.full(steps.size, lr[: w + 1].sum()), s2[steps], drop, eta, tail)
+
+
+def curve_inputs(schedules: Mapping[Any, np.ndarray], points: pd.DataFrame, block: int = BLOCK,
+                 decay: float = 0.999) -> CurveInputs:
+    """The schedule sums at every point of ``points`` (columns ``run``, ``step``), in its row order."""
+    if not (isinstance(block, int) and block >= 1):
+        raise ValueError(f"block must be a positive whole number of steps, got {block!r}")
+    parts, order = [], []
+    for label in pd.unique(points["run"]):
+        rows = np.flatnonzero(points["run"].to_numpy() == label)
+        parts.append(_run_inputs(schedules[label], points["step"].to_numpy(dtype=np.int64)[rows], block, decay))
+        order.append(rows)
+    width = max(p.drop.shape[1] for p in parts)
+
+    def padded(a: np.ndarray, fill: float) -> np.ndarray:
+        return np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=fill)
+
+    joined = CurveInputs(*(np.concatenate([padded(getattr(p, f), 0.0 if f == "drop" else 1.0) if
+                                           getattr(p, f).ndim == 2 else getattr(p, f) for p in parts])
+                           for f in CurveInputs._fields))
+    inverse = np.argsort(np.concatenate(order))
+    return CurveInputs(*(a[inverse] for a in joined))
+
+
+class CurveLaw(NamedTuple):
+    """A law of the loss along a run: ``mean(params, inputs) -> loss`` (nats) at each point, JAX-traceable.
+
+    Attributes:
+        name: registry name.
+        params: parameter names, in sampling order.
+        priors: prior per parameter (positive support: each is sampled on the log scale).
+        mean: the law, from parameters and :class:`CurveInputs`.
+        formula: the law in words.
+    """
+
+    name: str
+    params: tuple[str, ...]
+    priors: Mapping[str, dist.Distribution]
+    mean: Callable[[Mapping[str, Array], CurveInputs], Array]
+    formula: str
+
+
+def _common_priors() -> dict[str, dist.Distribution]:
+    return {"L0": dist.LogNormal(jnp.log(2.5), 0.5), "A": dist.LogNormal(jnp.log(0.5), 1.0),
+            "alpha": dist.LogNormal(jnp.log(0.5), 0.5)}
+
+
+def multi_power() -> CurveLaw:
+    """Multi-power law (Luo et al. 2025). Priors: ``L0 ~ LogNormal(log 2.5, 0.5)`` nats,
+    ``A ~ LogNormal(log 0.5, 1)``, ``alpha ~ LogNormal(log 0.5, 0.5)``, ``B ~ LogNormal(log 300, 1.5)``,
+    ``C ~ LogNormal(log 1, 1.5)``, ``beta ~ LogNormal(log 0.5, 0.7)``, ``gamma ~ LogNormal(log 0.5, 0.7)``
+    (the published fits: B of a few hundred, beta and gamma near 0.5, with peak rates near 3e-4)."""
+
+    def mean(p: Mapping[str, Array], x: CurveInputs) -> Array:
+        g = 1.0 - (p["C"] * x.eta ** -p["gamma"] * x.tail + 1.0) ** -p["beta"]
+        return p["L0"] + p["A"] * (x.s1 + x.sw) ** -p["alpha"] - p["B"] * jnp.sum(x.drop * g, axis=-1)
+
+    priors = {**_common_priors(), "B": dist.LogNormal(jnp.log(300.0), 1.5), "C": dist.LogNormal(0.0, 1.5),
+              "beta": dist.LogNormal(jnp.log(0.5), 0.7), "gamma": dist.LogNormal(jnp.log(0.5), 0.7)}
+    return CurveLaw("multi_power", tuple(priors), priors, mean,
+                    "L0 + A (S1 + S_W)^-alpha - B sum_k (lr[k-1] - lr[k]) (1 - (C lr[k]^-gamma S_k(t) + 1)^-beta)")
+
+
+def lr_annealing() -> CurveLaw:
+    """Learning-rate annealing law (Tissue et al. 2024). Priors as :func:`multi_power` for ``L0``, ``A`` and
+    ``alpha``; ``C ~ LogNormal(log 300, 1.5)`` (nats per unit of annealing area)."""
+
+    def mean(p: Mapping[str, Array], x: CurveInputs) -> Array:
+        return p["L0"] + p["A"] * (x.s1 + x.sw) ** -p["alpha"] - p["C"] * x.s2
+
+    priors = {**_common_priors(), "C": dist.LogNormal(jnp.log(300.0), 1.5)}
+    return CurveLaw("lr_annealing", tuple(priors), priors, mean, "L0 + A (S1 + S_W)^-alpha - C S2")
+
+
+_LAWS = {"multi_power": multi_power, "lr_annealing": lr_annealing}
+
+
+def get_curve_law(law: str | CurveLaw) -> CurveLaw:
+    """A curve law by name (``"multi_power"``, ``"lr_annealing"``) or itself."""
+    if isinstance(law, CurveLaw):
+        return law
+    if law not in _LAWS:
+        raise ValueError(f"unknown curve law {law!r}; curve laws are {list(_LAWS)}")
+    return _LAWS[law]()

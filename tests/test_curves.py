@@ -1,0 +1,138 @@
+"""Loss curves: schedules as the study defines them, the schedule sums against direct loops, input checks."""
+
+import math
+
+import jax
+import numpy as np
+import pandas as pd
+import pytest
+
+import bayescale as bs
+from bayescale import schedules
+from bayescale.curves import LossCurves, curve_inputs, lr_annealing, multi_power, warmup_of
+from bayescale.data import DataError
+
+NAMES = ["constant_24000", "constant_72000", "cosine_24000", "cosine_72000", "wsd_20000_24000",
+         "wsdld_20000_24000", "wsdcon_3", "wsdcon_9", "wsdcon_18"]
+
+
+def readme_rate(name: str, s: int) -> float:
+    """The data README's definition of each schedule, step by step."""
+    peak, final, warm = 3e-4, 3e-5, 2160
+    if s < warm:
+        return peak * s / warm
+    kind, *numbers = name.split("_")
+    if kind == "constant":
+        return peak
+    if kind == "cosine":
+        total = int(numbers[0])
+        return final + 0.5 * (peak - final) * (1 + math.cos(math.pi * (s - warm) / (total - warm)))
+    if kind in ("wsd", "wsdld"):
+        start, total = map(int, numbers)
+        if s < start:
+            return peak
+        u = (s - start) / (total - start)
+        return peak * (final / peak) ** u if kind == "wsd" else peak - (peak - final) * u
+    return peak if s < 8000 else int(numbers[0]) * 1e-5
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_schedule_is_the_readme_definition_at_every_step(name: str) -> None:
+    lr = schedules.from_name(name)
+    assert lr.size == (16000 if name.startswith("wsdcon") else int(name.split("_")[-1]))
+    expected = np.array([readme_rate(name, s) for s in range(lr.size)])
+    np.testing.assert_allclose(lr, expected, rtol=1e-12, atol=0)
+
+
+def test_the_bundled_curves_log_the_schedules_rates() -> None:
+    table = bs.datasets.load_frame("loss_curves")
+    assert set(table["size"]) == {"25M", "100M", "400M"} and len(table) == 4613
+    for name, rows in table.groupby("schedule"):
+        lr = schedules.from_name(name)
+        np.testing.assert_allclose(lr[rows["step"].to_numpy()], rows["lr"].to_numpy(), rtol=1e-9)
+    curves = bs.datasets.loss_curves("25M")
+    assert sorted(curves.runs) == sorted(NAMES) and curves.table["loss"].between(3.0, 4.5).all()
+
+
+def direct(lr: np.ndarray, t: int, p: dict[str, float], decay: float = 0.999) -> tuple[float, float]:
+    """Both laws at step t by plain loops over the steps, float64."""
+    w = warmup_of(lr)
+    area = math.fsum(lr[: t + 1])
+    ld, tail = 0.0, 0.0
+    for k in range(t, w, -1):  # k = t .. W+1, the tail sum S_k(t) grown one step at a time
+        tail += lr[k]
+        ld += (lr[k - 1] - lr[k]) * (1 - (p["C"] * lr[k] ** -p["gamma"] * tail + 1) ** -p["beta"])
+    m, s2 = 0.0, 0.0
+    for k in range(w + 1, t + 1):
+        m = decay * m + (lr[k - 1] - lr[k])
+        s2 += m
+    power = p["L0"] + p["A"] * area ** -p["alpha"]
+    return power - p["B"] * ld, power - p["C2"] * s2
+
+
+@pytest.mark.parametrize("name", ["cosine_24000", "wsd_20000_24000", "wsdld_20000_24000", "wsdcon_9"])
+def test_the_schedule_sums_equal_a_direct_loop(name: str) -> None:
+    """Exact with one step per block; with the default blocks of 64 steps, within 1e-4 of the loss (a
+    thousandth of the published fits' error)."""
+    p = {"L0": 3.0, "A": 0.6, "alpha": 0.5, "B": 400.0, "C": 2.0, "beta": 0.6, "gamma": 0.6, "C2": 300.0}
+    lr = schedules.from_name(name)[:12000] if name == "wsdcon_9" else schedules.from_name(name)
+    steps = np.array([2160, 2300, 7999, 8000, 8001, 9000, 11999, 20001, 23000])
+    steps = steps[steps < lr.size]
+    loops = np.array([direct(lr, int(t), p) for t in steps])
+    points = pd.DataFrame({"run": name, "step": steps})
+    with jax.enable_x64(True):
+        for block, tolerance in ((1, 1e-12), (64, 1e-4)):
+            x = curve_inputs({name: lr}, points, block=block)
+            mpl = np.asarray(multi_power().mean(p, x))
+            ann = np.asarray(lr_annealing().mean({**p, "C": p["C2"]}, x))
+            np.testing.assert_allclose(mpl, loops[:, 0], rtol=tolerance, atol=0)
+            np.testing.assert_allclose(ann, loops[:, 1], rtol=1e-12, atol=0)
+
+
+def test_curve_inputs_keep_the_row_order_of_the_points() -> None:
+    lrs = {"a": schedules.cosine(6000), "b": schedules.wsd(6000, 5000)}
+    points = pd.DataFrame({"run": ["b", "a", "b", "a"], "step": [5500, 3000, 2500, 5900]})
+    mixed = curve_inputs(lrs, points)
+    for i, row in points.iterrows():
+        alone = curve_inputs(lrs, points.iloc[[i]])
+        for field in ("s1", "sw", "s2"):
+            assert getattr(mixed, field)[i] == getattr(alone, field)[0]
+        k = alone.drop.shape[1]
+        np.testing.assert_array_equal(mixed.drop[i, :k], alone.drop[0])
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t, s: t.drop(columns="loss"), "columns \\['loss'\\]"),
+    (lambda t, s: t.assign(loss=[3.0, -1.0, 2.9]), "column 'loss'.*rows \\[1\\]"),
+    (lambda t, s: t.assign(step=[2200, 2300, 2300.5]), "column 'step'.*whole.*rows \\[2\\]"),
+    (lambda t, s: t.assign(step=[2200, 2300, 2300]), "repeated in rows \\[1, 2\\]"),
+    (lambda t, s: t.assign(step=[100, 2300, 2400]), "run 'a'.*warmup \\(step 2160\\).*rows \\[0\\]"),
+    (lambda t, s: t.assign(step=[2200, 2300, 9000]), "within its schedule \\(6000 steps\\); rows \\[2\\]"),
+    (lambda t, s: t.assign(run=["a", "a", "b"]), "run 'b' has no schedule"),
+])
+def test_bad_curves_name_the_column_row_or_run(change, message: str) -> None:  # noqa: ANN001
+    table = pd.DataFrame({"run": ["a"] * 3, "step": [2200, 2300, 2400], "loss": [3.0, 2.95, 2.9]})
+    lrs = {"a": schedules.cosine(6000)}
+    with pytest.raises(DataError, match=message):
+        LossCurves.from_table(change(table, lrs), lrs)
+
+
+def test_a_schedule_that_rises_after_warmup_is_refused() -> None:
+    lr = schedules.cosine(6000)
+    lr[4000:] = 2e-4  # re-warmed
+    curves = LossCurves.from_table(pd.DataFrame({"run": "a", "step": [2200, 5000], "loss": [3.0, 2.9]}), {"a": lr})
+    with pytest.raises(DataError, match="rises after warmup \\(step 4000\\)"):
+        curve_inputs(curves.schedules, curves.table)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"total": 0}, "total must be"), ({"total": 1000}, "warmup must be"),
+    ({"total": 6000, "peak": -1.0}, "peak must be"),
+])
+def test_schedule_arguments_are_checked(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        schedules.cosine(**kwargs)
+    with pytest.raises(ValueError, match="decay_start must be"):
+        schedules.wsd(6000, 7000)
+    with pytest.raises(ValueError, match="unknown schedule name"):
+        schedules.from_name("cosine")
