@@ -97,8 +97,8 @@ def test_curve_inputs_keep_the_row_order_of_the_points() -> None:
         alone = curve_inputs(lrs, points.iloc[[i]])
         for field in ("s1", "sw", "s2"):
             assert getattr(mixed, field)[i] == getattr(alone, field)[0]
-        k = alone.drop.shape[1]
-        np.testing.assert_array_equal(mixed.drop[i, :k], alone.drop[0])
+        for field in ("drop", "eta", "tail"):
+            np.testing.assert_array_equal(getattr(mixed, field)[mixed.point == i], getattr(alone, field))
 
 
 @pytest.mark.parametrize("change, message", [
@@ -136,3 +136,24 @@ def test_schedule_arguments_are_checked(kwargs: dict, message: str) -> None:
         schedules.wsd(6000, 7000)
     with pytest.raises(ValueError, match="unknown schedule name"):
         schedules.from_name("cosine")
+
+
+def test_the_ou_residuals_are_the_exact_joint_density_and_simulate_its_covariance() -> None:
+    """Per-point conditionals of the AR(1) residuals sum to the multivariate normal with covariance
+    sigma² exp(-|step gap| / ell) within a run (zero across runs); simulated paths have that covariance."""
+    from bayescale.curve_fit import OUResiduals
+
+    steps = np.array([0.0, 100.0, 250.0, 300.0, 0.0, 500.0])
+    run = np.array([0, 0, 0, 0, 1, 1])
+    sigma, ell = 0.02, 200.0
+    gap = np.r_[np.inf, np.where(run[1:] == run[:-1], np.diff(steps), np.inf)]
+    phi = np.where(np.isinf(gap), 0.0, np.exp(-np.where(np.isinf(gap), 1.0, gap) / ell))
+    loc = np.linspace(1.0, 1.1, 6)
+    cov = sigma**2 * np.exp(-np.abs(steps[:, None] - steps[None, :]) / ell) * (run[:, None] == run[None, :])
+    with jax.enable_x64(True):
+        noise = OUResiduals(loc, sigma, phi)
+        value = loc + np.random.default_rng(0).multivariate_normal(np.zeros(6), cov)
+        joint = float(jax.scipy.stats.multivariate_normal.logpdf(value, loc, cov))
+        assert float(noise.log_prob(value).sum()) == pytest.approx(joint, rel=1e-10)
+        paths = np.asarray(noise.sample(jax.random.PRNGKey(0), (40000,))) - loc
+    np.testing.assert_allclose(np.cov(paths.T), cov, atol=4e-5)

@@ -29,6 +29,7 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
@@ -134,19 +135,23 @@ class LossCurves:
 class CurveInputs(NamedTuple):
     """Schedule sums at each point, for the curve laws (float64 on the host; see the module docstring).
 
-    ``s1``, ``sw``, ``s2``: ``(P,)``; ``drop``, ``eta``, ``tail``: ``(P, K)`` per block of drops
-    (summed drop, drop-weighted rate, ``c(t) - c(k-1)`` drop-weighted; zero drop pads).
+    ``s1``, ``sw``, ``s2``: ``(P,)``. The multi-power sum over blocks of drops is stored sparsely, one
+    entry per (point, block) pair with a drop before the point: ``point`` (its row), ``drop`` (the
+    block's drop up to the point), ``eta`` (drop-weighted rate) and ``tail`` (drop-weighted
+    ``c(t) - c(k-1)``), all ``(M,)``.
     """
 
     s1: Array
     sw: Array
     s2: Array
+    point: Array
     drop: Array
     eta: Array
     tail: Array
 
 
 def _run_inputs(lr: np.ndarray, steps: np.ndarray, block: int, decay: float) -> CurveInputs:
+    """The sums of one run at its ``steps``; ``point`` indexes ``steps``."""
     w = warmup_of(lr)
     after = np.zeros_like(lr)
     after[w + 1:] = lr[w + 1:]
@@ -156,22 +161,21 @@ def _run_inputs(lr: np.ndarray, steps: np.ndarray, block: int, decay: float) -> 
     if np.any(delta < 0):
         raise DataError(f"the learning rate rises after warmup (step {w + 1 + int(np.argmax(delta[w + 1:] < 0))}): the"
                         " curve laws describe schedules that do not rise after their warmup")
-    momentum = scipy.signal.lfilter([1.0], [1.0, -decay], delta)
-    s2 = np.cumsum(momentum)
+    s2 = np.cumsum(scipy.signal.lfilter([1.0], [1.0, -decay], delta))
     c_before = np.r_[0.0, c[:-1]]  # c(k - 1)
     # per block, exact partial sums up to each point: cumulative sums of drop, drop*lr, drop*c(k-1)
     sums = [np.cumsum(v) for v in (delta, delta * lr, delta * c_before)]
     starts = np.arange(w + 1, lr.size, block)
     ends = np.minimum(starts + block - 1, lr.size - 1)
-    active = np.array([np.any(delta[s:e + 1] != 0) for s, e in zip(starts, ends)], dtype=bool)
+    active = sums[0][ends] - sums[0][starts - 1] > 0
     starts, ends = starts[active], ends[active]
-    upto = np.minimum(ends[None, :], steps[:, None])  # (P, K): the last step of each block counted at t
-    part = [np.where(upto >= starts[None, :], s[np.maximum(upto, 0)] - s[starts - 1][None, :], 0.0) for s in sums]
-    drop = part[0]
-    safe = np.where(drop != 0, drop, 1.0)
-    eta = np.where(drop != 0, part[1] / safe, 1.0)
-    tail = np.where(drop != 0, c[steps][:, None] - part[2] / safe, 1.0)
-    return CurveInputs(c[steps], np.full(steps.size, lr[: w + 1].sum()), s2[steps], drop, eta, tail)
+    point, k = np.nonzero(steps[:, None] >= starts[None, :])  # the blocks begun by each point
+    upto = np.minimum(ends[k], steps[point])
+    part = [s[upto] - s[starts[k] - 1] for s in sums]
+    live = part[0] > 0
+    point, drop = point[live], part[0][live]
+    return CurveInputs(c[steps], np.full(steps.size, lr[: w + 1].sum()), s2[steps], point, drop,
+                       part[1][live] / drop, c[steps][point] - part[2][live] / drop)
 
 
 def curve_inputs(schedules: Mapping[Any, np.ndarray], points: pd.DataFrame, block: int = BLOCK,
@@ -179,21 +183,21 @@ def curve_inputs(schedules: Mapping[Any, np.ndarray], points: pd.DataFrame, bloc
     """The schedule sums at every point of ``points`` (columns ``run``, ``step``), in its row order."""
     if not (isinstance(block, int) and block >= 1):
         raise ValueError(f"block must be a positive whole number of steps, got {block!r}")
-    parts, order = [], []
-    for label in pd.unique(points["run"]):
-        rows = np.flatnonzero(points["run"].to_numpy() == label)
-        parts.append(_run_inputs(schedules[label], points["step"].to_numpy(dtype=np.int64)[rows], block, decay))
+    steps = points["step"].to_numpy(dtype=np.int64)
+    labels = points["run"].to_numpy()
+    per_point: list[list[np.ndarray]] = [[], [], []]
+    entries: list[list[np.ndarray]] = [[], [], [], []]
+    order = []
+    for label in pd.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        run = _run_inputs(schedules[label], steps[rows], block, decay)
+        for store, values in zip(per_point, run[:3]):
+            store.append(values)
+        for store, values in zip(entries, (rows[run.point], run.drop, run.eta, run.tail)):
+            store.append(values)
         order.append(rows)
-    width = max(p.drop.shape[1] for p in parts)
-
-    def padded(a: np.ndarray, fill: float) -> np.ndarray:
-        return np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=fill)
-
-    joined = CurveInputs(*(np.concatenate([padded(getattr(p, f), 0.0 if f == "drop" else 1.0) if
-                                           getattr(p, f).ndim == 2 else getattr(p, f) for p in parts])
-                           for f in CurveInputs._fields))
     inverse = np.argsort(np.concatenate(order))
-    return CurveInputs(*(a[inverse] for a in joined))
+    return CurveInputs(*(np.concatenate(v)[inverse] for v in per_point), *(np.concatenate(v) for v in entries))
 
 
 class CurveLaw(NamedTuple):
@@ -227,7 +231,8 @@ def multi_power() -> CurveLaw:
 
     def mean(p: Mapping[str, Array], x: CurveInputs) -> Array:
         g = 1.0 - (p["C"] * x.eta ** -p["gamma"] * x.tail + 1.0) ** -p["beta"]
-        return p["L0"] + p["A"] * (x.s1 + x.sw) ** -p["alpha"] - p["B"] * jnp.sum(x.drop * g, axis=-1)
+        decay = jax.ops.segment_sum(x.drop * g, x.point, num_segments=x.s1.shape[0])
+        return p["L0"] + p["A"] * (x.s1 + x.sw) ** -p["alpha"] - p["B"] * decay
 
     priors = {**_common_priors(), "B": dist.LogNormal(jnp.log(300.0), 1.5), "C": dist.LogNormal(0.0, 1.5),
               "beta": dist.LogNormal(jnp.log(0.5), 0.7), "gamma": dist.LogNormal(jnp.log(0.5), 0.7)}

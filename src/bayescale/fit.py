@@ -112,6 +112,7 @@ def sample_model(
     constant: Mapping[str, np.ndarray],
     dim: tuple[str, Any] | None = None,
     desc: str = "sampling",
+    width: int | None = None,
 ) -> az.InferenceData:
     """NUTS on any NumPyro model ``model(data)``, as InferenceData, on the one sampler path.
 
@@ -121,7 +122,7 @@ def sample_model(
             compiled programs.
         data: its data, a pytree of arrays (floats converted to the settings' precision).
         settings: sampler settings; chains start uniformly in (-2, 2) unconstrained.
-        observed, constant, dim: as for :func:`bayescale.posterior.build_idata`.
+        observed, constant, dim, width: as for :func:`bayescale.posterior.build_idata`.
         desc: progress-bar label.
 
     Returns:
@@ -137,7 +138,8 @@ def sample_model(
         lanes = jax.tree_util.tree_map(lambda a: np.broadcast_to(a, (chains, *a.shape)), data)
         draws = sample_lanes(potential_of(model, layout), inits, lanes, keys,
                              settings.nuts, strategy=settings.strategy, progress=settings.progress, desc=desc)
-        return build_idata(model, layout, draws, data, predictive_key, observed=observed, constant=constant, dim=dim)
+        return build_idata(model, layout, draws, data, predictive_key, observed=observed, constant=constant, dim=dim,
+                           width=width)
 
 
 def _host(a: Any) -> np.ndarray:

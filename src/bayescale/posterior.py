@@ -295,6 +295,7 @@ def build_idata(
     constant: Mapping[str, np.ndarray],
     exclude: tuple[str, ...] = (),
     dim: tuple[str, Any] | None = None,
+    width: int | None = None,
 ) -> az.InferenceData:
     """InferenceData from the draws of one model's chains (leading axis = chain).
 
@@ -309,6 +310,8 @@ def build_idata(
         constant: per-run arrays ``(n,)`` for ``constant_data``.
         exclude: sites left out of the posterior (e.g. the flat vector ``z``).
         dim: ``(name, labels)``: variables with one value per label get that dimension.
+        width: array elements the model computes per draw, when more than the runs (bounds the
+            draws per call of the pointwise program).
 
     Returns:
         ``arviz.InferenceData`` with posterior, posterior_predictive, log_likelihood,
@@ -316,9 +319,8 @@ def build_idata(
     """
     chains, samples, k = draws.z.shape
     n = observed.shape[0]
-    per_run = max([1, *(np.size(a) // np.shape(a)[0] for a in jax.tree_util.tree_leaves(data) if np.ndim(a) > 1)])
     sites, loglik = _pointwise_draws(model, layout, np.asarray(draws.z).reshape(chains * samples, k), data, key,
-                                     n * per_run)  # memory per draw: a run may carry a row of values (curve blocks)
+                                     max(n, width or 0))
     shape = lambda a: np.asarray(a).reshape(chains, samples, *np.shape(a)[1:])  # noqa: E731
     # Factor sites (``numpyro.factor``) come back as empty arrays: they are not variables.
     posterior = {

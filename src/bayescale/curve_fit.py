@@ -1,0 +1,288 @@
+"""Bayesian fits of whole loss curves, and what a planner asks of them.
+
+The log of each logged loss is the law's log mean plus a residual. The points of one curve are
+not independent: a run that sits above the law at one step sits above it at the next. The default
+noise (``noise="ar1"``) is an Ornstein-Uhlenbeck process in steps along each run: marginal scale
+``sigma`` and correlation ``exp(-gap / ell)`` between points ``gap`` steps apart, so a curve counts
+for the information it holds, not for its number of points; ``noise="independent"`` is the plain
+Gaussian (what a naive likelihood over every logged point claims). The pointwise log-likelihood is
+the exact factorisation of the process into one-step-ahead conditionals.
+
+Parameters are sampled in standard units (``z ~ Normal(0, 1)``, ``value = exp(loc + scale z)`` for a
+``LogNormal(loc, scale)`` prior), on the one sampler path (:func:`bayescale.fit.sample_model`).
+Priors of the noise: ``sigma ~ HalfNormal(0.05)`` on log-loss, ``ell ~ LogNormal(log 2000, 1.5)`` steps.
+
+Predictions are draws of the loss (nats) at any steps of any schedule. For a run that was fitted
+(a run in progress: its logged prefix was part of the data), the residual process continues from
+its last logged point, so the forecast is conditioned on where the run actually is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import arviz as az
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pandas as pd
+from numpyro.distributions import constraints
+
+from .curves import BLOCK, CurveInputs, CurveLaw, LossCurves, curve_inputs, get_curve_law, warmup_of
+from .fit import sample_model
+from .model import OBSERVED
+from .posterior import LEVEL, Diagnostics, describe_draws, diagnose, warn_unconverged
+from .sampling import SamplerSettings, sampler_settings
+
+__all__ = ["CurveResult", "fit_curves", "NOISES"]
+
+NOISES = ("ar1", "independent")
+_SIGMA_PRIOR = dist.HalfNormal(0.05)
+_ELL_PRIOR = dist.LogNormal(jnp.log(2000.0), 1.5)
+
+
+def ou_path(phi: jax.Array, shocks: jax.Array) -> jax.Array:
+    """The recurrence ``r[p] = phi[p] r[p-1] + shocks[p]`` along the last axis (``r[-1] = 0``), by associative scan."""
+    _, path = jax.lax.associative_scan(lambda x, y: (x[0] * y[0], y[0] * x[1] + y[1]), (phi, shocks), axis=-1)
+    return path
+
+
+class OUResiduals(dist.Distribution):
+    """Log-losses of curves: ``loc`` plus an Ornstein-Uhlenbeck residual along each run.
+
+    Batch shape ``(P,)``; ``phi[p]`` is the correlation with the point before (0 at a run's first
+    point). ``log_prob`` gives each point's density given the one before (their sum is the joint
+    density); ``sample`` draws whole paths (a linear recurrence, by associative scan).
+    """
+
+    support = constraints.real
+
+    def __init__(self, loc: jax.Array, scale: jax.Array, phi: jax.Array) -> None:
+        self.loc, self.scale, self.phi = jnp.broadcast_arrays(loc, scale, phi)
+        super().__init__(batch_shape=jnp.shape(self.loc))
+
+    def _step_scale(self) -> jax.Array:
+        return self.scale * jnp.sqrt(1.0 - self.phi**2)
+
+    def log_prob(self, value: jax.Array) -> jax.Array:
+        r = value - self.loc
+        before = jnp.concatenate([jnp.zeros_like(r[..., :1]), r[..., :-1]], axis=-1)
+        return dist.Normal(self.loc + self.phi * before, self._step_scale()).log_prob(value)
+
+    def sample(self, key: jax.Array, sample_shape: tuple[int, ...] = ()) -> jax.Array:
+        shape = sample_shape + self.batch_shape
+        shocks = self._step_scale() * jax.random.normal(key, shape)
+        return self.loc + ou_path(jnp.broadcast_to(self.phi, shape), shocks)
+
+
+class CurveData(NamedTuple):
+    """Arrays of the curve model: schedule sums, steps since the run's point before (inf at a run's
+    first point), and the log-losses (None when simulating)."""
+
+    inputs: CurveInputs
+    gap: Any
+    log_y: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class CurveModel:
+    """The NumPyro model of loss curves, ``model(data: CurveData)``: a registry law and a noise."""
+
+    law: str
+    noise: str
+
+    def __call__(self, data: CurveData) -> None:
+        law = get_curve_law(self.law)
+        p = {}
+        for name in law.params:
+            prior = law.priors[name]
+            z = numpyro.sample(f"{name}_z", dist.Normal(0.0, 1.0))
+            p[name] = numpyro.deterministic(name, jnp.exp(prior.loc + prior.scale * z))
+        sigma = numpyro.sample("sigma", _SIGMA_PRIOR)
+        loc = jnp.log(law.mean(p, data.inputs))
+        if self.noise == "ar1":
+            ell = numpyro.sample("ell", _ELL_PRIOR)
+            first = jnp.isinf(data.gap)  # a run's first point: no point before it (safe gap: finite gradients)
+            noise = OUResiduals(loc, sigma, jnp.where(first, 0.0, jnp.exp(-jnp.where(first, 1.0, data.gap) / ell)))
+        else:
+            noise = dist.Normal(loc, sigma)
+        with numpyro.plate("point", data.gap.shape[0]):
+            numpyro.sample(OBSERVED, noise, obs=data.log_y)
+
+    def unobserved(self, data: CurveData) -> CurveData:
+        """``data`` without observations (the posterior predictive simulates whole curves)."""
+        return data._replace(log_y=None)
+
+
+def _gaps(points: pd.DataFrame) -> np.ndarray:
+    step = points["step"].to_numpy(dtype=float)
+    same = points["run"].to_numpy()[1:] == points["run"].to_numpy()[:-1]
+    return np.r_[np.inf, np.where(same, np.diff(step), np.inf)]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CurveResult:
+    """Posterior of a curve law fitted to loss curves.
+
+    Attributes:
+        idata: ``arviz.InferenceData`` (posterior of the law's parameters, ``sigma`` and, with AR(1)
+            noise, ``ell``; pointwise log-likelihood, predictive, observed log-losses).
+        curves: the curves fitted.
+        law: the curve law.
+        noise: ``"ar1"`` or ``"independent"``.
+        block: steps per block of the schedule sums.
+        settings: sampler settings, seed included.
+    """
+
+    idata: az.InferenceData
+    curves: LossCurves
+    law: CurveLaw
+    noise: str
+    block: int
+    settings: SamplerSettings
+
+    @property
+    def latents(self) -> tuple[str, ...]:
+        """The parameters: the law's, ``sigma`` and (AR(1)) ``ell``."""
+        return (*self.law.params, "sigma", *(("ell",) if self.noise == "ar1" else ()))
+
+    def draws(self, name: str | None = None) -> dict[str, np.ndarray] | np.ndarray:
+        """Posterior draws with chains concatenated: one array, or a dict of all parameters."""
+        if name is None:
+            return {n: self.draws(n) for n in self.latents}
+        if name not in self.latents:
+            raise KeyError(f"unknown parameter {name!r}; parameters are {list(self.latents)}")
+        return np.asarray(self.idata.posterior[name]).reshape(-1)
+
+    @property
+    def diagnostics(self) -> Diagnostics:
+        """R-hat, bulk and tail ESS per parameter, divergences."""
+        return diagnose(self.idata, self.latents)
+
+    def summary(self, level: float = LEVEL) -> pd.DataFrame:
+        """Mean, sd, median and interval at ``level`` of each parameter."""
+        return describe_draws(self.draws(), level)
+
+    def predict_draws(self, steps: Sequence[int] | np.ndarray, run: Any = None,
+                      schedule: Sequence[float] | np.ndarray | None = None, *, seed: int = 0) -> np.ndarray:
+        """Draws ``(draws, steps)`` of the logged loss (nats) of one run at ``steps`` (increasing).
+
+        Give ``run`` (a fitted run, continued from its last logged point: a run in progress) or
+        ``schedule`` (a new run's learning rate at every step). A new run's residual path starts
+        fresh; a fitted run's continues from its residual at its last logged point (every step
+        asked must then come after it).
+        """
+        steps = np.asarray(steps, dtype=np.int64)
+        if steps.ndim != 1 or steps.size == 0 or np.any(np.diff(steps) <= 0):
+            raise ValueError("steps must be a non-empty increasing 1-d sequence of whole steps")
+        if (run is None) == (schedule is None):
+            raise ValueError("give one of run= (a fitted run) or schedule= (a new run's learning rates)")
+        if run is not None:
+            if run not in self.curves.schedules:
+                raise KeyError(f"unknown run {run!r}; fitted runs are {self.curves.runs}")
+            lr = self.curves.schedules[run]
+        else:
+            lr = np.asarray(schedule, dtype=float)
+            check = LossCurves.from_table(pd.DataFrame({"run": "new", "step": steps, "loss": 1.0}), {"new": lr})
+            del check  # the same checks as fitted curves: schedule, steps after warmup and within it
+        if steps[0] < warmup_of(lr) or steps[-1] >= lr.size:
+            raise ValueError(f"steps must lie at or after the end of warmup (step {warmup_of(lr)}) and within the schedule"
+                             f" ({lr.size} steps)")
+        points = pd.DataFrame({"run": "new", "step": steps})
+        log_mean = self._log_mean({"new": lr}, points)
+        start = np.zeros(log_mean.shape[0])
+        gap = np.r_[np.inf, np.diff(steps).astype(float)]
+        if run is not None:
+            fitted = self.curves.table[self.curves.table["run"] == run]
+            last = fitted.iloc[-1]
+            if steps[0] <= last["step"]:
+                raise ValueError(f"run {run!r} is logged up to step {int(last['step'])}: ask for later steps")
+            start = np.log(last["loss"]) - self._log_mean(self.curves.schedules, fitted.iloc[[-1]])[:, 0]
+            gap[0] = steps[0] - last["step"]
+        return np.exp(log_mean + self._residuals(start, gap, seed))
+
+    def _log_mean(self, schedules: Mapping[Any, np.ndarray], points: pd.DataFrame) -> np.ndarray:
+        x = curve_inputs(schedules, points, self.block)
+        p = {n: jnp.asarray(self.draws(n)) for n in self.law.params}
+        with jax.enable_x64(True):
+            return np.asarray(jnp.log(jax.vmap(lambda q: self.law.mean(q, x))(p)))
+
+    def _residuals(self, start: np.ndarray, gap: np.ndarray, seed: int) -> np.ndarray:
+        """Residual paths ``(draws, points)`` continuing from ``start`` ``gap[0]`` steps before (inf: a fresh path)."""
+        sigma = self.draws("sigma")[:, None]
+        shocks = sigma * np.random.default_rng(seed).standard_normal((sigma.shape[0], gap.size))
+        if self.noise == "independent":
+            return shocks
+        phi = np.exp(-gap[None, :] / self.draws("ell")[:, None])
+        shocks = shocks * np.sqrt(1 - phi**2)
+        shocks[:, 0] += phi[:, 0] * start  # the first point continues from the run's last residual
+        phi[:, 0] = 0.0
+        with jax.enable_x64(True):
+            return np.asarray(ou_path(jnp.asarray(phi), jnp.asarray(shocks)))
+
+    def predict(self, steps: Sequence[int] | np.ndarray, run: Any = None,
+                schedule: Sequence[float] | np.ndarray | None = None, *, level: float = LEVEL,
+                seed: int = 0) -> pd.DataFrame:
+        """Median and interval at ``level`` of the logged loss (nats) at ``steps``; see :meth:`predict_draws`."""
+        draws = self.predict_draws(steps, run, schedule, seed=seed)
+        lo, med, hi = np.quantile(draws, [(1 - level) / 2, 0.5, (1 + level) / 2], axis=0)
+        return pd.DataFrame({"step": np.asarray(steps), "median": med, "lower": lo, "upper": hi})
+
+    def compare_schedules(self, schedules: Mapping[str, Sequence[float] | np.ndarray], *, level: float = LEVEL,
+                          seed: int = 0) -> pd.DataFrame:
+        """The final loss (nats, at each schedule's last step) under candidate schedules, with intervals,
+        and the probability that each is the lowest (same draws for all: the comparison is paired)."""
+        if len(schedules) < 1:
+            raise ValueError("give at least one schedule")
+        finals = {name: self.predict_draws([len(lr) - 1], schedule=lr, seed=seed)[:, 0]
+                  for name, lr in schedules.items()}
+        stacked = np.stack(list(finals.values()), axis=1)
+        best = np.bincount(stacked.argmin(axis=1), minlength=stacked.shape[1]) / stacked.shape[0]
+        table = pd.DataFrame([{"schedule": n, "steps": len(schedules[n]),
+                               "median": np.median(v), "lower": np.quantile(v, (1 - level) / 2),
+                               "upper": np.quantile(v, (1 + level) / 2)} for n, v in finals.items()])
+        table["p_lowest"] = best
+        return table.set_index("schedule")
+
+
+def fit_curves(
+    curves: LossCurves,
+    law: str = "multi_power",
+    *,
+    noise: str = "ar1",
+    block: int = BLOCK,
+    settings: SamplerSettings | None = None,
+    **options: Any,
+) -> CurveResult:
+    """Fit a curve law to whole loss curves with NUTS.
+
+    Args:
+        curves: logged points and schedules (:class:`~bayescale.curves.LossCurves`).
+        law: ``"multi_power"`` or ``"lr_annealing"`` (see :mod:`bayescale.curves`).
+        noise: ``"ar1"`` (residuals correlated along each run; default) or ``"independent"``.
+        block: steps per block of the multi-power law's sum.
+        settings: sampler settings; ``**options``: its fields as keywords.
+
+    Returns:
+        :class:`CurveResult`; warns (``ConvergenceWarning``) when the chains did not converge.
+    """
+    settings = sampler_settings(settings, options)
+    if options:
+        raise TypeError(f"unexpected options {sorted(options)}")
+    if noise not in NOISES:
+        raise ValueError(f"noise must be one of {NOISES}, got {noise!r}")
+    if not isinstance(curves, LossCurves):
+        raise TypeError(f"curves must be LossCurves (LossCurves.from_table), got {type(curves).__name__}")
+    the_law = get_curve_law(law)
+    points = curves.table
+    data = CurveData(curve_inputs(curves.schedules, points, block), _gaps(points),
+                     np.log(points["loss"].to_numpy(dtype=float)))
+    idata = sample_model(CurveModel(the_law.name, noise), data, settings, observed=data.log_y,
+                         constant={"step": points["step"].to_numpy()}, desc=f"{the_law.name} curves")
+    result = CurveResult(idata, curves, the_law, noise, block, settings)
+    warn_unconverged(result.diagnostics, f"{the_law.name} curve fit")
+    return result
