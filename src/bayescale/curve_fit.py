@@ -187,8 +187,8 @@ class CurveResult:
             lr = self.curves.schedules[run]
         else:
             lr = np.asarray(schedule, dtype=float)
-            check = LossCurves.from_table(pd.DataFrame({"run": "new", "step": steps, "loss": 1.0}), {"new": lr})
-            del check  # the same checks as fitted curves: schedule, steps after warmup and within it
+            # the same checks as fitted curves: the schedule, steps after warmup and within it
+            LossCurves.from_table(pd.DataFrame({"run": "new", "step": steps, "loss": 1.0}), {"new": lr})
         if steps[0] < warmup_of(lr) or steps[-1] >= lr.size:
             raise ValueError(f"steps must lie at or after the end of warmup (step {warmup_of(lr)}) and within the schedule"
                              f" ({lr.size} steps)")
@@ -282,7 +282,8 @@ def fit_curves(
     data = CurveData(curve_inputs(curves.schedules, points, block), _gaps(points),
                      np.log(points["loss"].to_numpy(dtype=float)))
     idata = sample_model(CurveModel(the_law.name, noise), data, settings, observed=data.log_y,
-                         constant={"step": points["step"].to_numpy()}, desc=f"{the_law.name} curves")
+                         constant={"step": points["step"].to_numpy()}, desc=f"{the_law.name} curves",
+                         width=data.gap.size + data.inputs.drop.size)
     result = CurveResult(idata, curves, the_law, noise, block, settings)
     warn_unconverged(result.diagnostics, f"{the_law.name} curve fit")
     return result
