@@ -23,12 +23,15 @@ ratio; share of replications whose realised width lies in the forecast's 90% ran
 Monte Carlo standard errors of the expected width). Per-replication rows go to
 ``benchmarks/results/design_<setting>.csv``.
 
-Run: ``python benchmarks/design.py [--reps 50] [--settings ladder wide]``.
+Run: ``python benchmarks/design.py [--reps 50] [--settings ladder wide]``; ``--first 20 --reps 30`` runs
+replications 20-49 (written to ``design_<setting>_from20.csv``), so a study can be run in parts;
+``--report`` reports every saved part of each setting together.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import time
 import warnings
@@ -76,9 +79,9 @@ def width_of(fit: bs.FitResult) -> tuple[float, float, float]:
     return hi - lo, lo, hi
 
 
-def run(setting: str, reps: int, budget: float, truth: float) -> pd.DataFrame:
+def run(setting: str, reps: range, budget: float, truth: float) -> pd.DataFrame:
     start = time.perf_counter()
-    ladders = {rep: seed_runs(setting, rep) for rep in range(reps)}
+    ladders = {rep: seed_runs(setting, rep) for rep in reps}
     first = bs.fit_batch(ladders, settings=SETTINGS)
     augmented, plans, rows = {}, {}, []
     for rep, data in ladders.items():
@@ -130,15 +133,24 @@ def report(table: pd.DataFrame) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=50)
+    parser.add_argument("--first", type=int, default=0, help="first replication (to run a study in parts)")
+    parser.add_argument("--report", action="store_true", help="only report the saved parts of each setting, together")
     parser.add_argument("--settings", nargs="+", default=["ladder", "wide"], choices=["ladder", "wide"])
     args = parser.parse_args()
     truth = np.log(bs.optimal_allocation(bs.laws.get_law("chinchilla"), {k: np.array([v]) for k, v in TRUTH.items()},
                                          [TARGET])["N_opt"][0, 0])
+    if args.report:
+        for setting in args.settings:
+            parts = sorted(glob.glob(os.path.join(OUT, f"design_{setting}*.csv")))
+            report(pd.concat([pd.read_csv(p) for p in parts], ignore_index=True))
+        return
     warnings.simplefilter("ignore", bs.ConvergenceWarning)
     os.makedirs(OUT, exist_ok=True)
     for setting in args.settings:
-        table = run(setting, args.reps, 1e21 if setting == "ladder" else 1.9e21, truth)
-        table.to_csv(os.path.join(OUT, f"design_{setting}.csv"), index=False)
+        reps = range(args.first, args.first + args.reps)
+        table = run(setting, reps, 1e21 if setting == "ladder" else 1.9e21, truth)
+        part = "" if args.first == 0 else f"_from{args.first}"
+        table.to_csv(os.path.join(OUT, f"design_{setting}{part}.csv"), index=False)
         report(table)
 
 
