@@ -9,7 +9,7 @@ computed here on the host in float64 from cumulative sums (no loop over steps), 
 - multi-power law (Luo et al. 2025, arXiv 2503.12811)::
 
       L(t) = L0 + A (S1 + S_W)^-alpha - B sum_{k=W+1..t} (lr[k-1] - lr[k]) G(lr[k]^-gamma (c(t) - c(k-1)))
-      G(x) = 1 - (C x + 1)^-beta
+      G(x) = 1 - (C x + 1)^-beta      (sampled as K = C LR_REF^-gamma; see multi_power)
 
   The sum over steps is aggregated in blocks of ``block`` steps: per block and logged point, the
   drops are summed exactly and ``lr[k]`` and ``c(k-1)`` enter as drop-weighted means, so only the
@@ -43,6 +43,8 @@ __all__ = ["LossCurves", "CurveInputs", "CurveLaw", "curve_inputs", "multi_power
 
 BLOCK = 64
 """Steps per block of the multi-power law's sum over the schedule's drops."""
+LR_REF = 1e-4
+"""Reference learning rate of the multi-power law's ``K`` (see :func:`multi_power`)."""
 Array = Any
 
 
@@ -224,20 +226,22 @@ def _common_priors() -> dict[str, dist.Distribution]:
 
 
 def multi_power() -> CurveLaw:
-    """Multi-power law (Luo et al. 2025). Priors: ``L0 ~ LogNormal(log 2.5, 0.5)`` nats,
+    """Multi-power law (Luo et al. 2025), with ``C lr^-gamma`` written ``K (lr / LR_REF)^-gamma`` (``K = C
+    LR_REF^-gamma``, ``LR_REF = 1e-4``: ``K`` and ``gamma`` are then nearly independent in the posterior,
+    where ``C`` and ``gamma`` lie on a curved ridge). Priors: ``L0 ~ LogNormal(log 2.5, 0.5)`` nats,
     ``A ~ LogNormal(log 0.5, 1)``, ``alpha ~ LogNormal(log 0.5, 0.5)``, ``B ~ LogNormal(log 300, 1.5)``,
-    ``C ~ LogNormal(log 1, 1.5)``, ``beta ~ LogNormal(log 0.5, 0.7)``, ``gamma ~ LogNormal(log 0.5, 0.7)``
+    ``K ~ LogNormal(log 100, 2)``, ``beta ~ LogNormal(log 0.5, 0.7)``, ``gamma ~ LogNormal(log 0.5, 0.7)``
     (the published fits: B of a few hundred, beta and gamma near 0.5, with peak rates near 3e-4)."""
 
     def mean(p: Mapping[str, Array], x: CurveInputs) -> Array:
-        g = 1.0 - (p["C"] * x.eta ** -p["gamma"] * x.tail + 1.0) ** -p["beta"]
+        g = 1.0 - (p["K"] * (x.eta / LR_REF) ** -p["gamma"] * x.tail + 1.0) ** -p["beta"]
         decay = jax.ops.segment_sum(x.drop * g, x.point, num_segments=x.s1.shape[0])
         return p["L0"] + p["A"] * (x.s1 + x.sw) ** -p["alpha"] - p["B"] * decay
 
-    priors = {**_common_priors(), "B": dist.LogNormal(jnp.log(300.0), 1.5), "C": dist.LogNormal(0.0, 1.5),
+    priors = {**_common_priors(), "B": dist.LogNormal(jnp.log(300.0), 1.5), "K": dist.LogNormal(jnp.log(100.0), 2.0),
               "beta": dist.LogNormal(jnp.log(0.5), 0.7), "gamma": dist.LogNormal(jnp.log(0.5), 0.7)}
     return CurveLaw("multi_power", tuple(priors), priors, mean,
-                    "L0 + A (S1 + S_W)^-alpha - B sum_k (lr[k-1] - lr[k]) (1 - (C lr[k]^-gamma S_k(t) + 1)^-beta)")
+                    "L0 + A (S1 + S_W)^-alpha - B sum_k (lr[k-1] - lr[k]) (1 - (K (lr[k]/1e-4)^-gamma S_k(t) + 1)^-beta)")
 
 
 def lr_annealing() -> CurveLaw:
