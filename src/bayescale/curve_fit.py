@@ -32,7 +32,7 @@ import numpyro.distributions as dist
 import pandas as pd
 from numpyro.distributions import constraints
 
-from .curves import BLOCK, CurveInputs, CurveLaw, LossCurves, curve_inputs, get_curve_law, warmup_of
+from .curves import BLOCK, CurveInputs, CurveLaw, LossCurves, curve_inputs, get_curve_law
 from .fit import sample_model
 from .model import OBSERVED
 from .posterior import LEVEL, Diagnostics, describe_draws, diagnose, warn_unconverged
@@ -187,15 +187,12 @@ class CurveResult:
             lr = self.curves.schedules[run]
         else:
             lr = np.asarray(schedule, dtype=float)
-            # the same checks as fitted curves: the schedule, steps after warmup and within it
-            LossCurves.from_table(pd.DataFrame({"run": "new", "step": steps, "loss": 1.0}), {"new": lr})
-        if steps[0] < warmup_of(lr) or steps[-1] >= lr.size:
-            raise ValueError(f"steps must lie at or after the end of warmup (step {warmup_of(lr)}) and within the schedule"
-                             f" ({lr.size} steps)")
         points = pd.DataFrame({"run": "new", "step": steps})
+        # the checks of fitted curves: the schedule, steps at or after the end of warmup and within it
+        LossCurves.from_table(points.assign(loss=1.0), {"new": lr})
         log_mean = self._log_mean({"new": lr}, points)
         start = np.zeros(log_mean.shape[0])
-        gap = np.r_[np.inf, np.diff(steps).astype(float)]
+        gap = _gaps(points)
         if run is not None:
             fitted = self.curves.table[self.curves.table["run"] == run]
             last = fitted.iloc[-1]
