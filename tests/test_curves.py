@@ -1,8 +1,11 @@
-"""Loss curves: schedules as the study defines them, the schedule sums against direct loops, input checks."""
+"""Loss curves: schedules as the study defines them, the schedule sums against direct loops, input checks, the
+AR(1)-plus-white-noise likelihood against the multivariate normal, and a fit that recovers a simulated law."""
 
 import math
+import warnings
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,6 +14,7 @@ import bayescale as bs
 from bayescale import schedules
 from bayescale.curves import LossCurves, curve_inputs, lr_annealing, multi_power, warmup_of
 from bayescale.data import DataError
+from conftest import TINY
 
 NAMES = ["constant_24000", "constant_72000", "cosine_24000", "cosine_72000", "wsd_20000_24000",
          "wsdld_20000_24000", "wsdcon_3", "wsdcon_9", "wsdcon_18"]
@@ -138,9 +142,11 @@ def test_schedule_arguments_are_checked(kwargs: dict, message: str) -> None:
         schedules.from_name("cosine")
 
 
-def test_the_ou_residuals_are_the_exact_joint_density_and_simulate_its_covariance() -> None:
-    """Per-point conditionals of the AR(1) residuals sum to the multivariate normal with covariance
-    sigma² exp(-|step gap| / ell) within a run (zero across runs); simulated paths have that covariance."""
+@pytest.mark.parametrize("white", [0.0, 0.01])
+def test_the_ou_residuals_are_the_exact_joint_density_and_simulate_its_covariance(white: float) -> None:
+    """Per-point conditionals of the AR(1) residuals (with white noise: the Kalman filter's one-step-ahead
+    densities) sum to the multivariate normal with covariance sigma² exp(-|step gap| / ell) within a run
+    (zero across runs) plus white² on the diagonal; simulated paths have that covariance."""
     from bayescale.curve_fit import OUResiduals
 
     steps = np.array([0.0, 100.0, 250.0, 300.0, 0.0, 500.0])
@@ -150,10 +156,39 @@ def test_the_ou_residuals_are_the_exact_joint_density_and_simulate_its_covarianc
     phi = np.where(np.isinf(gap), 0.0, np.exp(-np.where(np.isinf(gap), 1.0, gap) / ell))
     loc = np.linspace(1.0, 1.1, 6)
     cov = sigma**2 * np.exp(-np.abs(steps[:, None] - steps[None, :]) / ell) * (run[:, None] == run[None, :])
+    cov = cov + white**2 * np.eye(6)
     with jax.enable_x64(True):
-        noise = OUResiduals(loc, sigma, phi)
+        noise = OUResiduals(loc, sigma, phi, jnp.asarray(white) if white else 0.0)
         value = loc + np.random.default_rng(0).multivariate_normal(np.zeros(6), cov)
         joint = float(jax.scipy.stats.multivariate_normal.logpdf(value, loc, cov))
         assert float(noise.log_prob(value).sum()) == pytest.approx(joint, rel=1e-10)
         paths = np.asarray(noise.sample(jax.random.PRNGKey(0), (40000,))) - loc
     np.testing.assert_allclose(np.cov(paths.T), cov, atol=4e-5)
+
+
+def test_a_curve_fit_recovers_the_annealing_law_and_continues_a_run_in_progress() -> None:
+    """Curves simulated from the annealing law with correlated residuals and white noise, one of them logged up
+    to half its schedule: the posterior covers the truth; that run's final loss lies inside its band, both
+    continued from its logged prefix and predicted as a new run of its schedule, and the continued band is the
+    narrower (it is conditioned on where the run is)."""
+    from bayescale.curve_fit import fit_curves, simulate_curves
+
+    truth = {"L0": 3.2, "A": 0.4, "alpha": 0.65, "C": 0.6}
+    lrs = {"cosine": schedules.cosine(12000), "constant": schedules.constant(12000),
+           "wsd": schedules.wsd(12000, 9600), "wsd_long": schedules.wsd(24000, 19200)}
+    steps = {run: np.arange(schedules.WARMUP, len(lr), 200) for run, lr in lrs.items()}
+    curves = simulate_curves("lr_annealing", truth, lrs, steps, sigma=0.004, ell=3000.0, white=0.001, seed=3)
+    fitted = curves.prefix("wsd_long", 0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bs.ConvergenceWarning)
+        result = fit_curves(fitted, "lr_annealing", settings=TINY)
+    summary = result.summary(level=0.98)
+    for name, value in truth.items():
+        assert summary.loc[name, "1%"] <= value <= summary.loc[name, "99%"], (name, summary.loc[name].to_dict())
+    assert result.diagnostics.table["r_hat"].max() < 1.1
+    final = curves.table[curves.table["run"] == "wsd_long"].iloc[-1]
+    continued = result.predict([final["step"]], run="wsd_long").iloc[0]
+    fresh = result.predict([final["step"]], schedule=lrs["wsd_long"]).iloc[0]
+    for band in (continued, fresh):
+        assert band["lower"] <= final["loss"] <= band["upper"], band.to_dict()
+    assert continued["upper"] - continued["lower"] < fresh["upper"] - fresh["lower"]

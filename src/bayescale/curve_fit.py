@@ -2,19 +2,24 @@
 
 The log of each logged loss is the law's log mean plus a residual. The points of one curve are
 not independent: a run that sits above the law at one step sits above it at the next. The default
-noise (``noise="ar1"``) is an Ornstein-Uhlenbeck process in steps along each run: marginal scale
-``sigma`` and correlation ``exp(-gap / ell)`` between points ``gap`` steps apart, so a curve counts
-for the information it holds, not for its number of points; ``noise="independent"`` is the plain
-Gaussian (what a naive likelihood over every logged point claims). The pointwise log-likelihood is
-the exact factorisation of the process into one-step-ahead conditionals.
+noise (``noise="ar1"``) is an Ornstein-Uhlenbeck process in steps along each run, seen through white
+measurement noise: the process has marginal scale ``sigma`` and correlation ``exp(-gap / ell)`` between
+points ``gap`` steps apart (a run that sits above the law at one step sits above it at the next), and
+each logged point adds its own independent error of scale ``white`` (the batch-to-batch noise of an
+evaluation). So a curve counts for the information it holds, not for its number of points;
+``noise="independent"`` is the plain Gaussian (what a naive likelihood over every logged point
+claims). The pointwise log-likelihood is the exact factorisation of the joint density into
+one-step-ahead conditionals (a Kalman filter along each run).
 
 Parameters are sampled in standard units (``z ~ Normal(0, 1)``, ``value = exp(loc + scale z)`` for a
 ``LogNormal(loc, scale)`` prior), on the one sampler path (:func:`bayescale.fit.sample_model`).
-Priors of the noise: ``sigma ~ HalfNormal(0.05)`` on log-loss, ``ell ~ LogNormal(log 2000, 1.5)`` steps.
+Priors of the noise: ``sigma ~ HalfNormal(0.05)`` and ``white ~ HalfNormal(0.01)`` on log-loss,
+``ell ~ LogNormal(log 2000, 1.5)`` steps.
 
 Predictions are draws of the loss (nats) at any steps of any schedule. For a run that was fitted
 (a run in progress: its logged prefix was part of the data), the residual process continues from
-its last logged point, so the forecast is conditioned on where the run actually is.
+its last logged point (its filtered state there), so the forecast is conditioned on where the run
+actually is.
 """
 
 from __future__ import annotations
@@ -38,11 +43,12 @@ from .model import OBSERVED
 from .posterior import LEVEL, Diagnostics, describe_draws, diagnose, warn_unconverged
 from .sampling import SamplerSettings, sampler_settings
 
-__all__ = ["CurveResult", "fit_curves", "NOISES"]
+__all__ = ["CurveResult", "fit_curves", "simulate_curves", "NOISES"]
 
 NOISES = ("ar1", "independent")
 _SIGMA_PRIOR = dist.HalfNormal(0.05)
 _ELL_PRIOR = dist.LogNormal(jnp.log(2000.0), 1.5)
+_WHITE_PRIOR = dist.HalfNormal(0.01)
 
 
 def ou_path(phi: jax.Array, shocks: jax.Array) -> jax.Array:
@@ -51,18 +57,48 @@ def ou_path(phi: jax.Array, shocks: jax.Array) -> jax.Array:
     return path
 
 
+def ou_filter(resid: jax.Array, phi: jax.Array, scale: jax.Array, white: jax.Array):  # noqa: ANN201
+    """Kalman filter of an Ornstein-Uhlenbeck path seen through white noise, along a 1-d sequence of points.
+
+    ``resid[p]`` is the observed residual, ``phi[p]`` the correlation with the point before (0 at a
+    run's first point, which restarts the path), ``scale`` the path's stationary sd, ``white`` the
+    measurement sd. Returns per point the log density of ``resid[p]`` given the points before it (their
+    sum is the exact joint density) and the filtered mean and variance of the path at that point.
+    """
+    var, noise = jnp.square(scale), jnp.square(white)
+
+    def step(carry, inputs):  # noqa: ANN001, ANN202
+        mean, cov = carry
+        r, ph = inputs
+        m = ph * mean
+        c = ph**2 * cov + var * (1.0 - ph**2)
+        total = c + noise
+        logp = -0.5 * (jnp.log(2 * jnp.pi * total) + jnp.square(r - m) / total)
+        gain = c / total
+        state = (m + gain * (r - m), c * (1.0 - gain))
+        return state, (logp, *state)
+
+    zero = jnp.zeros((), resid.dtype)
+    _, (logp, mean, cov) = jax.lax.scan(step, (zero, zero + var), (resid, phi))
+    return logp, mean, cov
+
+
 class OUResiduals(dist.Distribution):
-    """Log-losses of curves: ``loc`` plus an Ornstein-Uhlenbeck residual along each run.
+    """Log-losses of curves: ``loc`` plus an Ornstein-Uhlenbeck residual along each run, plus independent
+    measurement noise of scale ``white`` (none when 0).
 
     Batch shape ``(P,)``; ``phi[p]`` is the correlation with the point before (0 at a run's first
-    point). ``log_prob`` gives each point's density given the one before (their sum is the joint
-    density); ``sample`` draws whole paths (a linear recurrence, by associative scan).
+    point). ``log_prob`` gives each point's density given the ones before (their sum is the joint
+    density: a Kalman filter, :func:`ou_filter`; without white noise the process is Markov in the
+    observations and each point needs only the one before); ``sample`` draws whole paths (a linear
+    recurrence, by associative scan) and adds the white noise.
     """
 
     support = constraints.real
 
-    def __init__(self, loc: jax.Array, scale: jax.Array, phi: jax.Array) -> None:
-        self.loc, self.scale, self.phi = jnp.broadcast_arrays(loc, scale, phi)
+    def __init__(self, loc: jax.Array, scale: jax.Array, phi: jax.Array, white: jax.Array | float = 0.0) -> None:
+        self.loc, self.scale, self.phi, self.white = jnp.broadcast_arrays(loc, scale, phi, white)
+        self._has_white = not (isinstance(white, (int, float)) and white == 0)
         super().__init__(batch_shape=jnp.shape(self.loc))
 
     def _step_scale(self) -> jax.Array:
@@ -70,13 +106,17 @@ class OUResiduals(dist.Distribution):
 
     def log_prob(self, value: jax.Array) -> jax.Array:
         r = value - self.loc
+        if self._has_white:
+            return ou_filter(r, self.phi, self.scale[..., 0], self.white[..., 0])[0]
         before = jnp.concatenate([jnp.zeros_like(r[..., :1]), r[..., :-1]], axis=-1)
         return dist.Normal(self.loc + self.phi * before, self._step_scale()).log_prob(value)
 
     def sample(self, key: jax.Array, sample_shape: tuple[int, ...] = ()) -> jax.Array:
         shape = sample_shape + self.batch_shape
-        shocks = self._step_scale() * jax.random.normal(key, shape)
-        return self.loc + ou_path(jnp.broadcast_to(self.phi, shape), shocks)
+        path_key, white_key = jax.random.split(key)
+        shocks = self._step_scale() * jax.random.normal(path_key, shape)
+        white = self.white * jax.random.normal(white_key, shape)
+        return self.loc + ou_path(jnp.broadcast_to(self.phi, shape), shocks) + white
 
 
 class CurveData(NamedTuple):
@@ -106,8 +146,10 @@ class CurveModel:
         loc = jnp.log(law.mean(p, data.inputs))
         if self.noise == "ar1":
             ell = numpyro.sample("ell", _ELL_PRIOR)
+            white = numpyro.sample("white", _WHITE_PRIOR)
             first = jnp.isinf(data.gap)  # a run's first point: no point before it (safe gap: finite gradients)
-            noise = OUResiduals(loc, sigma, jnp.where(first, 0.0, jnp.exp(-jnp.where(first, 1.0, data.gap) / ell)))
+            phi = jnp.where(first, 0.0, jnp.exp(-jnp.where(first, 1.0, data.gap) / ell))
+            noise = OUResiduals(loc, sigma, phi, white)
         else:
             noise = dist.Normal(loc, sigma)
         with numpyro.plate("point", data.gap.shape[0]):
@@ -130,7 +172,7 @@ class CurveResult:
 
     Attributes:
         idata: ``arviz.InferenceData`` (posterior of the law's parameters, ``sigma`` and, with AR(1)
-            noise, ``ell``; pointwise log-likelihood, predictive, observed log-losses).
+            noise, ``ell`` and ``white``; pointwise log-likelihood, predictive, observed log-losses).
         curves: the curves fitted.
         law: the curve law.
         noise: ``"ar1"`` or ``"independent"``.
@@ -147,8 +189,8 @@ class CurveResult:
 
     @property
     def latents(self) -> tuple[str, ...]:
-        """The parameters: the law's, ``sigma`` and (AR(1)) ``ell``."""
-        return (*self.law.params, "sigma", *(("ell",) if self.noise == "ar1" else ()))
+        """The parameters: the law's, ``sigma`` and (AR(1)) ``ell`` and ``white``."""
+        return (*self.law.params, "sigma", *(("ell", "white") if self.noise == "ar1" else ()))
 
     def draws(self, name: str | None = None) -> dict[str, np.ndarray] | np.ndarray:
         """Posterior draws with chains concatenated: one array, or a dict of all parameters."""
@@ -173,8 +215,9 @@ class CurveResult:
 
         Give ``run`` (a fitted run, continued from its last logged point: a run in progress) or
         ``schedule`` (a new run's learning rate at every step). A new run's residual path starts
-        fresh; a fitted run's continues from its residual at its last logged point (every step
-        asked must then come after it).
+        fresh; a fitted run's continues from its filtered state at its last logged point (every step
+        asked must then come after it). Draws include each point's white noise: they are draws of
+        what the run would log.
         """
         steps = np.asarray(steps, dtype=np.int64)
         if steps.ndim != 1 or steps.size == 0 or np.any(np.diff(steps) <= 0):
@@ -191,16 +234,28 @@ class CurveResult:
         # the checks of fitted curves: the schedule, steps at or after the end of warmup and within it
         LossCurves.from_table(points.assign(loss=1.0), {"new": lr})
         log_mean = self._log_mean({"new": lr}, points)
-        start = np.zeros(log_mean.shape[0])
         gap = _gaps(points)
+        state = np.zeros((2, log_mean.shape[0]))  # filtered mean and variance of the path before the first step
         if run is not None:
             fitted = self.curves.table[self.curves.table["run"] == run]
-            last = fitted.iloc[-1]
-            if steps[0] <= last["step"]:
-                raise ValueError(f"run {run!r} is logged up to step {int(last['step'])}: ask for later steps")
-            start = np.log(last["loss"]) - self._log_mean(self.curves.schedules, fitted.iloc[[-1]])[:, 0]
-            gap[0] = steps[0] - last["step"]
-        return np.exp(log_mean + self._residuals(start, gap, seed))
+            last = fitted["step"].iloc[-1]
+            if steps[0] <= last:
+                raise ValueError(f"run {run!r} is logged up to step {int(last)}: ask for later steps")
+            if self.noise == "ar1":
+                state = self._filtered_last(fitted)
+            gap[0] = steps[0] - last
+        return np.exp(log_mean + self._residuals(state, gap, seed))
+
+    def _filtered_last(self, fitted: pd.DataFrame) -> np.ndarray:
+        """Filtered mean and variance ``(2, draws)`` of each draw's residual path at a fitted run's last point."""
+        resid = np.log(fitted["loss"].to_numpy(dtype=float)) - self._log_mean(self.curves.schedules, fitted)
+        gap = _gaps(fitted)
+        with jax.enable_x64(True):
+            phi = jnp.where(np.isinf(gap), 0.0, jnp.exp(-np.where(np.isinf(gap), 1.0, gap)[None, :]
+                                                         / self.draws("ell")[:, None]))
+            filtered = jax.vmap(ou_filter)(jnp.asarray(resid), phi, jnp.asarray(self.draws("sigma")),
+                                           jnp.asarray(self.draws("white")))
+            return np.stack([np.asarray(filtered[1])[:, -1], np.asarray(filtered[2])[:, -1]])
 
     def _log_mean(self, schedules: Mapping[Any, np.ndarray], points: pd.DataFrame) -> np.ndarray:
         x = curve_inputs(schedules, points, self.block)
@@ -208,18 +263,23 @@ class CurveResult:
         with jax.enable_x64(True):
             return np.asarray(jnp.log(jax.vmap(lambda q: self.law.mean(q, x))(p)))
 
-    def _residuals(self, start: np.ndarray, gap: np.ndarray, seed: int) -> np.ndarray:
-        """Residual paths ``(draws, points)`` continuing from ``start`` ``gap[0]`` steps before (inf: a fresh path)."""
+    def _residuals(self, state: np.ndarray, gap: np.ndarray, seed: int) -> np.ndarray:
+        """Residual draws ``(draws, points)`` of logged losses: the path continues from a state drawn from
+        ``state`` (filtered mean and variance per draw, ``gap[0]`` steps before; inf: a fresh path), and
+        each point adds its white noise."""
+        rng = np.random.default_rng(seed)
         sigma = self.draws("sigma")[:, None]
-        shocks = sigma * np.random.default_rng(seed).standard_normal((sigma.shape[0], gap.size))
+        shocks = sigma * rng.standard_normal((sigma.shape[0], gap.size))
         if self.noise == "independent":
             return shocks
         phi = np.exp(-gap[None, :] / self.draws("ell")[:, None])
+        before = state[0] + np.sqrt(state[1]) * rng.standard_normal(state.shape[1])
         shocks = shocks * np.sqrt(1 - phi**2)
-        shocks[:, 0] += phi[:, 0] * start  # the first point continues from the run's last residual
+        shocks[:, 0] += phi[:, 0] * before  # the first point continues from the run's path
         phi[:, 0] = 0.0
+        white = self.draws("white")[:, None] * rng.standard_normal(shocks.shape)
         with jax.enable_x64(True):
-            return np.asarray(ou_path(jnp.asarray(phi), jnp.asarray(shocks)))
+            return np.asarray(ou_path(jnp.asarray(phi), jnp.asarray(shocks))) + white
 
     def predict(self, steps: Sequence[int] | np.ndarray, run: Any = None,
                 schedule: Sequence[float] | np.ndarray | None = None, *, level: float = LEVEL,
@@ -284,3 +344,31 @@ def fit_curves(
     result = CurveResult(idata, curves, the_law, noise, block, settings)
     warn_unconverged(result.diagnostics, f"{the_law.name} curve fit")
     return result
+
+
+def simulate_curves(law: str, params: Mapping[str, float], schedules: Mapping[Any, Sequence[float] | np.ndarray],
+                    steps: Mapping[Any, Sequence[int] | np.ndarray], *, sigma: float = 0.005, ell: float = 2000.0,
+                    white: float = 0.002, block: int = BLOCK, seed: int = 0) -> LossCurves:
+    """Loss curves logged at ``steps`` of each run, from a curve law with the AR(1) noise of :func:`fit_curves`.
+
+    Args:
+        law: a curve law (``"multi_power"``, ``"lr_annealing"``); ``params``: its parameters.
+        schedules: each run's learning rate at every step; ``steps``: each run's logged steps.
+        sigma: the residual path's scale on log-loss; ``ell``: its correlation length in steps;
+        white: each logged point's own noise on log-loss (0: none).
+        seed: the noise's seed.
+    """
+    the_law = get_curve_law(law)
+    missing = [n for n in the_law.params if n not in params]
+    if missing:
+        raise ValueError(f"params of {the_law.name} missing {missing}")
+    points = pd.concat([pd.DataFrame({"run": run, "step": np.asarray(s, dtype=np.int64)}) for run, s in steps.items()],
+                       ignore_index=True)
+    curves = LossCurves.from_table(points.assign(loss=1.0), schedules)  # checked and sorted
+    x = curve_inputs(curves.schedules, curves.table, block)
+    gap = _gaps(curves.table)
+    phi = np.where(np.isinf(gap), 0.0, np.exp(-np.where(np.isinf(gap), 1.0, gap) / ell))
+    with jax.enable_x64(True):
+        loc = jnp.log(the_law.mean({n: jnp.asarray(float(params[n])) for n in the_law.params}, x))
+        log_y = OUResiduals(loc, sigma, phi, jnp.asarray(white)).sample(jax.random.PRNGKey(seed))
+    return LossCurves(curves.table.assign(loss=np.exp(np.asarray(log_y))), curves.schedules)

@@ -246,12 +246,13 @@ def multi_power() -> CurveLaw:
 
 def lr_annealing() -> CurveLaw:
     """Learning-rate annealing law (Tissue et al. 2024). Priors as :func:`multi_power` for ``L0``, ``A`` and
-    ``alpha``; ``C ~ LogNormal(log 300, 1.5)`` (nats per unit of annealing area)."""
+    ``alpha``; ``C ~ LogNormal(log 1, 1.5)`` (nats per unit of annealing area: with peak rates near 3e-4 a
+    whole decay gives an area of a few tenths, and an annealing gain of a few tenths of a nat)."""
 
     def mean(p: Mapping[str, Array], x: CurveInputs) -> Array:
         return p["L0"] + p["A"] * (x.s1 + x.sw) ** -p["alpha"] - p["C"] * x.s2
 
-    priors = {**_common_priors(), "C": dist.LogNormal(jnp.log(300.0), 1.5)}
+    priors = {**_common_priors(), "C": dist.LogNormal(0.0, 1.5)}
     return CurveLaw("lr_annealing", tuple(priors), priors, mean, "L0 + A (S1 + S_W)^-alpha - C S2")
 
 
