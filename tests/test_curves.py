@@ -166,29 +166,76 @@ def test_the_ou_residuals_are_the_exact_joint_density_and_simulate_its_covarianc
     np.testing.assert_allclose(np.cov(paths.T), cov, atol=4e-5)
 
 
-def test_a_curve_fit_recovers_the_annealing_law_and_continues_a_run_in_progress() -> None:
-    """Curves simulated from the annealing law with correlated residuals and white noise, one of them logged up
-    to half its schedule: the posterior covers the truth; that run's final loss lies inside its band, both
-    continued from its logged prefix and predicted as a new run of its schedule, and the continued band is the
-    narrower (it is conditioned on where the run is)."""
+TRUTH = {"L0": 3.2, "A": 0.4, "alpha": 0.65, "C": 0.6}
+"""The annealing law of the simulated curves (a 25M-like run: peak rate 3e-4)."""
+
+
+@pytest.fixture(scope="module")
+def simulated() -> tuple[LossCurves, "bs.curve_fit.CurveResult"]:
+    """Four runs simulated from the annealing law with correlated residuals and white noise, the long WSD run
+    logged up to half its schedule (a run in progress), and the fit of the other three plus that prefix."""
     from bayescale.curve_fit import fit_curves, simulate_curves
 
-    truth = {"L0": 3.2, "A": 0.4, "alpha": 0.65, "C": 0.6}
     lrs = {"cosine": schedules.cosine(12000), "constant": schedules.constant(12000),
            "wsd": schedules.wsd(12000, 9600), "wsd_long": schedules.wsd(24000, 19200)}
     steps = {run: np.arange(schedules.WARMUP, len(lr), 200) for run, lr in lrs.items()}
-    curves = simulate_curves("lr_annealing", truth, lrs, steps, sigma=0.004, ell=3000.0, white=0.001, seed=3)
-    fitted = curves.prefix("wsd_long", 0.5)
+    curves = simulate_curves("lr_annealing", TRUTH, lrs, steps, sigma=0.004, ell=3000.0, white=0.001, seed=3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", bs.ConvergenceWarning)
-        result = fit_curves(fitted, "lr_annealing", settings=TINY)
+        return curves, fit_curves(curves.prefix("wsd_long", 0.5), "lr_annealing", settings=TINY)
+
+
+def test_a_curve_fit_recovers_the_annealing_law_and_continues_a_run_in_progress(simulated) -> None:  # noqa: ANN001
+    """The posterior covers the truth; the run in progress's final loss lies inside its band, both continued
+    from its logged prefix and predicted as a new run of its schedule, and the continued band is the narrower
+    (it is conditioned on where the run is)."""
+    curves, result = simulated
     summary = result.summary(level=0.98)
-    for name, value in truth.items():
+    for name, value in TRUTH.items():
         assert summary.loc[name, "1%"] <= value <= summary.loc[name, "99%"], (name, summary.loc[name].to_dict())
     assert result.diagnostics.table["r_hat"].max() < 1.1
     final = curves.table[curves.table["run"] == "wsd_long"].iloc[-1]
     continued = result.predict([final["step"]], run="wsd_long").iloc[0]
-    fresh = result.predict([final["step"]], schedule=lrs["wsd_long"]).iloc[0]
+    fresh = result.predict([final["step"]], schedule=curves.schedules["wsd_long"]).iloc[0]
     for band in (continued, fresh):
         assert band["lower"] <= final["loss"] <= band["upper"], band.to_dict()
     assert continued["upper"] - continued["lower"] < fresh["upper"] - fresh["lower"]
+
+
+def test_schedules_compared_on_the_same_draws(simulated) -> None:  # noqa: ANN001
+    """A decay at the end beats no decay at the same horizon in every draw (the annealing term is positive);
+    the probabilities of being lowest sum to one; predictions are reproducible from the seed."""
+    _, result = simulated
+    table = result.compare_schedules({"constant": schedules.constant(12000), "wsd": schedules.wsd(12000, 9600)})
+    assert table.loc["wsd", "p_lowest"] == 1.0 and table["p_lowest"].sum() == pytest.approx(1.0)
+    assert table.loc["wsd", "upper"] < table.loc["constant", "median"]
+    twice = [result.predict_draws([5000, 9000], schedule=schedules.cosine(12000), seed=4) for _ in range(2)]
+    np.testing.assert_array_equal(*twice)
+    assert not np.array_equal(twice[0], result.predict_draws([5000, 9000], schedule=schedules.cosine(12000), seed=5))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"steps": [3000], "run": "cosine", "schedule": schedules.cosine(12000)}, ValueError, "one of run="),
+        ({"steps": [3000, 2000], "run": "wsd_long"}, ValueError, "increasing"),
+        ({"steps": [3000], "run": "wsd_long"}, ValueError, "logged up to step"),
+        ({"steps": [30000], "schedule": schedules.cosine(12000)}, DataError, "within its schedule"),
+        ({"steps": [13000], "run": "nope"}, KeyError, "unknown run"),
+    ],
+)
+def test_bad_prediction_requests_are_named(simulated, kwargs: dict, error: type, message: str) -> None:  # noqa: ANN001
+    _, result = simulated
+    with pytest.raises(error, match=message):
+        result.predict_draws(**kwargs)
+
+
+def test_plot_curves_draws_a_band_per_run(simulated) -> None:  # noqa: ANN001
+    import matplotlib.pyplot as plt
+
+    curves, result = simulated
+    held = curves.subset(["wsd_long"])
+    ax = bs.plots.plot_curves(result, held_out=held)
+    assert len(ax.collections) >= 2 * (len(result.curves.runs) + 1)  # a band and the points of each run
+    assert any("held out" in t.get_text() for t in ax.get_legend().get_texts())
+    plt.close("all")

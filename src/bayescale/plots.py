@@ -20,6 +20,8 @@ from matplotlib.ticker import FuncFormatter
 
 from .allocation import allocation_draws, allocation_exponent_draws, has_allocation, optimal_allocation
 from .batch import BatchResult
+from .curve_fit import CurveResult
+from .curves import LossCurves
 from .experiments import Design
 from .isoflop import IsoFlopResult
 from .posterior import LEVEL, FitResult, Posterior
@@ -35,6 +37,7 @@ __all__ = [
     "plot_trace",
     "plot_forest",
     "plot_design",
+    "plot_curves",
 ]
 
 _LABELS = {"N": "parameters N", "D": "tokens D", "C": "compute C (FLOPs)"}
@@ -346,4 +349,31 @@ def plot_design(plan: Design, ax: Axes | None = None) -> Axes:
     ax.legend(loc="best", fontsize="small")
     ax.set(xscale="log", yscale="log", xlabel=_LABELS["N"], ylabel=_LABELS["D"],
            ylim=(table["D"].min() / 2, table["D"].max() * 2), title=f"next runs for {plan.target}")
+    return ax
+
+
+def plot_curves(result: CurveResult, held_out: LossCurves | None = None, *, level: float = LEVEL,
+                points: int = 200, seed: int = 0, ax: Axes | None = None) -> Axes:
+    """Loss curves (nats) against step with the posterior's bands, each run's schedule underneath.
+
+    Every fitted run is drawn as its logged points (dots) and the band of a new run of its schedule;
+    every run of ``held_out`` (curves not fitted: other schedules or horizons) as its logged points
+    (crosses) and its predicted band. The learning rates share the x axis on a right-hand scale.
+    """
+    ax = _axes(ax)
+    rates = ax.twinx()
+    runs = [(run, result.curves, "o") for run in result.curves.runs]
+    runs += [(run, held_out, "x") for run in (held_out.runs if held_out is not None else [])]
+    for (run, curves, marker), color in zip(runs, _colors(len(runs))):
+        lr = curves.schedules[run]
+        logged = curves.table[curves.table["run"] == run]
+        first = max(int(logged["step"].min()), int(np.argmax(lr)))
+        steps = np.unique(np.linspace(first, lr.size - 1, points).astype(np.int64))
+        kind = "fitted" if marker == "o" else "held out"
+        _band(ax, steps, result.predict_draws(steps, schedule=lr, seed=seed), level, color, f"{run} ({kind})")
+        ax.scatter(logged["step"], logged["loss"], s=8, marker=marker, color=color, zorder=3)
+        rates.plot(np.arange(lr.size), lr, color=color, linewidth=0.8, alpha=0.4)
+    rates.set(ylabel="learning rate", ylim=(0, 4 * max(curves.schedules[run].max() for run, curves, _ in runs)))
+    ax.set(xlabel="step", ylabel="loss (nats)", title=f"{result.law.name} curves, {level:.0%} bands")
+    ax.legend(loc="upper right", fontsize="small")
     return ax
