@@ -25,6 +25,7 @@ from . import (
     allocation,
     cache,
     calibration,
+    curves,
     datasets,
     downstream,
     experiments,
@@ -32,6 +33,7 @@ from . import (
     laws,
     likelihoods,
     plots,
+    schedules,
     stacking,
     store,
 )
@@ -46,6 +48,8 @@ from .allocation import (
 )
 from .batch import BatchResult, fit_batch, load_batch
 from .comparison import compare
+from .curve_fit import CurveResult, fit_curves, simulate_curves
+from .curves import LossCurves
 from .data import DataError, DataWarning, ScalingData
 from .experiments import Design, design
 from .downstream import DownstreamResult, fit_downstream
@@ -69,6 +73,7 @@ __all__ = [
     "Backtest",
     "BatchResult",
     "ConvergenceWarning",
+    "CurveResult",
     "DataError",
     "DataWarning",
     "Diagnostics",
@@ -76,6 +81,7 @@ __all__ = [
     "HierarchicalResult",
     "IsoFlopResult",
     "Law",
+    "LossCurves",
     "MapResult",
     "Posterior",
     "SamplerSettings",
@@ -92,10 +98,12 @@ __all__ = [
     "compare",
     "compute_for_loss",
     "compute_optimal",
+    "curves",
     "datasets",
     "extrapolation",
     "fit",
     "fit_batch",
+    "fit_curves",
     "fit_downstream",
     "Design",
     "design",
@@ -113,7 +121,9 @@ __all__ = [
     "optimal_allocation",
     "plots",
     "report",
+    "schedules",
     "simulate",
+    "simulate_curves",
     "stack",
     "stack_batch",
     "StackedBatch",
