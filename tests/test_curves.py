@@ -239,3 +239,26 @@ def test_plot_curves_draws_a_band_per_run(simulated) -> None:  # noqa: ANN001
     assert len(ax.collections) >= 2 * (len(result.curves.runs) + 1)  # a band and the points of each run
     assert any("held out" in t.get_text() for t in ax.get_legend().get_texts())
     plt.close("all")
+
+
+def test_a_curve_fit_saved_is_loaded_back_exactly(simulated, tmp_path) -> None:  # noqa: ANN001
+    curves, result = simulated
+    path = tmp_path / "curves.nc"
+    result.save(path)
+    loaded = bs.load(path)
+    assert isinstance(loaded, bs.CurveResult) and loaded.settings == result.settings
+    assert (loaded.law.name, loaded.noise, loaded.block) == (result.law.name, result.noise, result.block)
+    pd.testing.assert_frame_equal(loaded.curves.table, result.curves.table)
+    for run, lr in result.curves.schedules.items():
+        np.testing.assert_array_equal(loaded.curves.schedules[run], lr)
+    for group in result.idata.groups():
+        assert loaded.idata[group].equals(result.idata[group]), group
+    np.testing.assert_array_equal(loaded.predict_draws([13000], run="wsd_long"), result.predict_draws([13000], run="wsd_long"))
+    assert not list(tmp_path.glob(".*.tmp")), "a temporary file was left behind"
+    with pytest.raises(DataError, match="not of the law given"):
+        bs.load(path, law=multi_power())
+    odd = bs.CurveResult(result.idata, LossCurves(result.curves.table.assign(run=[("a", 1)] * len(result.curves.table)),
+                                                   {("a", 1): curves.schedules["cosine"]}),
+                         result.law, result.noise, result.block, result.settings)
+    with pytest.raises(TypeError, match="strings or integers"):
+        odd.save(tmp_path / "odd.nc")

@@ -25,8 +25,10 @@ actually is.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import arviz as az
 import jax
@@ -35,6 +37,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pandas as pd
+import xarray as xr
 from numpyro.distributions import constraints
 
 from .curves import BLOCK, CurveInputs, CurveLaw, LossCurves, curve_inputs, get_curve_law
@@ -42,10 +45,13 @@ from .fit import sample_model
 from .model import OBSERVED
 from .posterior import LEVEL, Diagnostics, describe_draws, diagnose, warn_unconverged
 from .sampling import SamplerSettings, sampler_settings
+from .store import atomic_write
 
 __all__ = ["CurveResult", "fit_curves", "simulate_curves", "NOISES"]
 
 NOISES = ("ar1", "independent")
+CURVES_FORMAT = 1
+"""Version of the file layout written by :meth:`CurveResult.save`."""
 _SIGMA_PRIOR = dist.HalfNormal(0.05)
 _ELL_PRIOR = dist.LogNormal(jnp.log(2000.0), 1.5)
 _WHITE_PRIOR = dist.HalfNormal(0.01)
@@ -178,7 +184,12 @@ class CurveResult:
         noise: ``"ar1"`` or ``"independent"``.
         block: steps per block of the schedule sums.
         settings: sampler settings, seed included.
+
+    ``save`` writes it to one netCDF file (posterior, curves and every schedule) and
+    :func:`bayescale.load` reads it back, equal draw for draw.
     """
+
+    kind: ClassVar[str] = "curves"
 
     idata: az.InferenceData
     curves: LossCurves
@@ -208,6 +219,47 @@ class CurveResult:
     def summary(self, level: float = LEVEL) -> pd.DataFrame:
         """Mean, sd, median and interval at ``level`` of each parameter."""
         return describe_draws(self.draws(), level)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the fit to a netCDF file: the InferenceData, the logged points (group ``curves``) and each
+        run's schedule (group ``schedules``). Written under a temporary name and renamed into place.
+
+        Raises:
+            TypeError: a run label that JSON cannot hold (labels must be strings or integers).
+        """
+        runs = self.curves.runs
+        bad = [r for r in runs if not isinstance(r, (str, int)) or isinstance(r, bool)]
+        if bad:
+            raise TypeError(f"run labels must be strings or integers to be saved; got {bad[:3]}")
+        code = {r: i for i, r in enumerate(runs)}
+        table = self.curves.table
+        points = xr.Dataset({"run": ("point", table["run"].map(code).to_numpy(dtype=np.int64)),
+                             "step": ("point", table["step"].to_numpy()), "loss": ("point", table["loss"].to_numpy())})
+        lrs = xr.Dataset({f"lr_{i}": (f"step_{i}", np.asarray(self.curves.schedules[r])) for r, i in code.items()})
+        meta = {"format": CURVES_FORMAT, "kind": self.kind, "law": self.law.name, "noise": self.noise,
+                "block": self.block, "settings": self.settings.to_dict(), "runs": runs}
+        idata = self.idata.copy()
+        idata.add_groups(curves=points, schedules=lrs)
+        idata.posterior.attrs["bayescale"] = json.dumps(meta)
+        atomic_write(path, lambda tmp: idata.to_netcdf(tmp, engine="h5netcdf"))
+
+    @classmethod
+    def restore(cls, idata: az.InferenceData, meta: Mapping[str, Any], law: CurveLaw | None = None) -> CurveResult:
+        """The fit saved by :meth:`save` (``meta``: its metadata); ``law`` for a law outside the registry."""
+        if meta.get("format") != CURVES_FORMAT:
+            raise ValueError(f"a curve fit of format {meta.get('format')!r}; this version reads {CURVES_FORMAT}")
+        if law is None:
+            law = get_curve_law(meta["law"])
+        elif law.name != meta["law"]:
+            raise ValueError(f"the file holds a fit of {meta['law']!r}, not of the law given ({law.name!r})")
+        runs = meta["runs"]
+        points = idata.curves
+        table = pd.DataFrame({"run": [runs[i] for i in points["run"].values], "step": points["step"].values,
+                              "loss": points["loss"].values})
+        schedules = {r: idata.schedules[f"lr_{i}"].values for i, r in enumerate(runs)}
+        rest = az.InferenceData(**{g: idata[g] for g in idata.groups() if g not in ("curves", "schedules")})
+        return cls(rest, LossCurves(table, schedules), law, meta["noise"], int(meta["block"]),
+                   SamplerSettings(**meta["settings"]))
 
     def predict_draws(self, steps: Sequence[int] | np.ndarray, run: Any = None,
                       schedule: Sequence[float] | np.ndarray | None = None, *, seed: int = 0) -> np.ndarray:

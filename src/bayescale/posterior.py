@@ -750,12 +750,14 @@ def data_from_idata(idata: az.InferenceData, meta: Mapping[str, Any]) -> Scaling
     )
 
 
-def load(path: str | os.PathLike[str], law: Law | None = None) -> Posterior:
-    """Read any result written by its ``save`` method (a fit, hierarchical or iso-FLOP result).
+def load(path: str | os.PathLike[str], law: Any = None) -> Any:
+    """Read any result written by its ``save`` method (a fit, batch member, hierarchical, iso-FLOP, stacked,
+    downstream result, or a fit of loss curves: :class:`~bayescale.curve_fit.CurveResult`).
 
     Args:
         path: the netCDF file.
-        law: the law object, required for custom laws (functions are not saved).
+        law: the law object (a :class:`~bayescale.laws.Law`, or a curve law for a curve fit), required
+            for custom laws (functions are not saved).
 
     Returns:
         The result, equal to the one saved: the same draws, data, law, likelihood,
@@ -781,6 +783,10 @@ def load(path: str | os.PathLike[str], law: Law | None = None) -> Posterior:
             raise TypeError(f"a JSON {type(meta).__name__}, not an object")
         del idata.posterior.attrs["bayescale"]
         kind = meta.get("kind", "fit")
+        if kind == "curves":
+            from .curve_fit import CurveResult  # curve fits are not Posterior results of final losses
+
+            return CurveResult.restore(idata, meta, law)
         if kind not in _KINDS:
             raise DataError(f"{path}: a result of unknown kind {kind!r}")
         return _KINDS[kind]._restore(idata, meta, law)
