@@ -161,3 +161,18 @@ def tiny_downstream(small_groups: dict) -> bs.DownstreamResult:
 def interval(draws: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
+
+
+CURVE_TRUTH = {"L0": 3.2, "A": 0.4, "alpha": 0.65, "C": 0.6}
+"""The annealing law of the simulated loss curves (a 25M-like run: peak rate 3e-4)."""
+IN_PROGRESS = "wsd_19200_24000"
+"""The simulated run logged up to half its schedule."""
+
+
+def annealing_curves() -> bs.LossCurves:
+    """Four runs named by their schedules (``bs.schedules.from_name``), simulated from :data:`CURVE_TRUTH` with
+    correlated residuals and white noise, logged every 200 steps after warmup; :data:`IN_PROGRESS` up to half
+    its schedule. The curve tests and the CLI's fit these same points (one set of compiled programs)."""
+    lrs = {name: bs.schedules.from_name(name) for name in ("cosine_12000", "constant_12000", "wsd_9600_12000", IN_PROGRESS)}
+    steps = {run: np.arange(bs.schedules.WARMUP, len(lr), 200) for run, lr in lrs.items()}
+    return bs.simulate_curves("lr_annealing", CURVE_TRUTH, lrs, steps, sigma=0.004, ell=3000.0, white=0.001, seed=4)

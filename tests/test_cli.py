@@ -239,3 +239,26 @@ def test_cli_shows_no_dependency_notices(tmp_path) -> None:  # noqa: ANN001
                          timeout=300)
     assert run.returncode == 0 and "chinchilla_synthetic" in run.stdout
     assert "Warning" not in run.stderr and "ArviZ" not in run.stderr, run.stderr
+
+
+def test_cli_curves_fits_compares_schedules_and_names_bad_rows(tmp_path, capsys) -> None:  # noqa: ANN001
+    """The simulated curves of the curve tests, each run's schedule named in a column: the fit is saved and loads back, the compared schedules' table is written; a run that names two
+    schedules exits 2 naming the run."""
+    from conftest import IN_PROGRESS, annealing_curves
+
+    points = annealing_curves().prefix(IN_PROGRESS, 0.5).table
+    csv = tmp_path / "points.csv"
+    points.assign(schedule=points["run"]).to_csv(csv, index=False)
+    out = tmp_path / "out"
+    args = ["curves", str(csv), "--law", "lr_annealing", *SIZE, "--quiet", "--out", str(out)]
+    assert cli.main([*args, "--predict", "constant_12000", "wsd_9600_12000"]) == 0
+    loaded = bs.load(out / "curves.nc")
+    assert isinstance(loaded, bs.CurveResult) and sorted(loaded.curves.runs) == sorted(points["run"].unique())
+    choice = pd.read_csv(out / "schedules.csv", index_col=0)
+    assert choice.loc["wsd_9600_12000", "median"] < choice.loc["constant_12000", "median"]
+    assert "probability of the lowest" in capsys.readouterr().out
+    broken = points.assign(schedule=points["run"])
+    broken.loc[broken.index[0], "schedule"] = "cosine_24000"
+    broken.to_csv(csv, index=False)
+    assert cli.main(args) == 2
+    assert f"run {points['run'].iloc[0]!r} names 2 schedules" in capsys.readouterr().err

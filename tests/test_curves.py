@@ -14,7 +14,7 @@ import bayescale as bs
 from bayescale import schedules
 from bayescale.curves import LossCurves, curve_inputs, lr_annealing, multi_power, warmup_of
 from bayescale.data import DataError
-from conftest import TINY
+from conftest import CURVE_TRUTH, IN_PROGRESS, SMALL, annealing_curves
 
 NAMES = ["constant_24000", "constant_72000", "cosine_24000", "cosine_72000", "wsd_20000_24000",
          "wsdld_20000_24000", "wsdcon_3", "wsdcon_9", "wsdcon_18"]
@@ -166,23 +166,14 @@ def test_the_ou_residuals_are_the_exact_joint_density_and_simulate_its_covarianc
     np.testing.assert_allclose(np.cov(paths.T), cov, atol=4e-5)
 
 
-TRUTH = {"L0": 3.2, "A": 0.4, "alpha": 0.65, "C": 0.6}
-"""The annealing law of the simulated curves (a 25M-like run: peak rate 3e-4)."""
-
-
 @pytest.fixture(scope="module")
-def simulated() -> tuple[LossCurves, "bs.curve_fit.CurveResult"]:
-    """Four runs simulated from the annealing law with correlated residuals and white noise, the long WSD run
-    logged up to half its schedule (a run in progress), and the fit of the other three plus that prefix."""
-    from bayescale.curve_fit import fit_curves, simulate_curves
-
-    lrs = {"cosine": schedules.cosine(12000), "constant": schedules.constant(12000),
-           "wsd": schedules.wsd(12000, 9600), "wsd_long": schedules.wsd(24000, 19200)}
-    steps = {run: np.arange(schedules.WARMUP, len(lr), 200) for run, lr in lrs.items()}
-    curves = simulate_curves("lr_annealing", TRUTH, lrs, steps, sigma=0.004, ell=3000.0, white=0.001, seed=3)
+def simulated() -> tuple[LossCurves, bs.CurveResult]:
+    """The simulated curves (whole) and the fit of their logged points (the run in progress up to half), at the
+    suite's statistical size (its intervals are checked against the truth)."""
+    curves = annealing_curves()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", bs.ConvergenceWarning)
-        return curves, fit_curves(curves.prefix("wsd_long", 0.5), "lr_annealing", settings=TINY)
+        return curves, bs.fit_curves(curves.prefix(IN_PROGRESS, 0.5), "lr_annealing", **SMALL)
 
 
 def test_a_curve_fit_recovers_the_annealing_law_and_continues_a_run_in_progress(simulated) -> None:  # noqa: ANN001
@@ -191,12 +182,12 @@ def test_a_curve_fit_recovers_the_annealing_law_and_continues_a_run_in_progress(
     (it is conditioned on where the run is)."""
     curves, result = simulated
     summary = result.summary(level=0.98)
-    for name, value in TRUTH.items():
+    for name, value in CURVE_TRUTH.items():
         assert summary.loc[name, "1%"] <= value <= summary.loc[name, "99%"], (name, summary.loc[name].to_dict())
     assert result.diagnostics.table["r_hat"].max() < 1.1
-    final = curves.table[curves.table["run"] == "wsd_long"].iloc[-1]
-    continued = result.predict([final["step"]], run="wsd_long").iloc[0]
-    fresh = result.predict([final["step"]], schedule=curves.schedules["wsd_long"]).iloc[0]
+    final = curves.table[curves.table["run"] == IN_PROGRESS].iloc[-1]
+    continued = result.predict([final["step"]], run=IN_PROGRESS).iloc[0]
+    fresh = result.predict([final["step"]], schedule=curves.schedules[IN_PROGRESS]).iloc[0]
     for band in (continued, fresh):
         assert band["lower"] <= final["loss"] <= band["upper"], band.to_dict()
     assert continued["upper"] - continued["lower"] < fresh["upper"] - fresh["lower"]
@@ -217,9 +208,9 @@ def test_schedules_compared_on_the_same_draws(simulated) -> None:  # noqa: ANN00
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"steps": [3000], "run": "cosine", "schedule": schedules.cosine(12000)}, ValueError, "one of run="),
-        ({"steps": [3000, 2000], "run": "wsd_long"}, ValueError, "increasing"),
-        ({"steps": [3000], "run": "wsd_long"}, ValueError, "logged up to step"),
+        ({"steps": [3000], "run": "cosine_12000", "schedule": schedules.cosine(12000)}, ValueError, "one of run="),
+        ({"steps": [3000, 2000], "run": IN_PROGRESS}, ValueError, "increasing"),
+        ({"steps": [3000], "run": IN_PROGRESS}, ValueError, "logged up to step"),
         ({"steps": [30000], "schedule": schedules.cosine(12000)}, DataError, "within its schedule"),
         ({"steps": [13000], "run": "nope"}, KeyError, "unknown run"),
     ],
@@ -234,7 +225,7 @@ def test_plot_curves_draws_a_band_per_run(simulated) -> None:  # noqa: ANN001
     import matplotlib.pyplot as plt
 
     curves, result = simulated
-    held = curves.subset(["wsd_long"])
+    held = curves.subset([IN_PROGRESS])
     ax = bs.plots.plot_curves(result, held_out=held)
     assert len(ax.collections) >= 2 * (len(result.curves.runs) + 1)  # a band and the points of each run
     assert any("held out" in t.get_text() for t in ax.get_legend().get_texts())
@@ -253,12 +244,12 @@ def test_a_curve_fit_saved_is_loaded_back_exactly(simulated, tmp_path) -> None: 
         np.testing.assert_array_equal(loaded.curves.schedules[run], lr)
     for group in result.idata.groups():
         assert loaded.idata[group].equals(result.idata[group]), group
-    np.testing.assert_array_equal(loaded.predict_draws([13000], run="wsd_long"), result.predict_draws([13000], run="wsd_long"))
+    np.testing.assert_array_equal(loaded.predict_draws([13000], run=IN_PROGRESS), result.predict_draws([13000], run=IN_PROGRESS))
     assert not list(tmp_path.glob(".*.tmp")), "a temporary file was left behind"
     with pytest.raises(DataError, match="not of the law given"):
         bs.load(path, law=multi_power())
     odd = bs.CurveResult(result.idata, LossCurves(result.curves.table.assign(run=[("a", 1)] * len(result.curves.table)),
-                                                   {("a", 1): curves.schedules["cosine"]}),
+                                                   {("a", 1): curves.schedules["cosine_12000"]}),
                          result.law, result.noise, result.block, result.settings)
     with pytest.raises(TypeError, match="strings or integers"):
         odd.save(tmp_path / "odd.nc")

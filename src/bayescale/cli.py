@@ -13,6 +13,7 @@ Examples::
     bayescale report results/
     bayescale batch runs.csv --group-col arch --out batch-results/
     bayescale batch runs.csv --group-col arch --law chinchilla kaplan_nd   # one folder per law, weights.csv
+    bayescale curves points.csv --law lr_annealing --predict cosine_72000 wsd_60000_72000 --out curves/
     bayescale datasets
     bayescale info          # versions, devices, compilation cache folder
 
@@ -36,8 +37,10 @@ import jax
 import numpyro
 import pandas as pd
 
-from . import __version__, cache, datasets
+from . import __version__, cache, datasets, schedules
 from .allocation import compute_for_loss, compute_optimal, plannable
+from .curve_fit import NOISES, fit_curves
+from .curves import LossCurves, named_schedules
 from .batch import BatchResult, fit_batch, load_batch
 from .data import DataError, ScalingData, read_csv
 from .experiments import Forecast, design
@@ -324,6 +327,27 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", default=None, help="output folder (default: the results folder)")
     budgets(rep)
 
+    cur = sub.add_parser("curves", help="fit a curve law to logged loss curves; compare schedules' final losses")
+    cur.add_argument("csv", help="CSV of logged points: one row per (run, step), with the loss and the run's schedule")
+    cur.add_argument("--law", default="multi_power", choices=["multi_power", "lr_annealing"],
+                     help="curve law (default multi_power: minutes per fit; lr_annealing: seconds)")
+    cur.add_argument("--noise", default="ar1", choices=list(NOISES),
+                     help="residuals along a run: AR(1) plus white noise (default) or independent")
+    cur.add_argument("--run-col", default="run", help="column naming each point's run (default 'run')")
+    cur.add_argument("--step-col", default="step", help="column of optimiser steps (default 'step')")
+    cur.add_argument("--loss-col", default="loss", help="column of logged loss in nats (default 'loss')")
+    cur.add_argument("--schedule-col", default="schedule",
+                     help="column naming each run's schedule: constant_T, cosine_T, wsd_S_T, wsdld_S_T (default 'schedule')")
+    cur.add_argument("--peak", type=float, default=schedules.PEAK, help=f"peak learning rate (default {schedules.PEAK:g})")
+    cur.add_argument("--final", type=float, default=schedules.FINAL,
+                     help=f"final learning rate of cosine and WSD schedules (default {schedules.FINAL:g})")
+    cur.add_argument("--lr-warmup", type=int, default=schedules.WARMUP,
+                     help=f"learning-rate warmup steps of the schedules (default {schedules.WARMUP})")
+    cur.add_argument("--predict", nargs="+", default=None, metavar="SCHEDULE",
+                     help="schedules (named as in the schedule column) whose final losses to compare")
+    cur.add_argument("--out", default="curves", help="output folder (default curves)")
+    sampler(cur)
+
     sub.add_parser("datasets", help="list the bundled datasets")
     sub.add_parser("info", help="versions, devices and the compilation cache's location")
     return parser
@@ -343,6 +367,29 @@ def _info() -> int:
     for key, value in lines.items():
         print(f"{key + ':':20s}{value}")
     return 0
+
+
+def _curves(args: argparse.Namespace) -> int:
+    """Fit loss curves, print and write the posterior, and the compared schedules' final losses."""
+    table = read_csv(args.csv, group=args.run_col)
+    shape = {"peak": args.peak, "final": args.final, "warmup": args.lr_warmup}
+    curves = LossCurves.from_table(table, named_schedules(table, run=args.run_col, schedule=args.schedule_col, **shape),
+                                   run=args.run_col, step=args.step_col, loss=args.loss_col)
+    result = fit_curves(curves, args.law, noise=args.noise, **_sampler_args(args))
+    os.makedirs(args.out, exist_ok=True)
+    result.save(os.path.join(args.out, "curves.nc"))
+    summary = result.summary().join(result.diagnostics.table)
+    _write_csv(summary, os.path.join(args.out, "summary.csv"))
+    print(f"{args.law} fitted to {len(curves.runs)} curves ({len(curves.table)} logged points), noise {args.noise}")
+    _print(summary)
+    if args.predict:
+        candidates = {name: schedules.from_name(name, **shape) for name in args.predict}
+        choice = result.compare_schedules(candidates)
+        _write_csv(choice, os.path.join(args.out, "schedules.csv"))
+        print("final loss (nats) of each schedule, 90% interval, probability of the lowest:")
+        _print(choice)
+    print(f"written to {args.out}")
+    return 1 if args.strict and not result.diagnostics.ok else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -374,6 +421,8 @@ def _run(args: argparse.Namespace) -> int:
             return _batch(args)
         if args.command == "report":
             return _report(args)
+        if args.command == "curves":
+            return _curves(args)
         if args.command == "demo":
             data = datasets.load("chinchilla_synthetic")
             print(f"bayescale demo: fitting the Chinchilla law to {data.n} bundled runs ({data.source})")

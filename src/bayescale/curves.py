@@ -36,10 +36,11 @@ import numpyro.distributions as dist
 import pandas as pd
 import scipy.signal
 
+from . import schedules as _schedules
 from .data import DataError
 
 __all__ = ["LossCurves", "CurveInputs", "CurveLaw", "curve_inputs", "multi_power", "lr_annealing",
-           "get_curve_law", "BLOCK"]
+           "get_curve_law", "named_schedules", "BLOCK"]
 
 BLOCK = 64
 """Steps per block of the multi-power law's sum over the schedule's drops."""
@@ -132,6 +133,30 @@ class LossCurves:
         last = self.table.loc[rows, "step"].max()
         keep = ~rows | (self.table["step"] <= fraction * last)
         return LossCurves(self.table[keep].reset_index(drop=True), dict(self.schedules))
+
+
+def named_schedules(table: pd.DataFrame, *, run: str = "run", schedule: str = "schedule",
+                    **options: Any) -> dict[Any, np.ndarray]:
+    """Each run's learning rates from a column naming its schedule (:func:`bayescale.schedules.from_name`:
+    ``cosine_24000``, ``wsd_20000_24000``, ...); ``options``: its ``peak``, ``final`` and ``warmup``.
+
+    Raises:
+        DataError: a missing column, a run whose rows name two schedules, or a name that is no schedule
+            (the message names the run).
+    """
+    missing = [c for c in (run, schedule) if c not in table.columns]
+    if missing:
+        raise DataError(f"named schedules need columns {missing}; the table has {list(table.columns)}")
+    out = {}
+    for label, rows in table.groupby(run, sort=False):
+        names = pd.unique(rows[schedule])
+        if len(names) != 1:
+            raise DataError(f"column {schedule!r}: run {label!r} names {len(names)} schedules {list(names)[:3]}; give one")
+        try:
+            out[label] = _schedules.from_name(str(names[0]), **options)
+        except ValueError as err:
+            raise DataError(f"column {schedule!r}, run {label!r}: {err}") from None
+    return out
 
 
 class CurveInputs(NamedTuple):

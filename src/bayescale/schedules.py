@@ -89,11 +89,14 @@ def two_stage(total: int, switch: int, second: float, *, peak: float = PEAK, war
     return lr
 
 
-def from_name(name: str) -> np.ndarray:
-    """The study's schedule called ``name``: ``constant_T``, ``cosine_T``, ``wsd_S_T``, ``wsdld_S_T``, ``wsdcon_k``.
+def from_name(name: str, *, peak: float = PEAK, final: float = FINAL, warmup: int = WARMUP) -> np.ndarray:
+    """The schedule called ``name``: ``constant_T``, ``cosine_T``, ``wsd_S_T`` (exponential decay from step S
+    to T), ``wsdld_S_T`` (linear decay), or the study's two-stage ``wsdcon_k`` (its own peak and warmup:
+    ``peak`` until step 8000, then ``k * 1e-5`` until 16000). ``peak``, ``final`` and ``warmup`` as in the
+    constructors (defaults: the study's).
 
     Raises:
-        ValueError: a name of no such form.
+        ValueError: a name of no such form, or arguments the constructor refuses.
     """
     kind, _, rest = name.partition("_")
     try:
@@ -101,11 +104,12 @@ def from_name(name: str) -> np.ndarray:
     except ValueError:
         numbers = []
     if kind == "constant" and len(numbers) == 1:
-        return constant(numbers[0])
+        return constant(numbers[0], peak=peak, warmup=warmup)
     if kind == "cosine" and len(numbers) == 1:
-        return cosine(numbers[0])
+        return cosine(numbers[0], peak=peak, final=final, warmup=warmup)
     if kind in ("wsd", "wsdld") and len(numbers) == 2:
-        return wsd(numbers[1], numbers[0], decay="exponential" if kind == "wsd" else "linear")
+        return wsd(numbers[1], numbers[0], peak=peak, final=final, warmup=warmup,
+                   decay="exponential" if kind == "wsd" else "linear")
     if kind == "wsdcon" and len(numbers) == 1:
         switch, total, unit = _TWO_STAGE
         return two_stage(total, switch, numbers[0] * unit)
