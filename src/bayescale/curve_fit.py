@@ -25,6 +25,7 @@ actually is.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -164,6 +165,12 @@ class CurveModel:
     def unobserved(self, data: CurveData) -> CurveData:
         """``data`` without observations (the posterior predictive simulates whole curves)."""
         return data._replace(log_y=None)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _law_log_mean(mean: Any, draws: Mapping[str, Any], x: CurveInputs) -> jax.Array:
+    """Log of a law's mean curve per draw ``(draws, points)``: one compiled program per law and shape."""
+    return jnp.log(jax.vmap(lambda q: mean(q, x))(draws))
 
 
 def _gaps(points: pd.DataFrame) -> np.ndarray:
@@ -311,9 +318,8 @@ class CurveResult:
 
     def _log_mean(self, schedules: Mapping[Any, np.ndarray], points: pd.DataFrame) -> np.ndarray:
         x = curve_inputs(schedules, points, self.block)
-        p = {n: jnp.asarray(self.draws(n)) for n in self.law.params}
         with jax.enable_x64(True):
-            return np.asarray(jnp.log(jax.vmap(lambda q: self.law.mean(q, x))(p)))
+            return np.asarray(_law_log_mean(self.law.mean, {n: self.draws(n) for n in self.law.params}, x))
 
     def _residuals(self, state: np.ndarray, gap: np.ndarray, seed: int) -> np.ndarray:
         """Residual draws ``(draws, points)`` of logged losses: the path continues from a state drawn from
