@@ -242,7 +242,7 @@ def test_cli_shows_no_dependency_notices(tmp_path) -> None:  # noqa: ANN001
 
 
 def test_cli_curves_fits_compares_schedules_and_names_bad_rows(tmp_path, capsys) -> None:  # noqa: ANN001
-    """The simulated curves of the curve tests, each run's schedule named in a column: the fit is saved and loads back, the compared schedules' table is written; a run that names two
+    """The simulated curves of the curve tests, each run's schedule named in a column: the fit is saved and loads back, the compared schedules' table and the figure are written; a run that names two
     schedules exits 2 naming the run."""
     from conftest import IN_PROGRESS, annealing_curves
 
@@ -257,6 +257,7 @@ def test_cli_curves_fits_compares_schedules_and_names_bad_rows(tmp_path, capsys)
     choice = pd.read_csv(out / "schedules.csv", index_col=0)
     assert choice.loc["wsd_9600_12000", "median"] < choice.loc["constant_12000", "median"]
     assert "probability of the lowest" in capsys.readouterr().out
+    assert (out / "curves.png").stat().st_size > 0 and (out / "summary.csv").exists()
     broken = points.assign(schedule=points["run"])
     broken.loc[broken.index[0], "schedule"] = "cosine_24000"
     broken.to_csv(csv, index=False)

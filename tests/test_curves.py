@@ -226,9 +226,10 @@ def test_plot_curves_draws_a_band_per_run(simulated) -> None:  # noqa: ANN001
 
     curves, result = simulated
     held = curves.subset([IN_PROGRESS])
-    ax = bs.plots.plot_curves(result, held_out=held)
-    assert len(ax.collections) >= 2 * (len(result.curves.runs) + 1)  # a band and the points of each run
-    assert any("held out" in t.get_text() for t in ax.get_legend().get_texts())
+    ax = bs.plots.plot_curves(result, held_out=held, schedules={"cosine_24000": schedules.cosine(24000)})
+    assert len(ax.collections) >= 2 * (len(result.curves.runs) + 1) + 1  # a band and the points of each run
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any("held out" in t for t in labels) and "cosine_24000 (predicted)" in labels
     plt.close("all")
 
 

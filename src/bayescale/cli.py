@@ -34,6 +34,7 @@ from collections.abc import Sequence
 
 import arviz as az
 import jax
+import matplotlib.pyplot as plt
 import numpyro
 import pandas as pd
 
@@ -52,7 +53,8 @@ from .validation import backtest
 from .posterior import FitResult, load
 from .stacked_batch import stack_batch
 from .stacking import METHODS, StackedResult, stack
-from .store import MANIFEST, write_text
+from .plots import plot_curves
+from .store import MANIFEST, atomic_write, write_text
 
 __all__ = ["main"]
 
@@ -382,13 +384,18 @@ def _curves(args: argparse.Namespace) -> int:
     _write_csv(summary, os.path.join(args.out, "summary.csv"))
     print(f"{args.law} fitted to {len(curves.runs)} curves ({len(curves.table)} logged points), noise {args.noise}")
     _print(summary)
+    candidates = None
     if args.predict:
         candidates = {name: schedules.from_name(name, **shape) for name in args.predict}
         choice = result.compare_schedules(candidates)
         _write_csv(choice, os.path.join(args.out, "schedules.csv"))
         print("final loss (nats) of each schedule, 90% interval, probability of the lowest:")
         _print(choice)
-    print(f"written to {args.out}")
+    ax = plot_curves(result, schedules=candidates)
+    atomic_write(os.path.join(args.out, "curves.png"), lambda tmp: ax.figure.savefig(tmp, format="png", dpi=110,
+                                                                                     bbox_inches="tight"))
+    plt.close(ax.figure)
+    print(f"written to {args.out}: curves.nc, summary.csv{', schedules.csv' if args.predict else ''}, curves.png")
     return 1 if args.strict and not result.diagnostics.ok else 0
 
 

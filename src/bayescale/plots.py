@@ -9,7 +9,7 @@ Units: N in parameters, D in tokens, C in FLOPs, loss in nats.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import arviz as az
@@ -352,28 +352,33 @@ def plot_design(plan: Design, ax: Axes | None = None) -> Axes:
     return ax
 
 
-def plot_curves(result: CurveResult, held_out: LossCurves | None = None, *, level: float = LEVEL,
-                points: int = 200, seed: int = 0, ax: Axes | None = None) -> Axes:
+def plot_curves(result: CurveResult, held_out: LossCurves | None = None, *,
+                schedules: Mapping[Any, np.ndarray] | None = None, level: float = LEVEL, points: int = 200,
+                seed: int = 0, ax: Axes | None = None) -> Axes:
     """Loss curves (nats) against step with the posterior's bands, each run's schedule underneath.
 
     Every fitted run is drawn as its logged points (dots) and the band of a new run of its schedule;
     every run of ``held_out`` (curves not fitted: other schedules or horizons) as its logged points
-    (crosses) and its predicted band. The learning rates share the x axis on a right-hand scale.
+    (crosses) and its predicted band; every one of ``schedules`` (name to learning rate at every step)
+    as its predicted band alone (dashed median). The learning rates share the x axis on a right-hand scale.
     """
     ax = _axes(ax)
     rates = ax.twinx()
-    runs = [(run, result.curves, "o") for run in result.curves.runs]
-    runs += [(run, held_out, "x") for run in (held_out.runs if held_out is not None else [])]
-    for (run, curves, marker), color in zip(runs, _colors(len(runs))):
-        lr = curves.schedules[run]
-        logged = curves.table[curves.table["run"] == run]
-        first = max(int(logged["step"].min()), int(np.argmax(lr)))
+    runs = [(run, result.curves.schedules[run], result.curves.table, "fitted") for run in result.curves.runs]
+    if held_out is not None:
+        runs += [(run, held_out.schedules[run], held_out.table, "held out") for run in held_out.runs]
+    runs += [(name, np.asarray(lr, dtype=float), None, "predicted") for name, lr in (schedules or {}).items()]
+    for (run, lr, table, kind), color in zip(runs, _colors(len(runs))):
+        logged = table[table["run"] == run] if table is not None else None
+        first = int(np.argmax(lr)) if logged is None else max(int(logged["step"].min()), int(np.argmax(lr)))
         steps = np.unique(np.linspace(first, lr.size - 1, points).astype(np.int64))
-        kind = "fitted" if marker == "o" else "held out"
         _band(ax, steps, result.predict_draws(steps, schedule=lr, seed=seed), level, color, f"{run} ({kind})")
-        ax.scatter(logged["step"], logged["loss"], s=8, marker=marker, color=color, zorder=3)
+        if logged is not None:
+            ax.scatter(logged["step"], logged["loss"], s=8, marker="o" if kind == "fitted" else "x", color=color, zorder=3)
+        else:
+            ax.lines[-1].set_linestyle("--")
         rates.plot(np.arange(lr.size), lr, color=color, linewidth=0.8, alpha=0.4)
-    rates.set(ylabel="learning rate", ylim=(0, 4 * max(curves.schedules[run].max() for run, curves, _ in runs)))
+    rates.set(ylabel="learning rate", ylim=(0, 4 * max(lr.max() for _, lr, _, _ in runs)))
     ax.set(xlabel="step", ylabel="loss (nats)", title=f"{result.law.name} curves, {level:.0%} bands")
     ax.legend(loc="upper right", fontsize="small")
     return ax
