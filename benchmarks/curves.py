@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--size", default="25M")
     parser.add_argument("--law", default="multi_power")
     parser.add_argument("--noise", default="ar1")
+    parser.add_argument("--block", type=int, default=bs.curves.BLOCK, help="steps per block of the multi-power sum")
     parser.add_argument("--chains", type=int, default=2)
     parser.add_argument("--draws", type=int, default=300)
     parser.add_argument("--prefix", action="store_true", help="also predict each held-out run from a prefix")
@@ -58,7 +59,7 @@ def main() -> None:
         start = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", bs.ConvergenceWarning)
-            result = fit_curves(data, args.law, noise=args.noise, settings=settings)
+            result = fit_curves(data, args.law, noise=args.noise, block=args.block, settings=settings)
         seconds = time.perf_counter() - start
         table = result.diagnostics.table
         print(f"{what}: {seconds:.0f} s, points {len(data.table)}, r_hat max {table['r_hat'].max():.3f}, "
@@ -69,7 +70,7 @@ def main() -> None:
     base, seconds, r_hat = fit(curves.subset(list(FITTING)), "three fitting curves")
     held = [r for r in curves.runs if r not in FITTING]
     for run in held:
-        rows.append({"size": args.size, "law": args.law, "noise": args.noise, "mode": "new schedule",
+        rows.append({"size": args.size, "law": args.law, "noise": args.noise, "block": args.block, "mode": "new schedule",
                      "fit_s": seconds, "r_hat": r_hat, **score(base, curves, run)})
     if args.prefix:
         for run in held:
@@ -80,7 +81,8 @@ def main() -> None:
                                curves.prefix(run, fraction).subset([run]).table], ignore_index=True),
                     {**{r: curves.schedules[r] for r in FITTING}, run: curves.schedules[run]})
                 result, s, rh = fit(data, f"{run} prefix {fraction}")
-                rows.append({"size": args.size, "law": args.law, "noise": args.noise, "mode": f"prefix {fraction}",
+                rows.append({"size": args.size, "law": args.law, "noise": args.noise, "block": args.block,
+                             "mode": f"prefix {fraction}",
                              "fit_s": s, "r_hat": rh, **score(result, curves, run, after=int(fraction * last))})
     table = pd.DataFrame(rows)
     print(table.round(4).to_string())

@@ -12,7 +12,7 @@ import pytest
 
 import bayescale as bs
 from bayescale import schedules
-from bayescale.curves import LossCurves, curve_inputs, lr_annealing, multi_power, warmup_of
+from bayescale.curves import BLOCK, LossCurves, curve_inputs, lr_annealing, multi_power, warmup_of
 from bayescale.data import DataError
 from conftest import CURVE_TRUTH, IN_PROGRESS, SMALL, annealing_curves
 
@@ -76,8 +76,8 @@ def direct(lr: np.ndarray, t: int, p: dict[str, float], decay: float = 0.999) ->
 
 @pytest.mark.parametrize("name", ["cosine_24000", "wsd_20000_24000", "wsdld_20000_24000", "wsdcon_9"])
 def test_the_schedule_sums_equal_a_direct_loop(name: str) -> None:
-    """Exact with one step per block; with the default blocks of 64 steps, within 1e-4 of the loss (a
-    thousandth of the published fits' error)."""
+    """Exact with one step per block; with the default blocks (``BLOCK`` steps), within 5e-4 of the loss (under
+    a third of the published fits' error), and within 1e-4 with blocks of 64 steps."""
     p = {"L0": 3.0, "A": 0.6, "alpha": 0.5, "B": 400.0, "C": 2.0, "beta": 0.6, "gamma": 0.6, "C2": 300.0}
     lr = schedules.from_name(name)[:12000] if name == "wsdcon_9" else schedules.from_name(name)
     steps = np.array([2160, 2300, 7999, 8000, 8001, 9000, 11999, 20001, 23000])
@@ -85,7 +85,7 @@ def test_the_schedule_sums_equal_a_direct_loop(name: str) -> None:
     loops = np.array([direct(lr, int(t), p) for t in steps])
     points = pd.DataFrame({"run": name, "step": steps})
     with jax.enable_x64(True):
-        for block, tolerance in ((1, 1e-12), (64, 1e-4)):
+        for block, tolerance in ((1, 1e-12), (64, 1e-4), (BLOCK, 5e-4)):
             x = curve_inputs({name: lr}, points, block=block)
             mpl = np.asarray(multi_power().mean({**p, "K": p["C"] * 1e-4 ** -p["gamma"]}, x))
             ann = np.asarray(lr_annealing().mean({**p, "C": p["C2"]}, x))

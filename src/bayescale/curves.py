@@ -42,8 +42,10 @@ from .data import DataError
 __all__ = ["LossCurves", "CurveInputs", "CurveLaw", "curve_inputs", "multi_power", "lr_annealing",
            "get_curve_law", "named_schedules", "BLOCK"]
 
-BLOCK = 64
-"""Steps per block of the multi-power law's sum over the schedule's drops."""
+BLOCK = 256
+"""Steps per block of the multi-power law's sum over the schedule's drops: on the bundled curves the mean
+curve is within 2.6e-4 (relative) of the exact sum at a posterior point (64 steps: 3.9e-5, a gradient 4x
+dearer; a fit of three 25M curves 108 s against 400 s, the same held-out error)."""
 LR_REF = 1e-4
 """Reference learning rate of the multi-power law's ``K`` (see :func:`multi_power`)."""
 Array = Any
