@@ -98,7 +98,8 @@ class OUResiduals(dist.Distribution):
     point). ``log_prob`` gives each point's density given the ones before (their sum is the joint
     density: a Kalman filter, :func:`ou_filter`; without white noise the process is Markov in the
     observations and each point needs only the one before); ``sample`` draws whole paths (a linear
-    recurrence, by associative scan) and adds the white noise.
+    recurrence, by associative scan) and adds the white noise. With white noise, ``scale`` and ``white``
+    are one value each for all points (as the curve model gives them).
     """
 
     support = constraints.real
