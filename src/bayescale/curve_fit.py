@@ -155,9 +155,7 @@ class CurveModel:
         if self.noise == "ar1":
             ell = numpyro.sample("ell", _ELL_PRIOR)
             white = numpyro.sample("white", _WHITE_PRIOR)
-            first = jnp.isinf(data.gap)  # a run's first point: no point before it (safe gap: finite gradients)
-            phi = jnp.where(first, 0.0, jnp.exp(-jnp.where(first, 1.0, data.gap) / ell))
-            noise = OUResiduals(loc, sigma, phi, white)
+            noise = OUResiduals(loc, sigma, _correlation(data.gap, ell), white)
         else:
             noise = dist.Normal(loc, sigma)
         with numpyro.plate("point", data.gap.shape[0]):
@@ -172,6 +170,13 @@ class CurveModel:
 def _law_log_mean(mean: Any, draws: Mapping[str, Any], x: CurveInputs) -> jax.Array:
     """Log of a law's mean curve per draw ``(draws, points)``: one compiled program per law and shape."""
     return jnp.log(jax.vmap(lambda q: mean(q, x))(draws))
+
+
+def _correlation(gap: Any, ell: Any) -> jax.Array:
+    """``exp(-gap / ell)``, the AR(1) correlation with the point before; 0 at a run's first point (``gap`` inf,
+    with a safe value inside so that gradients stay finite)."""
+    first = jnp.isinf(gap)
+    return jnp.where(first, 0.0, jnp.exp(-jnp.where(first, 1.0, gap) / ell))
 
 
 def _gaps(points: pd.DataFrame) -> np.ndarray:
@@ -311,8 +316,7 @@ class CurveResult:
         resid = np.log(fitted["loss"].to_numpy(dtype=float)) - self._log_mean(self.curves.schedules, fitted)
         gap = _gaps(fitted)
         with jax.enable_x64(True):
-            phi = jnp.where(np.isinf(gap), 0.0, jnp.exp(-np.where(np.isinf(gap), 1.0, gap)[None, :]
-                                                         / self.draws("ell")[:, None]))
+            phi = _correlation(gap[None, :], self.draws("ell")[:, None])
             filtered = jax.vmap(ou_filter)(jnp.asarray(resid), phi, jnp.asarray(self.draws("sigma")),
                                            jnp.asarray(self.draws("white")))
             return np.stack([np.asarray(filtered[1])[:, -1], np.asarray(filtered[2])[:, -1]])
@@ -425,9 +429,8 @@ def simulate_curves(law: str, params: Mapping[str, float], schedules: Mapping[An
                        ignore_index=True)
     curves = LossCurves.from_table(points.assign(loss=1.0), schedules)  # checked and sorted
     x = curve_inputs(curves.schedules, curves.table, block)
-    gap = _gaps(curves.table)
-    phi = np.where(np.isinf(gap), 0.0, np.exp(-np.where(np.isinf(gap), 1.0, gap) / ell))
     with jax.enable_x64(True):
         loc = jnp.log(the_law.mean({n: jnp.asarray(float(params[n])) for n in the_law.params}, x))
+        phi = _correlation(_gaps(curves.table), ell)
         log_y = OUResiduals(loc, sigma, phi, jnp.asarray(white)).sample(jax.random.PRNGKey(seed))
     return LossCurves(curves.table.assign(loss=np.exp(np.asarray(log_y))), curves.schedules)
