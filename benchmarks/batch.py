@@ -46,7 +46,8 @@ def mcmc_loop(data: dict[str, bs.ScalingData], draws: int) -> float:
     with jax.enable_x64(True):
         for i, d in enumerate(data.values()):
             md = model_data(d, spec.law)
-            z0 = initial_points(spec, md, jax.random.PRNGKey(i), 4)
+            one = jax.tree_util.tree_map(lambda a: a[None], md)
+            z0 = initial_points(spec, one, np.asarray(jax.random.PRNGKey(i))[None], 4)[0]
             kernel = NUTS(model, dense_mass=True, target_accept_prob=SamplerSettings().target_accept_prob)
             mcmc = MCMC(kernel, num_warmup=draws, num_samples=draws, num_chains=4,
                         chain_method="vectorized", progress_bar=False)

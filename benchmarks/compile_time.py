@@ -15,12 +15,13 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import bayescale as bs
 from bayescale.model import bucket_size, make_spec, model_data, potential_fn
 from bayescale.posterior import compile_fit_idata
 from bayescale.sampling import SamplerSettings, compile_ahead
-from bayescale.start import initial_points, start_bounds, start_program
+from bayescale.start import _gauss_newton, initial_points, start_bounds
 from fit_vs_bootstrap import simulate
 
 
@@ -65,15 +66,17 @@ def main() -> None:
         z_shape = jax.ShapeDtypeStruct((chains, k), md.log_y.dtype)
         potential = potential_fn(spec)
         total = 0.0
-        total += timed("initial points (point fit, 32 starts)",
-                       lambda: start_program.lower(spec, md, keys[0], chains, start_bounds(spec)).compile())
+        one = jax.tree_util.tree_map(lambda a: a[None], md)
+        total += timed("priors' bounds (start_bounds)", lambda: start_bounds(spec))
+        total += timed("point fit's Gauss-Newton terms (32 starts)", lambda: _gauss_newton.lower(
+            spec, one, jax.ShapeDtypeStruct((1, 32, len(spec.law.params)), md.log_y.dtype), "huber", 1e-3).compile())
         total += timed("NUTS init + sampling programs",
                        lambda: compile_ahead(potential, z_shape, lanes, keys, settings.nuts, strategy="loop"))
         total += timed("InferenceData program (predictive, log-lik)",
                        lambda: compile_fit_idata(spec, md, chains * settings.num_samples, keys[1]))
         print(f"{'sum':45s} {total:6.2f} s")
         grad = jax.grad(potential)
-        z = initial_points(spec, md, keys[0], chains)[0]
+        z = initial_points(spec, one, np.asarray(keys[:1]), chains)[0, 0]
 
         @jax.jit
         def many(z: jax.Array) -> jax.Array:  # 1000 gradients inside one program: no dispatch cost

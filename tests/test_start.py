@@ -58,24 +58,24 @@ def test_bounded_noise_priors_that_exclude_the_default_start() -> None:
     assert np.all(np.isfinite(nu)) and 1.0 < nu.min() and nu.max() < 3.0
 
 
-def test_initial_points_can_be_traced() -> None:
-    """The starts of a batch are computed under jax.vmap (and a user may jit them): the priors' bounds, asked
-    for the first time inside the trace, still give the eager answer."""
+def test_starts_of_stacked_datasets_equal_their_own() -> None:
+    """A batch places the chains of all its datasets in one call (one compiled program over the stacked
+    datasets, the point fit's steps on the host): each dataset's starts equal those of the dataset alone
+    with its key, and another dataset's key moves them."""
     from bayescale.model import make_spec, model_data
-    from bayescale.start import initial_points, start_bounds
+    from bayescale.start import initial_points
 
     spec = make_spec(bs.laws.get_law("chinchilla"), bs.likelihoods.student_t())
-    N, D = bs.chinchilla_design(20, seed=0)
-    runs = bs.simulate("chinchilla", CHINCHILLA, N=N, D=D, seed=0)
-    # as fits run on CPU, in float64: the 100-step point fit then agrees to rounding (1.6e-9 apart on CI's CPU,
-    # where XLA fuses the traced program differently)
-    with jax.enable_x64(True):
-        md = model_data(runs, spec.law)
-        key = jax.random.PRNGKey(0)
-        start_bounds.cache_clear()
-        traced = jax.jit(lambda m, k: initial_points(spec, m, k, 2))(md, key)
-        start_bounds.cache_clear()
-        batched = jax.vmap(lambda k: initial_points(spec, md, k, 2))(key[None])
-        eager = initial_points(spec, md, key, 2)
-    np.testing.assert_allclose(traced, eager, rtol=1e-7)
-    np.testing.assert_allclose(batched[0], eager, rtol=1e-7)
+    mds = []
+    for seed in range(3):
+        N, D = bs.chinchilla_design(20, seed=seed)
+        mds.append(model_data(bs.simulate("chinchilla", CHINCHILLA, N=N, D=D, seed=seed), spec.law, size=24))
+    keys = np.stack([np.asarray(jax.random.PRNGKey(seed)) for seed in range(3)])
+    with jax.enable_x64(True):  # as fits run on CPU: the 100-step point fit then agrees to rounding
+        stacked = initial_points(spec, jax.tree_util.tree_map(lambda *a: np.stack(a), *mds), keys, 2)
+        alone = [initial_points(spec, jax.tree_util.tree_map(lambda a: a[None], md), keys[i:i + 1], 2)[0]
+                 for i, md in enumerate(mds)]
+        swapped = initial_points(spec, jax.tree_util.tree_map(lambda a: a[None], mds[0]), keys[1:2], 2)[0]
+    assert stacked.shape == (3, 2, len(spec.latents))
+    np.testing.assert_allclose(stacked, np.stack(alone), rtol=1e-7)
+    assert not np.allclose(swapped, alone[0])

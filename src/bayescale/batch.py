@@ -330,9 +330,11 @@ def _fit_chunk(
     stacked = jax.tree_util.tree_map(lambda *a: np.stack(a), *mds)
     keys = [fit_keys(own[name].seed, num_chains) for _, name, _ in chunk]  # exactly as `fit` derives them
     if strategy == "loop":  # per group, exactly as `fit` does: results do not depend on the chunk's make-up
-        inits = np.stack([initial_points(spec, m, k.init, num_chains) for m, k in zip(mds, keys)])
+        one = lambda a: a[None]  # noqa: E731
+        inits = np.concatenate([initial_points(spec, jax.tree_util.tree_map(one, m), one(k.init), num_chains)
+                                for m, k in zip(mds, keys)])
     else:
-        inits = jax.vmap(lambda m, k: initial_points(spec, m, k, num_chains))(stacked, np.stack([k.init for k in keys]))
+        inits = initial_points(spec, stacked, np.stack([k.init for k in keys]), num_chains)
     lanes = jax.tree_util.tree_map(lambda a: np.repeat(a, num_chains, axis=0), stacked)
     lane_keys = np.concatenate([k.chains for k in keys])
     results: dict[Any, FitResult] = {}

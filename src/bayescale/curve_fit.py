@@ -161,9 +161,6 @@ class CurveModel:
         with numpyro.plate("point", data.gap.shape[0]):
             numpyro.sample(OBSERVED, noise, obs=data.log_y)
 
-    def unobserved(self, data: CurveData) -> CurveData:
-        """``data`` without observations (the posterior predictive simulates whole curves)."""
-        return data._replace(log_y=None)
 
 
 @functools.partial(jax.jit, static_argnums=0)

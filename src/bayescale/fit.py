@@ -29,9 +29,10 @@ from .start import initial_points, prior_points
 
 __all__ = ["fit", "sample_model", "PROGRAMS_PER_FIT"]
 
-PROGRAMS_PER_FIT = 6
+PROGRAMS_PER_FIT = 5
 """Programs a first fit builds (XLA-compiled, or read back from the persistent cache): its keys, the priors'
-start bounds, the point-fit start, NUTS's init and its iterations, and the InferenceData program. A later fit
+start bounds, the point-fit start, NUTS (its init and iterations in one program) and the InferenceData program
+(its noise is drawn on the host). A later fit
 of the same law, likelihood, priors, padded size and sampler size builds none (tests count both)."""
 
 
@@ -93,7 +94,7 @@ def fit(
 
         with ThreadPoolExecutor(max_workers=1) as pool:
             compiled = pool.submit(compile_rest)
-            inits = initial_points(spec, md, init_key, chains)
+            inits = initial_points(spec, jax.tree_util.tree_map(lambda a: a[None], md), init_key[None], chains)[0]
             compiled.result()
         draws = sample_lanes(potential, inits, lanes, keys, nuts, strategy=settings.strategy,
                              progress=settings.progress, desc=f"fit {spec.law.name}")
@@ -118,7 +119,7 @@ def sample_model(
 
     Args:
         model: a NumPyro model, hashable by value (a frozen dataclass with
-            ``__call__(data)`` and ``unobserved(data)``), so equal models share
+            ``__call__(data)``), so equal models share
             compiled programs.
         data: its data, a pytree of arrays (floats converted to the settings' precision).
         settings: sampler settings; chains start uniformly in (-2, 2) unconstrained.

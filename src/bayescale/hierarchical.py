@@ -131,9 +131,6 @@ class HierarchicalModel:
         with numpyro.plate("run", data.index.shape[0]):
             numpyro.sample(OBSERVED, self.likelihood.distribution(loc, sigma, nu), obs=data.log_y)
 
-    def unobserved(self, data: HierarchicalData) -> HierarchicalData:
-        """``data`` without observations (the posterior predictive simulates them)."""
-        return data._replace(log_y=None)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -84,9 +84,6 @@ class IsoFlopModel:
         with numpyro.plate("run", data.x.shape[0]):
             numpyro.sample(OBSERVED, self.likelihood.distribution(jnp.log(mean), sigma), obs=data.log_y)
 
-    def unobserved(self, data: IsoFlopData) -> IsoFlopData:
-        """``data`` without observations (the posterior predictive simulates them)."""
-        return data._replace(log_y=None)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

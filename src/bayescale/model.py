@@ -393,9 +393,6 @@ class FlatModel:
         with numpyro.plate("run", data.mask.shape[0]), handlers.mask(mask=data.mask):
             numpyro.sample(OBSERVED, obs, obs=data.log_y)
 
-    def unobserved(self, data: ModelData) -> ModelData:
-        """``data`` with the observations removed (the posterior predictive simulates them)."""
-        return data._replace(log_y=None)
 
     def layout(self) -> Layout:
         """One flat site ``z`` of all latents."""

@@ -31,12 +31,13 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import xarray as xr
-from numpyro.infer import Predictive
-from numpyro.infer.util import constrain_fn, log_likelihood
+import numpyro.distributions as dist
+from numpyro import handlers
+from numpyro.distributions.transforms import biject_to
 
 from .data import COVARIATES, DataError, ScalingData, check_positive, fill_covariates
 from .laws import Law, get_law
-from .likelihoods import Likelihood
+from .likelihoods import Likelihood, draw_noise
 from .model import (
     OBSERVED, Layout, ModelData, Spec, bucket_size, build_model, make_spec, prior_from_json, prior_to_json, unflatten,
 )
@@ -197,12 +198,6 @@ def _log_mean(law: Law, params: Mapping[str, Any], log_x: Mapping[str, Any], sho
     return loc + shock[:, None] * reach(log_x, top)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _with_noise(likelihood: Likelihood, loc: Any, sigma: Any, nu: Any, key: jax.Array) -> jax.Array:
-    """A new run's log-loss around ``loc`` ``(draws, points)``: the likelihood's noise, one draw each."""
-    return likelihood.distribution(loc, sigma[:, None], None if nu is None else nu[:, None]).sample(key)
-
-
 def data_top(law: Law, data: ScalingData) -> dict[str, float]:
     """The largest log value of each of the law's covariates over the runs of ``data``."""
     return {c: float(np.log(data.covariate(c)).max()) for c in law.covariates}
@@ -243,15 +238,48 @@ def table_of_draws(draws: Mapping[str, np.ndarray], index: pd.Index, level: floa
     return pd.concat(parts, axis=1)
 
 
+def _site_values(model: Any, layout: Layout, v: jax.Array, data: Any) -> dict[str, Any]:
+    """One trace of ``model`` at the flat unconstrained draw ``v``, its observations in place."""
+    unconstrained = unflatten(v, layout)
+
+    def constrain(site: dict[str, Any]) -> Any:
+        if site["type"] == "sample" and site["name"] in unconstrained:
+            return biject_to(site["fn"].support)(unconstrained[site["name"]])
+        return None
+
+    return handlers.trace(handlers.substitute(model, substitute_fn=constrain)).get_trace(data)
+
+
+def _noise_of(fn: Any) -> tuple[Any, Any, Any] | None:
+    """``(loc, scale, df)`` of an observation distribution that :func:`draw_noise` draws on the host
+    (Normal: ``df`` None; Student-t), broadcast to its batch shape; ``None`` for any other."""
+    base = fn
+    while isinstance(base, (dist.ExpandedDistribution, dist.MaskedDistribution)):  # plates and masks wrap it
+        base = base.base_dist
+    if type(base) not in (dist.Normal, dist.StudentT):
+        return None
+    shape = fn.batch_shape
+    df = jnp.broadcast_to(base.df, shape) if isinstance(base, dist.StudentT) else None
+    return jnp.broadcast_to(base.loc, shape), jnp.broadcast_to(base.scale, shape), df
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _pointwise(model: Any, layout: Layout, z: jax.Array, data: Any, key: jax.Array):  # noqa: ANN202
-    """Sample and deterministic sites, posterior predictive of the observations, pointwise log-likelihood.
+    """Sample and deterministic sites, pointwise log-likelihood and the observations' noise, for flat
+    unconstrained draws ``z`` ``(S, k)``, in one program (one trace of the model per draw).
 
-    ``z`` holds flat unconstrained draws ``(S, k)``; one program computes everything.
+    The noise comes back as ``(loc, scale, df)`` per draw and run, for the host to draw a new run's
+    observations from (:func:`draw_noise`); an observation model of another family is sampled here.
     """
-    samples = jax.vmap(lambda v: constrain_fn(model, (data,), {}, unflatten(v, layout)))(z)
-    sites = Predictive(model, posterior_samples=samples, parallel=True)(key, model.unobserved(data))
-    return {**samples, **sites}, log_likelihood(model, samples, data, parallel=True)[OBSERVED]
+    def one(v: jax.Array, k: jax.Array):  # noqa: ANN202
+        trace = _site_values(model, layout, v, data)
+        site = trace[OBSERVED]
+        sites = {name: s["value"] for name, s in trace.items()
+                 if s["type"] == "deterministic" or (s["type"] == "sample" and not s["is_observed"])}
+        noise = _noise_of(site["fn"])
+        return sites, site["fn"].log_prob(site["value"]), noise if noise is not None else site["fn"].sample(k)
+
+    return jax.vmap(one)(z, jax.random.split(key, z.shape[0]))
 
 
 def draws_per_call(num_draws: int, runs: int) -> int:
@@ -261,10 +289,12 @@ def draws_per_call(num_draws: int, runs: int) -> int:
 
 
 def _pointwise_draws(model: Any, layout: Layout, z: np.ndarray, data: Any, key: jax.Array, runs: int):  # noqa: ANN202
-    """:func:`_pointwise` over all draws ``z``, in calls of one compiled shape; per-run arrays as float32.
+    """:func:`_pointwise` over all draws ``z``, in calls of one compiled shape: the sites, the posterior
+    predictive of the observations and the log-likelihood (per-run arrays as float32).
 
     A table small enough for one call gets exactly the one-call answer; a larger one is cut into
-    blocks of draws, each with its own predictive key (``fold_in(key, block)``).
+    blocks of draws (a noise family sampled in the program gets ``fold_in(key, block)`` per block).
+    Noise drawn on the host comes from one generator seeded by ``key``, in draw order.
     """
     total = z.shape[0]
     size = draws_per_call(total, runs)
@@ -274,14 +304,12 @@ def _pointwise_draws(model: Any, layout: Layout, z: np.ndarray, data: Any, key: 
         keep = block.shape[0]
         if keep < size:  # the last block, padded to the compiled shape
             block = np.concatenate([block, np.repeat(block[-1:], size - keep, axis=0)])
-        sites, loglik = _pointwise(model, layout, block, data, key if size == total else jax.random.fold_in(key, index))
-        sites = {name: np.asarray(v)[:keep] for name, v in sites.items()}
-        sites[OBSERVED] = sites[OBSERVED].astype(POINTWISE_DTYPE)
-        blocks.append((sites, np.asarray(loglik)[:keep].astype(POINTWISE_DTYPE)))
-    if len(blocks) == 1:
-        return blocks[0]
-    return ({name: np.concatenate([b[0][name] for b in blocks]) for name in blocks[0][0]},
-            np.concatenate([b[1] for b in blocks]))
+        out = _pointwise(model, layout, block, data, key if size == total else jax.random.fold_in(key, index))
+        blocks.append(jax.tree_util.tree_map(lambda a: np.asarray(a)[:keep], out))
+    sites, loglik, noise = (jax.tree_util.tree_map(lambda *parts: np.concatenate(parts), *part) for part in zip(*blocks))
+    if isinstance(noise, tuple):
+        noise = draw_noise(np.random.default_rng(np.asarray(key)), *noise)
+    return sites, noise.astype(POINTWISE_DTYPE), loglik.astype(POINTWISE_DTYPE)
 
 
 def build_idata(
@@ -300,7 +328,7 @@ def build_idata(
     """InferenceData from the draws of one model's chains (leading axis = chain).
 
     Args:
-        model: the NumPyro model ``model(data)`` (with ``model.unobserved(data)``).
+        model: the NumPyro model ``model(data)``, its observed site named ``log_loss``.
         layout: its flat vector's sites (see :func:`bayescale.model.layout_of`).
         draws: the sampler's output, ``z`` of shape ``(chains, samples, k)``.
         data: the model's data, possibly padded.
@@ -319,14 +347,10 @@ def build_idata(
     """
     chains, samples, k = draws.z.shape
     n = observed.shape[0]
-    sites, loglik = _pointwise_draws(model, layout, np.asarray(draws.z).reshape(chains * samples, k), data, key,
-                                     max(n, width or 0))
+    sites, predictive, loglik = _pointwise_draws(model, layout, np.asarray(draws.z).reshape(chains * samples, k),
+                                                 data, key, max(n, width or 0))
     shape = lambda a: np.asarray(a).reshape(chains, samples, *np.shape(a)[1:])  # noqa: E731
-    # Factor sites (``numpyro.factor``) come back as empty arrays: they are not variables.
-    posterior = {
-        name: shape(value) for name, value in sites.items()
-        if name not in exclude and name != OBSERVED and np.size(value) > 0
-    }
+    posterior = {name: shape(value) for name, value in sites.items() if name not in exclude}
     coords: dict[str, Any] = {"run": np.arange(n)}
     dims: dict[str, list[str]] = {OBSERVED: ["run"], **{name: ["run"] for name in constant}}
     if dim is not None:
@@ -335,7 +359,7 @@ def build_idata(
         dims.update({name: [label] for name, v in posterior.items() if v.shape[2:] == (len(values),)})
     return az.from_dict(
         posterior=posterior,
-        posterior_predictive={OBSERVED: shape(sites[OBSERVED])[..., :n]},
+        posterior_predictive={OBSERVED: shape(predictive)[..., :n]},
         log_likelihood={OBSERVED: shape(loglik)[..., :n]},
         sample_stats={
             "diverging": draws.diverging,
@@ -654,9 +678,8 @@ class FitResult(Posterior):
         if noise:
             draws = self.draws()
             nu = draws["nu"] if self.spec.likelihood.learns_nu else None
-            with jax.enable_x64(True):
-                noisy = _with_noise(self.spec.likelihood, _pad_points(loc), draws["sigma"], nu, jax.random.PRNGKey(seed))
-            loc = np.asarray(noisy)[:, :loc.shape[1]]
+            rng = np.random.default_rng([seed, 1])
+            loc = self.spec.likelihood.sample(rng, loc, draws["sigma"][:, None], None if nu is None else nu[:, None])
         return np.exp(np.asarray(loc))
 
     def _covariates(

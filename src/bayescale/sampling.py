@@ -224,19 +224,13 @@ def _segment(total: int, progress: bool) -> int:
 
 @functools.lru_cache(maxsize=64)
 def _kernels(potential: Potential, config: NUTSConfig):  # noqa: ANN202
-    """Compiled ``init``/``advance`` for one lane and their vmapped versions (cached)."""
-    init_kernel, sample_kernel = hmc(potential_fn_gen=lambda data: lambda z: potential(z, data), algo="NUTS")
+    """Compiled ``start``/``advance`` for one lane and their vmapped versions (cached).
 
-    def init(z0: jax.Array, data: Any, key: jax.Array):  # noqa: ANN202
-        return init_kernel(
-            z0,
-            config.num_warmup,
-            target_accept_prob=config.target_accept_prob,
-            max_tree_depth=config.max_tree_depth,
-            dense_mass=config.dense_mass,
-            model_args=(data,),
-            rng_key=key,
-        )
+    ``start(z0, data, key, length)`` initialises NUTS and runs the first ``length`` iterations in one
+    program (a fit without a progress bar compiles only this one); ``advance(state, data, length)`` runs
+    the next segments.
+    """
+    init_kernel, sample_kernel = hmc(potential_fn_gen=lambda data: lambda z: potential(z, data), algo="NUTS")
 
     def advance(state: Any, data: Any, length: int):  # noqa: ANN202
         def body(s: Any, _: None):  # noqa: ANN202
@@ -245,10 +239,22 @@ def _kernels(potential: Potential, config: NUTSConfig):  # noqa: ANN202
 
         return jax.lax.scan(body, state, None, length=length)
 
+    def start(z0: jax.Array, data: Any, key: jax.Array, length: int):  # noqa: ANN202
+        state = init_kernel(
+            z0,
+            config.num_warmup,
+            target_accept_prob=config.target_accept_prob,
+            max_tree_depth=config.max_tree_depth,
+            dense_mass=config.dense_mass,
+            model_args=(data,),
+            rng_key=key,
+        )
+        return advance(state, data, length)
+
     return (
-        jax.jit(init),
+        jax.jit(start, static_argnums=3),
         jax.jit(advance, static_argnums=2),
-        jax.jit(jax.vmap(init)),
+        jax.jit(jax.vmap(start, in_axes=(0, 0, 0, None)), static_argnums=3),
         jax.jit(jax.vmap(advance, in_axes=(0, 0, None)), static_argnums=2),
     )
 
@@ -294,15 +300,16 @@ def compile_ahead(
     """
     strategy = resolve_strategy(strategy)
     seg = _segment(config.num_warmup + config.num_samples, progress)
-    init_j, advance_j, init_v, advance_v = _kernels(potential, config)
+    start_j, advance_j, start_v, advance_v = _kernels(potential, config)
     if strategy == "loop":
         init_z, data, keys = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), (init_z, data, keys))
-        init, advance = init_j, advance_j
+        start, advance = start_j, advance_j
     else:
-        init, advance = init_v, advance_v
-    state = jax.eval_shape(init, init_z, data, keys)
-    init.lower(init_z, data, keys).compile()
-    advance.lower(state, data, seg).compile()
+        start, advance = start_v, advance_v
+    start.lower(init_z, data, keys, seg).compile()
+    if seg < config.num_warmup + config.num_samples:
+        state, _ = jax.eval_shape(start, init_z, data, keys, seg)
+        advance.lower(state, data, seg).compile()
 
 
 def sample_lanes(
@@ -343,7 +350,7 @@ def sample_lanes(
     lanes = int(init_z.shape[0])
     total = config.num_warmup + config.num_samples
     seg = _segment(total, progress)
-    init_j, advance_j, init_v, advance_v = _kernels(potential, config)
+    start_j, advance_j, start_v, advance_v = _kernels(potential, config)
     bar = tqdm(total=total * lanes, desc=desc, disable=not progress, unit="it", leave=False)
     try:
         if strategy == "vmap":
@@ -351,9 +358,10 @@ def sample_lanes(
             if mesh is not None:
                 sharding = NamedSharding(mesh, PartitionSpec("lanes"))
                 init_z, data, keys = jax.device_put((init_z, data, keys), sharding)
-            state = init_v(init_z, data, keys)
-            chunks = []
-            for _ in range(total // seg):
+            state, out = start_v(init_z, data, keys, seg)
+            chunks = [jax.device_get(out)]
+            bar.update(seg * lanes)
+            for _ in range(total // seg - 1):
                 state, out = advance_v(state, data, seg)
                 chunks.append(jax.device_get(out))
                 bar.update(seg * lanes)
@@ -369,9 +377,10 @@ def sample_lanes(
         def run(lane: int) -> Draws:
             with jax.enable_x64(x64):
                 lane_data = jax.tree_util.tree_map(lambda a: a[lane], data)
-                state = init_j(init_z[lane], lane_data, keys[lane])
-                chunks = []
-                for _ in range(total // seg):
+                state, out = start_j(init_z[lane], lane_data, keys[lane], seg)
+                chunks = [jax.device_get(out)]
+                bar.update(seg)
+                for _ in range(total // seg - 1):
                     state, out = advance_j(state, lane_data, seg)
                     chunks.append(jax.device_get(out))
                     bar.update(seg)

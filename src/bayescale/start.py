@@ -27,11 +27,13 @@ from .likelihoods import get_likelihood
 from .model import Layout, ModelData, Spec, check_data, make_spec, model_data, to_natural
 from .sampling import SamplerSettings
 
-__all__ = ["fit_map", "MapResult", "initial_points", "start_program", "start_bounds", "prior_points"]
+__all__ = ["fit_map", "MapResult", "initial_points", "StartBounds", "start_bounds", "prior_points"]
 
 _JITTER = 0.1
 _NU_INIT = 4.0
 _MAP_ITERATIONS = 100
+_STARTS = 32
+"""Starts of the point fit that places a fit's chains."""
 
 
 class MapResult(NamedTuple):
@@ -55,76 +57,105 @@ class MapResult(NamedTuple):
         return pd.DataFrame({"estimate": self.params}).rename_axis("parameter")
 
 
-def _start_points(spec: Spec, md: ModelData, num_starts: int, key: jax.Array) -> jax.Array:
-    """Starting coordinates: a reference point and uniform(-2, 2) offsets around it."""
-    y_bar = jnp.sum(jnp.where(md.mask, md.log_y, 0.0)) / jnp.sum(md.mask)
-    ref = []
-    for name in spec.law.params:
-        if name in spec.law.centred:
-            ref.append(y_bar)
-            continue
-        prior = spec.priors[name]
-        mean = jnp.asarray(prior.mean, dtype=y_bar.dtype)
-        u = biject_to(prior.support).inv(mean)
-        ref.append(jnp.where(jnp.isfinite(u), u, 0.0))
-    ref_z = jnp.stack(ref)
-    offsets = jax.random.uniform(key, (num_starts - 1, ref_z.shape[0]), ref_z.dtype, -2.0, 2.0)
-    return jnp.concatenate([ref_z[None], ref_z + offsets])
+def _reference(spec: Spec, md: ModelData, bounds: StartBounds, rng: np.random.Generator, num_starts: int) -> np.ndarray:
+    """Starting coordinates of the law's parameters ``(num_starts, k)``: a reference point (the mean
+    log-loss for centred amplitudes, the prior's mean elsewhere) and uniform(-2, 2) offsets around it."""
+    log_y = np.asarray(md.log_y, dtype=float)[np.asarray(md.mask)]
+    ref = np.array([log_y.mean() if name in spec.law.centred else bounds.reference_z[i]
+                    for i, name in enumerate(spec.law.params)])
+    offsets = rng.uniform(-2.0, 2.0, (num_starts - 1, ref.size))
+    return np.concatenate([ref[None], ref + offsets])
 
 
-def _map_point(spec: Spec, md: ModelData, key: jax.Array, loss: str, delta: float, num_starts: int):  # noqa: ANN202
-    """Minimise the point-fit loss from ``num_starts`` starts; pure JAX, vmappable over ``md``.
+@functools.partial(jax.jit, static_argnums=(0, 3, 4))
+def _gauss_newton(spec: Spec, md: ModelData, z: jax.Array, loss: str, delta: float):  # noqa: ANN202
+    """At law coordinates ``z`` ``(datasets, starts, k)`` of datasets stacked in ``md``: the point-fit
+    objective, its Gauss-Newton Hessian and gradient (Huber weights ``min(1, delta/|r|)`` on log residuals,
+    iteratively reweighted), and the robust noise scale ``1.4826·median|r|`` (natural, and unconstrained
+    under the ``sigma`` prior's support). The one compiled program of the point fit."""
 
-    Each start runs Levenberg-Marquardt on iteratively reweighted least squares
-    (Huber weights ``min(1, delta/|r|)``), accepting only steps that lower the
-    objective, for a fixed number of iterations.
-    """
+    def one(md: ModelData, z: jax.Array):  # noqa: ANN202
+        def residuals(z: jax.Array) -> jax.Array:
+            params, _ = to_natural(spec, z, md.centre)
+            return jnp.where(md.mask, spec.law.log_mean(params, md.log_x) - md.log_y, 0.0)
 
-    def residuals(z: jax.Array) -> jax.Array:
-        params, _ = to_natural(spec, z, md.centre)
-        return jnp.where(md.mask, spec.law.log_mean(params, md.log_x) - md.log_y, 0.0)
-
-    def objective(r: jax.Array) -> jax.Array:
-        if loss == "squared":
-            return 0.5 * jnp.sum(r**2)
+        r, jac = residuals(z), jax.jacfwd(residuals)(z)
         a = jnp.abs(r)
-        return jnp.sum(jnp.where(a <= delta, 0.5 * r**2, delta * (a - 0.5 * delta)))
+        if loss == "squared":
+            f, w = 0.5 * jnp.sum(r**2), jnp.ones_like(r)
+        else:
+            f = jnp.sum(jnp.where(a <= delta, 0.5 * r**2, delta * (a - 0.5 * delta)))
+            w = jnp.minimum(1.0, delta / jnp.maximum(a, 1e-300))
+        jtw = jac.T * w
+        n = jnp.sum(md.mask)
+        # Robust noise scale, floored to avoid log(0).
+        scale = jnp.maximum(1.4826 * jnp.sort(jnp.where(md.mask, a, jnp.inf))[(n - 1) // 2], 1e-4)
+        return f, jtw @ jac, jtw @ r, scale, biject_to(spec.priors["sigma"].support).inv(scale)
 
-    def solve(z0: jax.Array):  # noqa: ANN202
-        def step(carry: tuple, _: None) -> tuple:
-            z, lam, f, change = carry
-            r, jac = residuals(z), jax.jacfwd(residuals)(z)
-            w = jnp.minimum(1.0, delta / jnp.maximum(jnp.abs(r), 1e-300)) if loss == "huber" else jnp.ones_like(r)
-            jtw = jac.T * w
-            hess, grad = jtw @ jac, jtw @ r
-            damping = lam * (jnp.diag(hess) + 1e-12)
-            z_new = z - jnp.linalg.solve(hess + jnp.diag(damping), grad)
-            f_new = objective(residuals(z_new))
-            better = jnp.isfinite(f_new) & (f_new < f)
-            return (
-                jnp.where(better, z_new, z),
-                jnp.where(better, lam * 0.3, lam * 10.0),
-                jnp.where(better, f_new, f),
-                jnp.where(better, (f - f_new) / (jnp.abs(f) + 1e-30), 0.0),
-            ), None
-
-        f0 = objective(residuals(z0))
-        init = (z0, jnp.asarray(1e-2, z0.dtype), jnp.where(jnp.isfinite(f0), f0, jnp.inf), jnp.asarray(1.0, z0.dtype))
-        (z, lam, f, change), _ = jax.lax.scan(step, init, None, length=_MAP_ITERATIONS)
-        return z, f, jnp.isfinite(f) & ((change < 1e-8) | (lam > 1e8))
-
-    z_all, f_all, ok_all = jax.vmap(solve)(_start_points(spec, md, num_starts, key))
-    best = jnp.argmin(f_all)
-    z = z_all[best]
-    r = residuals(z)
-    n = jnp.sum(md.mask)
-    abs_r = jnp.where(md.mask, jnp.abs(r), jnp.inf)
-    # Robust noise scale: 1.4826 x median absolute residual, floored to avoid log(0).
-    sigma = jnp.maximum(1.4826 * jnp.sort(abs_r)[(n - 1) // 2], 1e-4)
-    return z, f_all[best], ok_all[best], sigma
+    return jax.vmap(lambda m, zs: jax.vmap(lambda v: one(m, v))(zs))(md, z)
 
 
-_map_point_jit = jax.jit(_map_point, static_argnums=(0, 3, 4, 5))
+class _Point(NamedTuple):
+    """The best start's point fit per dataset (NumPy, float64)."""
+
+    z: np.ndarray
+    objective: np.ndarray
+    converged: np.ndarray
+    scale: np.ndarray
+    scale_z: np.ndarray
+
+
+def _solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Batched ``a⁻¹ b``; a singular system gives NaN (its step is then rejected) instead of an error."""
+    try:
+        return np.linalg.solve(a, b[..., None])[..., 0]
+    except np.linalg.LinAlgError:
+        out = np.full(b.shape, np.nan)
+        for index in np.ndindex(b.shape[:-1]):
+            try:
+                out[index] = np.linalg.solve(a[index], b[index])
+            except np.linalg.LinAlgError:
+                pass
+        return out
+
+
+def _levenberg_marquardt(spec: Spec, md: ModelData, z0: np.ndarray, loss: str, delta: float) -> _Point:
+    """Minimise the point-fit objective from every start ``z0`` ``(datasets, starts, k)`` and keep each
+    dataset's best.
+
+    Levenberg-Marquardt on iteratively reweighted least squares, accepting only steps that lower the
+    objective, for a fixed number of iterations. The steps are taken on the host (NumPy, all datasets
+    and starts at once); only :func:`_gauss_newton` is compiled.
+    """
+    dtype = np.asarray(md.log_y).dtype
+
+    def terms(z: np.ndarray) -> list[np.ndarray]:
+        f, *rest = (np.asarray(t, dtype=float) for t in _gauss_newton(spec, md, z.astype(dtype), loss, delta))
+        return [np.where(np.isfinite(f), f, np.inf), *rest]
+
+    z = np.asarray(z0, dtype=float)
+    f, hess, grad, scale, scale_z = terms(z)
+    lam, change = np.full(f.shape, 1e-2), np.ones(f.shape)
+    eye = np.eye(z.shape[-1])
+    for _ in range(_MAP_ITERATIONS):
+        usable = np.isfinite(f)[..., None, None] & np.isfinite(hess).all(axis=(-2, -1), keepdims=True)
+        damped = np.where(usable, hess + lam[..., None, None] * (np.diagonal(hess, axis1=-2, axis2=-1)[..., None] + 1e-12)
+                          * eye, eye)
+        step = _solve(damped, np.where(usable[..., 0], grad, 0.0))
+        candidate = z - step
+        f_new, hess_new, grad_new, scale_new, scale_z_new = terms(candidate)
+        better = np.isfinite(f_new) & (f_new < f)
+        change = np.where(better, (f - f_new) / (np.abs(f) + 1e-30), 0.0)
+        lam = np.where(better, lam * 0.3, lam * 10.0)
+        z = np.where(better[..., None], candidate, z)
+        hess = np.where(better[..., None, None], hess_new, hess)
+        grad = np.where(better[..., None], grad_new, grad)
+        f, scale, scale_z = (np.where(better, new, old) for new, old in ((f_new, f), (scale_new, scale), (scale_z_new, scale_z)))
+    best = np.argmin(f, axis=-1)
+    pick = lambda a: np.take_along_axis(a, best[:, None], axis=1)[:, 0]  # noqa: E731
+    converged = np.isfinite(f) & ((change < 1e-8) | (lam > 1e8))
+    return _Point(np.take_along_axis(z, best[:, None, None], axis=1)[:, 0], pick(f), pick(converged), pick(scale),
+                  pick(scale_z))
 
 
 def fit_map(
@@ -162,69 +193,97 @@ def fit_map(
     data = as_data(data, **columns)
     spec = make_spec(get_law(law), get_likelihood("normal"))
     check_data(data, spec)
+    rng = np.random.default_rng(seed)
     with jax.enable_x64(SamplerSettings(precision=precision).x64):
         md = model_data(data, spec.law)
-        z, value, ok, sigma = _map_point_jit(spec, md, jax.random.PRNGKey(seed), loss, delta, num_starts)
-        params, _ = to_natural(spec, z, md.centre)
+        stacked = jax.tree_util.tree_map(lambda a: a[None], md)
+        point = _levenberg_marquardt(spec, stacked, _reference(spec, md, start_bounds(spec), rng, num_starts)[None],
+                                     loss, delta)
+        params, _ = to_natural(spec, point.z[0], md.centre)
     out = {k: float(v) for k, v in params.items()}
-    out["sigma"] = float(sigma)
-    return MapResult(params=out, objective=float(value), converged=bool(ok), z=np.asarray(z))
+    out["sigma"] = float(point.scale[0])
+    return MapResult(params=out, objective=float(point.objective[0]), converged=bool(point.converged[0]), z=point.z[0])
 
 
-def initial_points(spec: Spec, md: ModelData, key: jax.Array, num_chains: int) -> jax.Array:
-    """Per-chain starting coordinates ``(num_chains, k)``: the Huber point fit, inside the priors, plus jitter.
+def initial_points(spec: Spec, md: ModelData, keys: np.ndarray, num_chains: int) -> np.ndarray:
+    """Per-chain starting coordinates of datasets stacked in ``md`` (leading axis; ``keys`` ``(datasets, 2)``
+    raw ``uint32`` keys, one per dataset), ``(datasets, num_chains, k)``: each dataset's Huber point fit
+    (32 starts), inside the priors, plus jitter.
 
     The point fit ignores the priors. Where the data pull a parameter against a
     bounded prior (E on [1.5, 2.2], say) it drives the unconstrained coordinate to
     thousands, where the prior's Jacobian is flat and chains never move; so every
     latent except the centred amplitudes starts inside its prior's central 98%.
-    One compiled program per model, padded size and chain count (vmappable over ``md`` and ``key``).
+    A dataset's points depend only on its data and key, not on the others stacked with it. Random
+    numbers come from NumPy generators seeded by the keys; one program is compiled per model, padded
+    size and number of datasets (:func:`_gauss_newton`), besides the priors' bounds.
     """
-    return start_program(spec, md, key, num_chains, start_bounds(spec))
-
-
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def start_program(spec: Spec, md: ModelData, key: jax.Array, num_chains: int, bounds: jax.Array) -> jax.Array:
-    """:func:`initial_points` with the priors' central 98% given, ``bounds`` of :func:`start_bounds`."""
-    map_key, jitter_key = jax.random.split(key)
-    z_law, _, _, sigma = _map_point(spec, md, map_key, "huber", 1e-3, 32)
-    params, _ = to_natural(spec, z_law, md.centre)
-    start = {**params, "sigma": sigma, "nu": jnp.asarray(_NU_INIT, sigma.dtype)}
-    z0 = []
+    bounds = start_bounds(spec)
+    rngs = [np.random.default_rng(np.asarray(key)) for key in np.asarray(keys)]
+    starts = np.stack([_reference(spec, jax.tree_util.tree_map(lambda a: a[i], md), bounds, rng, _STARTS)
+                       for i, rng in enumerate(rngs)])
+    point = _levenberg_marquardt(spec, md, starts, "huber", 1e-3)
+    z0 = np.empty((len(rngs), len(spec.latents)))
     for i, name in enumerate(spec.latents):
         if name in spec.law.centred:
-            z0.append(z_law[i])
-            continue
-        lo, hi = bounds[i, 0], bounds[i, 1]
-        z0.append(biject_to(spec.priors[name].support).inv(jnp.clip(start[name], lo, hi)).astype(sigma.dtype))
-    z0 = jnp.stack(z0)
-    return z0 + _JITTER * jax.random.normal(jitter_key, (num_chains, z0.shape[0]), z0.dtype)
+            z0[:, i] = point.z[:, i]
+        elif name == "sigma":  # the robust scale's coordinate, or the bound it lies beyond (maybe outside the support)
+            z0[:, i] = np.where(point.scale < bounds.low[i], bounds.low_z[i],
+                                np.where(point.scale > bounds.high[i], bounds.high_z[i], point.scale_z))
+        else:
+            value = point.z[:, i] if i < len(spec.law.params) else bounds.reference_z[i]
+            z0[:, i] = np.clip(value, *sorted((bounds.low_z[i], bounds.high_z[i])))
+    jitter = np.stack([rng.standard_normal((num_chains, z0.shape[1])) for rng in rngs])
+    return (z0[:, None] + _JITTER * jitter).astype(np.asarray(md.log_y).dtype)
+
+
+class StartBounds(NamedTuple):
+    """Where chains may start, per latent of a model (arrays ``(len(spec.latents),)``; NaN for centred
+    amplitudes, which start at the point fit).
+
+    Attributes:
+        low, high: the 1% and 99% quantiles of the latent's prior (natural units).
+        low_z, high_z: the same in the sampler's unconstrained coordinates (in the order the prior's
+            transform maps them).
+        reference_z: the reference start in unconstrained coordinates: the prior's mean (0 where it has
+            none); for ``nu``, 4.
+    """
+
+    low: np.ndarray
+    high: np.ndarray
+    low_z: np.ndarray
+    high_z: np.ndarray
+    reference_z: np.ndarray
 
 
 @functools.lru_cache(maxsize=256)
-def start_bounds(spec: Spec) -> np.ndarray:
-    """The 1% and 99% quantiles of each latent's prior, ``(len(spec.latents), 2)`` (NaN for centred
-    amplitudes, which start at the point fit): once per model, in one small program, compiled ahead and
-    called directly, so that it runs also while a caller traces :func:`initial_points` (``jax.jit``, ``jax.vmap``)."""
-    bounds = np.asarray(_prior_quantiles.lower(spec).compile()(), dtype=float)
-    bounds.flags.writeable = False
-    return bounds
+def start_bounds(spec: Spec) -> StartBounds:
+    """:class:`StartBounds` of a model: once per model, in one small program; read-only arrays."""
+    columns = np.asarray(_prior_quantiles(spec), dtype=float).T
+    for column in columns:
+        column.flags.writeable = False
+    return StartBounds(*columns)
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _prior_quantiles(spec: Spec) -> jax.Array:
-    """Exact where the distribution has an inverse CDF, else from 4096 fixed draws (any prior works)."""
+    """The columns of :class:`StartBounds`, ``(latents, 5)``. Quantiles are exact where the distribution has an
+    inverse CDF, else from 4096 fixed draws (any prior works)."""
     levels = jnp.array([0.01, 0.99])
     out = []
     for name in spec.latents:
         prior = spec.priors[name]
         if name in spec.law.centred:
-            out.append(jnp.full(2, jnp.nan))
+            out.append(jnp.full(5, jnp.nan))
             continue
         try:
-            out.append(prior.icdf(levels))
+            quantiles = prior.icdf(levels)
         except (NotImplementedError, ImportError):  # NumPyro needs TensorFlow Probability for some inverses
-            out.append(jnp.quantile(prior.sample(jax.random.PRNGKey(0), (4096,)), levels))
+            quantiles = jnp.quantile(prior.sample(jax.random.PRNGKey(0), (4096,)), levels)
+        mean = jnp.asarray(_NU_INIT if name == "nu" else prior.mean, dtype=quantiles.dtype)
+        unconstrained = biject_to(prior.support).inv(jnp.append(quantiles, mean))
+        reference = jnp.where(jnp.isfinite(unconstrained[2]), unconstrained[2], 0.0)
+        out.append(jnp.concatenate([quantiles, unconstrained[:2], reference[None]]))
     return jnp.stack(out)
 
 
