@@ -15,7 +15,9 @@ Modes, timed in the same run:
 Scores per curve on its held-out points, with a new run's predictive (noise included): RMSLE of the
 predictive median, coverage of the central intervals at 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99 and MSCE
 (the mean over those levels of (coverage - level)^2). Summaries: median RMSLE and mean MSCE over
-curves (as published), mean coverage per level.
+curves (as published), mean coverage per level. Diagnosis of where the MSCE comes from: bias (mean PIT),
+spread (MSCE with the predictive's deviations from its median widened 1.5, 2, 3 times) and horizon
+(90% coverage on the nearest and farthest third of the held-out points).
 
 Run: ``python benchmarks/colpret.py [--curves K] [--out results/colpret.json]``.
 """
@@ -54,14 +56,33 @@ def curves(limit: int | None = None) -> tuple[dict[str, bs.ScalingData], dict[st
     return context, held
 
 
-def scores(result: bs.FitResult, test: bs.ScalingData) -> dict[str, float]:
-    log_draws = np.log(result.predict_draws(D=test.D, noise=True, seed=1))
-    y = np.log(test.loss)
-    out = {"rmsle": float(np.sqrt(np.mean((np.median(log_draws, axis=0) - y) ** 2)))}
+WIDEN = (1.0, 1.5, 2.0, 3.0)
+"""Diagnosis of spread: the predictive's deviations from its median scaled by these factors."""
+
+
+def _coverage(log_draws: np.ndarray, y: np.ndarray, prefix: str = "") -> dict[str, float]:
+    out = {}
     for level in LEVELS:
         lo, hi = np.quantile(log_draws, [(1 - level) / 2, (1 + level) / 2], axis=0)
-        out[f"cover{level:g}"] = float(np.mean((lo <= y) & (y <= hi)))
-    out["msce"] = float(np.mean([(out[f"cover{level:g}"] - level) ** 2 for level in LEVELS]))
+        out[f"{prefix}cover{level:g}"] = float(np.mean((lo <= y) & (y <= hi)))
+    out[f"{prefix}msce"] = float(np.mean([(out[f"{prefix}cover{level:g}"] - level) ** 2 for level in LEVELS]))
+    return out
+
+
+def scores(result: bs.FitResult, test: bs.ScalingData) -> dict[str, float]:
+    """RMSLE, coverage per level and MSCE on the held-out points; and for the diagnosis: the mean PIT (share
+    of draws below the truth; 0.5 without bias), MSCE with the deviations from the median widened by each
+    factor of :data:`WIDEN`, and coverage at 90% on the first and last third of the held-out points."""
+    log_draws = np.log(result.predict_draws(D=test.D, noise=True, seed=1))
+    y = np.log(test.loss)
+    median = np.median(log_draws, axis=0)
+    out = {"rmsle": float(np.sqrt(np.mean((median - y) ** 2))), **_coverage(log_draws, y)}
+    out["pit"] = float(np.mean(log_draws < y))
+    for factor in WIDEN[1:]:
+        out[f"msce_x{factor:g}"] = _coverage(median + factor * (log_draws - median), y)["msce"]
+    third = max(1, y.size // 3)
+    out["cover0.9_near"] = _coverage(log_draws[:, :third], y[:third])["cover0.9"]
+    out["cover0.9_far"] = _coverage(log_draws[:, -third:], y[-third:])["cover0.9"]
     return out
 
 
@@ -96,6 +117,11 @@ def main() -> None:
           f"bands on {int(table['fallback'].fillna(False).sum())} curves too short for the refits")
     print(summary.to_string(float_format=lambda v: f"{v:.4g}"))
     print(f"planning mode: {(plain_s + planning_s) / plain_s:.2f}x the plain batch's time")
+    diagnosis = table.groupby("mode", sort=False).agg(
+        pit_mean=("pit", "mean"), cover90_near=("cover0.9_near", "mean"), cover90_far=("cover0.9_far", "mean"),
+        **{f"msce_x{f:g}": (f"msce_x{f:g}", "mean") for f in WIDEN[1:]})
+    print("diagnosis (mean over curves): PIT (0.5 = no bias), 90% coverage on the nearest and farthest third of the"
+          " held-out points, MSCE with the spread widened:\n" + diagnosis.to_string(float_format=lambda v: f"{v:.4g}"))
     msce = table.pivot(index="curve", columns="mode", values="msce")
     print("curves whose MSCE is worst in planning mode:\n" + msce.sort_values("planning").tail(10).to_string())
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -104,6 +130,7 @@ def main() -> None:
         "versions": {"jax": jax.__version__, "bayescale": bs.__version__}, "curves": len(plain.results),
         "failures": {str(k): v for k, v in plain.failures.items()},
         "summary": summary.reset_index().to_dict(orient="records"),
+        "diagnosis": diagnosis.reset_index().to_dict(orient="records"),
         "per_curve": table.to_dict(orient="records"),
     }, indent=1, default=str))
 

@@ -41,9 +41,9 @@ import pandas as pd
 import xarray as xr
 from numpyro.distributions import constraints
 
-from .curves import BLOCK, CurveInputs, CurveLaw, LossCurves, curve_inputs, get_curve_law
+from .curves import BLOCK, LR_REF, CurveInputs, CurveLaw, LossCurves, curve_inputs, get_curve_law
 from .fit import sample_model
-from .model import OBSERVED
+from .model import OBSERVED, bucket_size
 from .posterior import LEVEL, Diagnostics, describe_draws, diagnose, warn_unconverged
 from .sampling import SamplerSettings, sampler_settings
 from .store import atomic_write
@@ -165,8 +165,35 @@ class CurveModel:
 
 @functools.partial(jax.jit, static_argnums=0)
 def _law_log_mean(mean: Any, draws: Mapping[str, Any], x: CurveInputs) -> jax.Array:
-    """Log of a law's mean curve per draw ``(draws, points)``: one compiled program per law and shape."""
+    """Log of a law's mean curve per draw ``(draws, points)``: one compiled program per law and shape
+    bucket (:func:`_padded`)."""
     return jnp.log(jax.vmap(lambda q: mean(q, x))(draws))
+
+
+def _padded(x: CurveInputs) -> CurveInputs:
+    """``x`` with its points and its sparse entries padded to their shape buckets, so that predictions at
+    nearby numbers of points share compiled programs: padded points repeat the last one; padded entries
+    belong to point 0 with no drop, so they add nothing to any law."""
+    points, entries = x.s1.shape[0], x.point.shape[0]
+
+    def pad(a: np.ndarray, size: int, value: float | None = None) -> np.ndarray:
+        fill = np.full(size - a.shape[0], a[-1] if value is None else value, dtype=a.dtype)
+        return np.concatenate([a, fill])
+
+    size, sparse = bucket_size(points), bucket_size(max(entries, 1))
+    return CurveInputs(pad(x.s1, size), pad(x.sw, size), pad(x.s2, size), pad(x.point, sparse, 0),
+                       pad(x.drop, sparse, 0.0), pad(x.eta, sparse, LR_REF), pad(x.tail, sparse, 0.0))
+
+
+_ou_path = jax.jit(ou_path)
+
+
+@jax.jit
+def _filtered_last(resid: jax.Array, gap: jax.Array, ell: jax.Array, scale: jax.Array, white: jax.Array) -> jax.Array:
+    """Filtered mean and variance ``(2, draws)`` of each draw's residual path at a run's last point
+    (``resid`` ``(draws, points)``, ``gap`` ``(points,)``; ``ell``, ``scale``, ``white`` ``(draws,)``)."""
+    _, mean, var = jax.vmap(ou_filter)(resid, _correlation(gap[None, :], ell[:, None]), scale, white)
+    return jnp.stack([mean[:, -1], var[:, -1]])
 
 
 def _correlation(gap: Any, ell: Any) -> jax.Array:
@@ -311,17 +338,17 @@ class CurveResult:
     def _filtered_last(self, fitted: pd.DataFrame) -> np.ndarray:
         """Filtered mean and variance ``(2, draws)`` of each draw's residual path at a fitted run's last point."""
         resid = np.log(fitted["loss"].to_numpy(dtype=float)) - self._log_mean(self.curves.schedules, fitted)
-        gap = _gaps(fitted)
+        # Points padded in front (to the shape bucket) are forgotten: the run's first point restarts the path.
+        extra = bucket_size(resid.shape[1]) - resid.shape[1]
+        resid, gap = np.pad(resid, ((0, 0), (extra, 0))), np.r_[np.full(extra, np.inf), _gaps(fitted)]
         with jax.enable_x64(True):
-            phi = _correlation(gap[None, :], self.draws("ell")[:, None])
-            filtered = jax.vmap(ou_filter)(jnp.asarray(resid), phi, jnp.asarray(self.draws("sigma")),
-                                           jnp.asarray(self.draws("white")))
-            return np.stack([np.asarray(filtered[1])[:, -1], np.asarray(filtered[2])[:, -1]])
+            return np.asarray(_filtered_last(resid, gap, self.draws("ell"), self.draws("sigma"), self.draws("white")))
 
     def _log_mean(self, schedules: Mapping[Any, np.ndarray], points: pd.DataFrame) -> np.ndarray:
         x = curve_inputs(schedules, points, self.block)
         with jax.enable_x64(True):
-            return np.asarray(_law_log_mean(self.law.mean, {n: self.draws(n) for n in self.law.params}, x))
+            log_mean = _law_log_mean(self.law.mean, {n: self.draws(n) for n in self.law.params}, _padded(x))
+        return np.asarray(log_mean)[:, :len(points)]
 
     def _residuals(self, state: np.ndarray, gap: np.ndarray, seed: int) -> np.ndarray:
         """Residual draws ``(draws, points)`` of logged losses: the path continues from a state drawn from
@@ -338,8 +365,10 @@ class CurveResult:
         shocks[:, 0] += phi[:, 0] * before  # the first point continues from the run's path
         phi[:, 0] = 0.0
         white = self.draws("white")[:, None] * rng.standard_normal(shocks.shape)
+        extra = bucket_size(gap.size) - gap.size  # padded points come after: they do not change the path before
         with jax.enable_x64(True):
-            return np.asarray(ou_path(jnp.asarray(phi), jnp.asarray(shocks))) + white
+            path = _ou_path(np.pad(phi, ((0, 0), (0, extra))), np.pad(shocks, ((0, 0), (0, extra))))
+        return np.asarray(path)[:, :gap.size] + white
 
     def predict(self, steps: Sequence[int] | np.ndarray, run: Any = None,
                 schedule: Sequence[float] | np.ndarray | None = None, *, level: float = LEVEL,
