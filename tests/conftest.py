@@ -5,34 +5,62 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
 
 import jax
 import numpy as np
 import pytest
+from filelock import FileLock
 
 import bayescale as bs
 
+
+
+_FIXTURES = "BAYESCALE_TEST_FIXTURES"
+"""Environment variable: the folder where session fixtures are saved for both workers (see :func:`built_once`)."""
 
 
 def pytest_configure(config: pytest.Config) -> None:
     """One persistent compilation cache for the whole test session, never the user's: a fresh folder made by
     the controlling process before the workers start, so both workers, every notebook kernel and every
     subprocess inherit it (through the environment) and a program is compiled once per session. Dropping
-    in-memory programs between modules (below) then costs a read-back, not a compilation."""
-    if os.environ.get("PYTEST_XDIST_WORKER") is None and bs.cache.ENV not in os.environ:
-        folder = tempfile.mkdtemp(prefix="bayescale-test-cache-")
-        os.environ[bs.cache.ENV] = folder
-        config.stash[_CACHE] = folder
+    in-memory programs between modules (below) then costs a read-back, not a compilation. A second fresh
+    folder holds the session fixtures that both workers read (:func:`built_once`)."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        made = {}
+        if bs.cache.ENV not in os.environ:
+            made[bs.cache.ENV] = tempfile.mkdtemp(prefix="bayescale-test-cache-")
+        made[_FIXTURES] = tempfile.mkdtemp(prefix="bayescale-test-fixtures-")
+        os.environ.update(made)
+        config.stash[_MADE] = made
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    folder = config.stash.get(_CACHE, None)
-    if folder is not None:
+    for name, folder in config.stash.get(_MADE, {}).items():
         shutil.rmtree(folder, ignore_errors=True)
-        del os.environ[bs.cache.ENV]
+        del os.environ[name]
 
 
-_CACHE = pytest.StashKey[str]()
+_MADE = pytest.StashKey[dict]()
+Result = TypeVar("Result", bound=bs.Posterior)
+
+
+def built_once(name: str, build: Callable[[], Result]) -> Result:
+    """A session fixture built once for the whole run, not once per worker: the first worker to ask builds
+    it and saves it; the other waits on a file lock and loads it (a result loads back equal draw for draw,
+    which the contract tests check)."""
+    folder = os.environ.get(_FIXTURES)
+    if folder is None:
+        return build()
+    path = Path(folder) / f"{name}.nc"
+    with FileLock(f"{path}.lock"):
+        if path.exists():
+            return bs.load(path)
+        result = build()
+        result.save(path)
+        return result
 
 CHINCHILLA = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
 SMALL = {"num_warmup": 500, "num_samples": 500, "num_chains": 4}
@@ -83,13 +111,13 @@ def chinchilla_data() -> bs.ScalingData:
 @pytest.fixture(scope="session")
 def chinchilla_fit(chinchilla_data: bs.ScalingData) -> bs.FitResult:
     """Student-t posterior of the 200 simulated runs (small draws)."""
-    return bs.fit(chinchilla_data, seed=0, **SMALL)
+    return built_once("chinchilla_fit", lambda: bs.fit(chinchilla_data, seed=0, **SMALL))
 
 
 @pytest.fixture(scope="session")
 def kaplan_fit(chinchilla_data: bs.ScalingData) -> bs.FitResult:
     """Kaplan's joint law fitted to the same 200 Chinchilla runs (a wrong law for them)."""
-    return bs.fit(chinchilla_data, law="kaplan_nd", seed=0, **SMALL)
+    return built_once("kaplan_fit", lambda: bs.fit(chinchilla_data, law="kaplan_nd", seed=0, **SMALL))
 
 
 @pytest.fixture(scope="session")
@@ -110,7 +138,7 @@ def _quiet(fn, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
 
 @pytest.fixture(scope="session")
 def tiny_hierarchical(small_groups: dict) -> bs.HierarchicalResult:
-    return _quiet(bs.fit_hierarchical, small_groups, settings=TINY)
+    return built_once("tiny_hierarchical", lambda: _quiet(bs.fit_hierarchical, small_groups, settings=TINY))
 
 
 @pytest.fixture(scope="session")
@@ -126,7 +154,7 @@ def tiny_structural_batch(tiny_batch: bs.BatchResult) -> bs.BatchResult:
 
 @pytest.fixture(scope="session")
 def tiny_isoflop() -> bs.IsoFlopResult:
-    return _quiet(bs.fit_isoflop, bs.datasets.load("palm2"), settings=TINY)
+    return built_once("tiny_isoflop", lambda: _quiet(bs.fit_isoflop, bs.datasets.load("palm2"), settings=TINY))
 
 
 def unconverged(fit: bs.FitResult) -> bs.FitResult:
@@ -140,8 +168,12 @@ def unconverged(fit: bs.FitResult) -> bs.FitResult:
 def tiny_stacked(small_groups: dict) -> bs.StackedResult:
     """The Chinchilla law and Kaplan's joint law, fitted to the same 10 runs and stacked (PSIS-LOO weights)."""
     data = small_groups["g0"]
-    fits = {law: _quiet(bs.fit, data, law=law, settings=TINY) for law in ("chinchilla", "kaplan_nd")}
-    return bs.stack(fits, seed=1, method="loo")
+
+    def build() -> bs.StackedResult:
+        fits = {law: _quiet(bs.fit, data, law=law, settings=TINY) for law in ("chinchilla", "kaplan_nd")}
+        return bs.stack(fits, seed=1, method="loo")
+
+    return built_once("tiny_stacked", build)
 
 
 def sigmoid_accuracy(loss: np.ndarray, chance: float = 0.25, top: float = 0.9, k: float = 8.0,
@@ -155,7 +187,8 @@ def tiny_downstream(small_groups: dict) -> bs.DownstreamResult:
     """Stage 1 on 10 runs, and their accuracies through a sigmoid with 1% noise."""
     data = small_groups["g0"]
     acc = sigmoid_accuracy(data.loss) * np.exp(0.01 * np.random.default_rng(0).standard_normal(data.n))
-    return _quiet(bs.fit_downstream, _quiet(bs.fit, data, settings=TINY), acc, chance=0.25)
+    return built_once("tiny_downstream",
+                      lambda: _quiet(bs.fit_downstream, _quiet(bs.fit, data, settings=TINY), acc, chance=0.25))
 
 
 def interval(draws: np.ndarray, level: float = 0.95) -> tuple[float, float]:
