@@ -199,7 +199,8 @@ def test_load_names_the_file_it_cannot_read(tmp_path) -> None:  # noqa: ANN001
 
 
 def test_pointwise_groups_are_computed_in_bounded_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A table too large for one pointwise call is cut into blocks of draws: same log-likelihood, float32."""
+    """A table too large for one pointwise call is cut into blocks of draws: same log-likelihood and
+    predictive, float32."""
     N, D = bs.chinchilla_design(40, seed=0)
     data = bs.simulate("chinchilla", CHINCHILLA, N=N, D=D, seed=1)
     with warnings.catch_warnings():
@@ -212,6 +213,9 @@ def test_pointwise_groups_are_computed_in_bounded_blocks(monkeypatch: pytest.Mon
         assert blocks.idata[group]["log_loss"].dtype == np.float32
         assert blocks.idata[group]["log_loss"].shape == whole.idata[group]["log_loss"].shape
     np.testing.assert_allclose(blocks.idata.log_likelihood["log_loss"], whole.idata.log_likelihood["log_loss"], rtol=1e-5)
+    # a new run's noise is drawn on the host in draw order: cutting the draws into blocks does not change it
+    np.testing.assert_allclose(blocks.idata.posterior_predictive["log_loss"],
+                               whole.idata.posterior_predictive["log_loss"], rtol=1e-5)
 
 
 def test_hierarchical_fit_with_integer_labels(tiny_hierarchical: bs.HierarchicalResult, small_groups: dict,
@@ -252,3 +256,24 @@ def test_load_refuses_damaged_or_foreign_metadata_naming_the_file(chinchilla_fit
         idata.to_netcdf(tmp_path / name, engine="h5netcdf")
         with pytest.raises(bs.DataError, match=message):
             bs.load(tmp_path / name)
+
+
+def test_noise_drawn_on_the_host_has_the_likelihoods_distribution() -> None:
+    """Predictives draw a new run's noise with NumPy (`likelihoods.draw_noise`): its quantiles are the
+    Student-t's (nu=4) and the normal's, broadcast per draw, and the same generator seed gives the same draws."""
+    import scipy.stats
+
+    loc, scale = np.array([[1.0], [2.0]]), np.array([[0.1], [0.3]])
+    levels = np.array([0.01, 0.1, 0.5, 0.9, 0.99])
+    for likelihood, quantiles in ((bs.likelihoods.student_t(), scipy.stats.t(4).ppf(levels)),
+                                  (bs.likelihoods.normal(), scipy.stats.norm.ppf(levels))):
+        draws = likelihood.sample(np.random.default_rng(0), loc, scale)
+        assert draws.shape == (2, 1)
+        many = likelihood.sample(np.random.default_rng(1), np.broadcast_to(loc, (2, 100_000)),
+                                 np.broadcast_to(scale, (2, 100_000)))
+        for row in range(2):
+            standard = (many[row] - loc[row, 0]) / scale[row, 0]
+            np.testing.assert_allclose(np.quantile(standard, levels), quantiles, atol=0.05 * np.abs(quantiles).max())
+        np.testing.assert_array_equal(likelihood.sample(np.random.default_rng(0), loc, scale), draws)
+    learned = bs.likelihoods.student_t(nu=None).sample(np.random.default_rng(2), np.zeros(200_000), 1.0, np.full(200_000, 2.5))
+    np.testing.assert_allclose(np.quantile(learned, 0.9), scipy.stats.t(2.5).ppf(0.9), rtol=0.03)

@@ -238,8 +238,8 @@ def table_of_draws(draws: Mapping[str, np.ndarray], index: pd.Index, level: floa
     return pd.concat(parts, axis=1)
 
 
-def _site_values(model: Any, layout: Layout, v: jax.Array, data: Any) -> dict[str, Any]:
-    """One trace of ``model`` at the flat unconstrained draw ``v``, its observations in place."""
+def _trace_at(model: Any, layout: Layout, v: jax.Array, data: Any) -> dict[str, Any]:
+    """The trace of ``model`` at the flat unconstrained draw ``v``, its observations in place."""
     unconstrained = unflatten(v, layout)
 
     def constrain(site: dict[str, Any]) -> Any:
@@ -272,7 +272,7 @@ def _pointwise(model: Any, layout: Layout, z: jax.Array, data: Any, key: jax.Arr
     observations from (:func:`draw_noise`); an observation model of another family is sampled here.
     """
     def one(v: jax.Array, k: jax.Array):  # noqa: ANN202
-        trace = _site_values(model, layout, v, data)
+        trace = _trace_at(model, layout, v, data)
         site = trace[OBSERVED]
         sites = {name: s["value"] for name, s in trace.items()
                  if s["type"] == "deterministic" or (s["type"] == "sample" and not s["is_observed"])}
