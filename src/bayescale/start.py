@@ -176,7 +176,7 @@ def fit_map(
         law: law name or :class:`~bayescale.laws.Law`.
         loss: ``"huber"`` (Hoffmann et al. 2022, with ``delta``) or ``"squared"``.
         delta: Huber threshold on log residuals.
-        num_starts: BFGS starts (a reference point plus random offsets).
+        num_starts: Levenberg-Marquardt starts (a reference point plus random offsets).
         seed: seed of the random starts.
         precision: ``"auto"`` (float64 on CPU), ``"float64"`` or ``"float32"``.
         **columns: column options for loading a table (see ``ScalingData.from_table``).
