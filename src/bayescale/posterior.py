@@ -174,11 +174,11 @@ def warn_unconverged(diagnostics: Diagnostics, subject: str, stacklevel: int = 2
         )
 
 
-def reach(log_x: Mapping[str, Any], top: Mapping[str, Any]) -> jax.Array:
+def reach(log_x: Mapping[str, Any], top: Mapping[str, Any], xp: Any = jnp) -> Any:
     """E-folds beyond the runs whose largest log covariates are ``top``: the norm over the covariates of
-    ``max(0, log x - top)`` (any array shape; pure JAX)."""
-    excess = [jnp.maximum(0.0, jnp.asarray(log_x[c]) - top[c]) for c in top]
-    return jnp.sqrt(sum(jnp.square(e) for e in excess))
+    ``max(0, log x - top)`` (any array shape; ``xp`` is ``jax.numpy`` inside programs, or ``numpy``)."""
+    excess = [xp.maximum(0.0, xp.asarray(log_x[c]) - top[c]) for c in top]
+    return xp.sqrt(sum(xp.square(e) for e in excess))
 
 
 def _pad_points(values: np.ndarray) -> np.ndarray:
@@ -204,9 +204,9 @@ def data_top(law: Law, data: ScalingData) -> dict[str, float]:
 
 
 def distance(law: Law, data: ScalingData, log_x: Mapping[str, Any]) -> np.ndarray:
-    """E-folds beyond the runs of ``data`` (:func:`reach` from their largest covariates), as NumPy."""
-    with jax.enable_x64(True):
-        return np.asarray(reach(log_x, data_top(law, data)))
+    """E-folds beyond the runs of ``data`` (:func:`reach` from their largest covariates), in NumPy on the host
+    (eager JAX would compile a program per operation and shape)."""
+    return reach({c: np.asarray(v, dtype=float) for c, v in log_x.items()}, data_top(law, data), np)
 
 
 def _interval_columns(level: float) -> tuple[str, str]:
