@@ -162,7 +162,6 @@ class CurveModel:
             numpyro.sample(OBSERVED, noise, obs=data.log_y)
 
 
-
 @functools.partial(jax.jit, static_argnums=0)
 def _law_log_mean(mean: Any, draws: Mapping[str, Any], x: CurveInputs) -> jax.Array:
     """Log of a law's mean curve per draw ``(draws, points)``: one compiled program per law and shape
@@ -189,7 +188,8 @@ _ou_path = jax.jit(ou_path)
 
 
 @jax.jit
-def _filtered_last(resid: jax.Array, gap: jax.Array, ell: jax.Array, scale: jax.Array, white: jax.Array) -> jax.Array:
+def _last_filtered_state(resid: jax.Array, gap: jax.Array, ell: jax.Array, scale: jax.Array,
+                         white: jax.Array) -> jax.Array:
     """Filtered mean and variance ``(2, draws)`` of each draw's residual path at a run's last point
     (``resid`` ``(draws, points)``, ``gap`` ``(points,)``; ``ell``, ``scale``, ``white`` ``(draws,)``)."""
     _, mean, var = jax.vmap(ou_filter)(resid, _correlation(gap[None, :], ell[:, None]), scale, white)
@@ -342,7 +342,8 @@ class CurveResult:
         extra = bucket_size(resid.shape[1]) - resid.shape[1]
         resid, gap = np.pad(resid, ((0, 0), (extra, 0))), np.r_[np.full(extra, np.inf), _gaps(fitted)]
         with jax.enable_x64(True):
-            return np.asarray(_filtered_last(resid, gap, self.draws("ell"), self.draws("sigma"), self.draws("white")))
+            state = _last_filtered_state(resid, gap, self.draws("ell"), self.draws("sigma"), self.draws("white"))
+        return np.asarray(state)
 
     def _log_mean(self, schedules: Mapping[Any, np.ndarray], points: pd.DataFrame) -> np.ndarray:
         x = curve_inputs(schedules, points, self.block)

@@ -118,7 +118,6 @@ class LinkModel:
             numpyro.sample(OBSERVED, self.likelihood.distribution(jnp.log(mean), sigma), obs=data.log_y)
 
 
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class DownstreamResult(Posterior):
     """Both stages of a downstream-accuracy fit: the loss law's posterior and the link's, draw for draw.

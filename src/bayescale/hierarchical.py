@@ -132,7 +132,6 @@ class HierarchicalModel:
             numpyro.sample(OBSERVED, self.likelihood.distribution(loc, sigma, nu), obs=data.log_y)
 
 
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class HierarchicalResult(Posterior):
     """Posterior of a hierarchical fit.

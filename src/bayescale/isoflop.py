@@ -85,7 +85,6 @@ class IsoFlopModel:
             numpyro.sample(OBSERVED, self.likelihood.distribution(jnp.log(mean), sigma), obs=data.log_y)
 
 
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class IsoFlopResult(Posterior):
     """Posterior of a Bayesian iso-FLOP analysis.

@@ -306,7 +306,8 @@ def _pointwise_draws(model: Any, layout: Layout, z: np.ndarray, data: Any, key: 
             block = np.concatenate([block, np.repeat(block[-1:], size - keep, axis=0)])
         out = _pointwise(model, layout, block, data, key if size == total else jax.random.fold_in(key, index))
         blocks.append(jax.tree_util.tree_map(lambda a: np.asarray(a)[:keep], out))
-    sites, loglik, noise = (jax.tree_util.tree_map(lambda *parts: np.concatenate(parts), *part) for part in zip(*blocks))
+    sites, loglik, noise = (jax.tree_util.tree_map(lambda *parts: np.concatenate(parts), *part)
+                            for part in zip(*blocks))
     if isinstance(noise, tuple):
         noise = draw_noise(np.random.default_rng(np.asarray(key)), *noise)
     return sites, noise.astype(POINTWISE_DTYPE), loglik.astype(POINTWISE_DTYPE)

@@ -139,8 +139,8 @@ def _levenberg_marquardt(spec: Spec, md: ModelData, z0: np.ndarray, loss: str, d
     eye = np.eye(z.shape[-1])
     for _ in range(_MAP_ITERATIONS):
         usable = np.isfinite(f)[..., None, None] & np.isfinite(hess).all(axis=(-2, -1), keepdims=True)
-        damped = np.where(usable, hess + lam[..., None, None] * (np.diagonal(hess, axis1=-2, axis2=-1)[..., None] + 1e-12)
-                          * eye, eye)
+        diagonal = np.diagonal(hess, axis1=-2, axis2=-1)[..., None] + 1e-12
+        damped = np.where(usable, hess + lam[..., None, None] * diagonal * eye, eye)
         step = _solve(damped, np.where(usable[..., 0], grad, 0.0))
         candidate = z - step
         f_new, hess_new, grad_new, scale_new, scale_z_new = terms(candidate)
@@ -150,7 +150,8 @@ def _levenberg_marquardt(spec: Spec, md: ModelData, z0: np.ndarray, loss: str, d
         z = np.where(better[..., None], candidate, z)
         hess = np.where(better[..., None, None], hess_new, hess)
         grad = np.where(better[..., None], grad_new, grad)
-        f, scale, scale_z = (np.where(better, new, old) for new, old in ((f_new, f), (scale_new, scale), (scale_z_new, scale_z)))
+        f, scale, scale_z = (np.where(better, new, old)
+                             for new, old in ((f_new, f), (scale_new, scale), (scale_z_new, scale_z)))
     best = np.argmin(f, axis=-1)
     pick = lambda a: np.take_along_axis(a, best[:, None], axis=1)[:, 0]  # noqa: E731
     converged = np.isfinite(f) & ((change < 1e-8) | (lam > 1e8))
