@@ -72,6 +72,20 @@ def test_zero_inside_the_data_and_saved(chinchilla_fit: bs.FitResult, tmp_path) 
         bs.extrapolation.structural_error(chinchilla_fit, cuts=(0.5, 1.5))
 
 
+def test_structural_error_grows_as_the_square_root_of_distance(chinchilla_fit: bs.FitResult) -> None:
+    """Each draw deviates from its mean curve by ``tau·z·sqrt(d)`` at ``d`` e-folds beyond the runs: the random
+    walk whose variance ``tau^2·d`` the scale is learned under (the predictive grew like ``d`` instead)."""
+    idata = chinchilla_fit.idata.copy()
+    idata.posterior[MISFIT] = (("chain", "draw"), np.full(idata.posterior["E"].shape, 0.05))
+    structural = dataclasses.replace(chinchilla_fit, idata=idata)
+    top = bs.posterior.data_top(chinchilla_fit.law, chinchilla_fit.data)
+    d = np.array([0.25, 1.0, 4.0])
+    log_x = {"N": top["N"] + d, "D": np.full(3, top["D"])}
+    deviation = structural.log_mean_draws(log_x, seed=3) - chinchilla_fit.log_mean_draws(log_x, seed=3)
+    np.testing.assert_allclose(deviation, structural.shock(3)[:, None] * np.sqrt(d), rtol=1e-9, atol=1e-12)
+    assert np.std(structural.shock(3)) == pytest.approx(0.05, rel=0.1)
+
+
 def test_every_planning_number_carries_the_structural_error(chinchilla_fit: bs.FitResult) -> None:
     """loss_opt at 1e24 FLOPs was the plain fit's (0.0237 wide) on a planning-mode fit, and loss_at subtracted
     an optimum without the structural error from a loss with it."""

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from .laws import Law
-from .posterior import LEVEL, FitResult, Posterior, data_top, describe_draws, reach, table_of_draws
+from .posterior import LEVEL, FitResult, Posterior, data_top, describe_draws, structural_deviation, table_of_draws
 
 __all__ = [
     "compute_optimal",
@@ -300,7 +300,7 @@ def allocation_exponents(fit: Posterior, level: float = LEVEL, compute: float = 
 def _log_loss_at(law: Law, q: dict, log_x: Mapping[str, jax.Array], shock: jax.Array, top: Mapping[str, float]
                  ) -> jax.Array:
     """One draw's predicted log-loss: the mean curve plus its structural error ``shock·sqrt(reach)``."""
-    return law.log_mean(q, log_x) + shock * reach(log_x, top)
+    return law.log_mean(q, log_x) + structural_deviation(shock, log_x, top)
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -60,6 +60,7 @@ __all__ = [
     "ESS_MIN",
     "MISFIT",
     "reach",
+    "structural_deviation",
     "data_top",
     "distance",
 ]
@@ -181,6 +182,13 @@ def reach(log_x: Mapping[str, Any], top: Mapping[str, Any], xp: Any = jnp) -> An
     return xp.sqrt(sum(xp.square(e) for e in excess))
 
 
+def structural_deviation(shock: Any, log_x: Mapping[str, Any], top: Mapping[str, Any]) -> jax.Array:
+    """A draw's structural error at ``log_x``: ``shock·sqrt(d)`` at ``d`` e-folds beyond the runs (:func:`reach`),
+    the random walk whose variance ``tau^2·d`` the scale is learned under (pure JAX; ``shock`` broadcasts
+    against the points' shape)."""
+    return shock * jnp.sqrt(reach(log_x, top))
+
+
 def _pad_points(values: np.ndarray) -> np.ndarray:
     """``values`` with the last axis (points) padded to its shape bucket by repeating the last point, so the
     compiled predictive serves tables of nearby sizes (results are sliced back)."""
@@ -195,7 +203,7 @@ def _log_mean(law: Law, params: Mapping[str, Any], log_x: Mapping[str, Any], sho
     """Mean curve of log-loss per draw plus the structural error ``shock·sqrt(reach)``, ``(draws, points)``."""
     per_draw = {c: 0 if jnp.ndim(v) == 2 else None for c, v in log_x.items()}
     loc = jax.vmap(law.log_mean, in_axes=(0, per_draw))(params, log_x)
-    return loc + shock[:, None] * reach(log_x, top)
+    return loc + structural_deviation(shock[:, None], log_x, top)
 
 
 def data_top(law: Law, data: ScalingData) -> dict[str, float]:
