@@ -86,6 +86,29 @@ def test_structural_error_grows_as_the_square_root_of_distance(chinchilla_fit: b
     assert np.std(structural.shock(3)) == pytest.approx(0.05, rel=0.1)
 
 
+@pytest.mark.parametrize("tau", [0.0, 0.01, 0.03])
+def test_the_scale_is_recovered_from_a_record_with_known_truth(tau: float) -> None:
+    """Records simulated with a known scale, from refits whose mean curves are uncertain (sd 0.01): the scale's
+    90% interval covers it (a zero scale stays well under the refits' spread), whether the refits' errors are
+    their own parameter error plus the misfit (the law holds inside) or the misfit alone (a wrong law, whose
+    posterior spread measures nothing). Either estimator alone fails one of the two."""
+    rng = np.random.default_rng(int(tau * 1000))
+    n = 3 * 40
+    table = pd.DataFrame({"cut": np.repeat([0.5, 0.6, 0.7], 40), "distance": rng.uniform(0.1, 1.5, n),
+                          "noise": np.full(n, 0.002**2), "curve": np.full(n, 0.01**2)})
+    for own in (True, False):
+        spread = table["noise"] + (table["curve"] if own else 0) + tau**2 * table["distance"]
+        table["error"] = np.sqrt(spread) * rng.standard_normal(n)
+        cdf = np.cumsum(bs.extrapolation.misfit_posterior(table))
+        lo, hi = np.interp([0.05, 0.95], cdf, bs.extrapolation.MISFIT_GRID)
+        if tau == 0:  # below the prior's support: the scale shrinks to its floor, far under the refits' spread
+            assert hi < 0.006, (own, lo, hi)
+        else:
+            assert lo <= tau <= hi, (own, lo, hi)
+        if tau == 0.03:
+            assert hi < 0.06 and lo > 0.015, (own, lo, hi)
+
+
 def test_every_planning_number_carries_the_structural_error(chinchilla_fit: bs.FitResult) -> None:
     """loss_opt at 1e24 FLOPs was the plain fit's (0.0237 wide) on a planning-mode fit, and loss_at subtracted
     an optimum without the structural error from a loss with it."""

@@ -63,7 +63,9 @@ __all__ = [
     "log_predictive",
     "scale_covariate",
     "log_density",
+    "misfit_posterior",
     "MISFIT_PRIOR_RANGE",
+    "MISFIT_GRID",
     "CUTS",
 ]
 
@@ -71,7 +73,8 @@ MISFIT_PRIOR_RANGE = (1e-4, 1.0)
 """Support of the log-uniform prior on ``tau`` (log-loss per square-root e-fold)."""
 CUTS = (0.4, 0.5, 0.6, 0.7, 0.8)
 """Default cut points: quantiles of the scale covariate below which runs are fitted."""
-_GRID = np.geomspace(*MISFIT_PRIOR_RANGE, 600)
+MISFIT_GRID = np.geomspace(*MISFIT_PRIOR_RANGE, 600)
+"""Grid of ``tau`` values its posterior is computed on (log-spaced over :data:`MISFIT_PRIOR_RANGE`)."""
 _BACKTEST_DRAWS = 500
 """Warmup and draws per chain of each rolling-origin refit, at most (the fit's own settings when fewer)."""
 
@@ -262,21 +265,35 @@ def _too_few(cuts: Sequence[float], law: Law) -> str:
     return f"no cut in {list(cuts)} leaves enough runs to refit {law.name!r} and some to hold out"
 
 
-def _with_misfit(fit: FitResult, record: Sequence[Refit]) -> FitResult:
-    """``fit`` with ``misfit_scale`` draws from the grid posterior of ``tau`` given its rolling refits."""
-    table = _backtest(fit, record)
+def misfit_posterior(table: pd.DataFrame) -> np.ndarray:
+    """Posterior probabilities of the structural-error scale ``tau`` on :data:`MISFIT_GRID`, given an
+    extrapolation record (columns ``cut``, ``error``, ``noise``, ``curve``, ``distance``: the error of a refit's
+    predictive mean of log-loss at a held-out run, the variance there of a new run's noise and of the refit's
+    mean curve, and the run's distance beyond the refit's runs in e-folds).
+
+    ``error ~ Normal(0, noise + a·curve + tau^2·distance)``, averaged over ``a`` in {0, 1} with equal prior
+    weight: whether the refits' own parameter uncertainty explains part of their error (the law holds) or not
+    (it misfits, and the spread of its mean curve measures nothing). Log-uniform prior on ``tau`` over
+    :data:`MISFIT_PRIOR_RANGE`; each cut's runs weighted by one over the number of cuts (the cuts reuse the
+    same runs).
+    """
     weight = 1.0 / len(set(table["cut"]))
-    error, noise, curve, dist = (table[c].to_numpy()[None, :] for c in ("error", "noise", "curve", "distance"))
+    error, noise, curve, dist = (table[c].to_numpy(dtype=float)[None, :] for c in ("error", "noise", "curve", "distance"))
     # The grid is log-spaced, so equal prior mass per point is the log-uniform prior: the posterior is the likelihood.
-    parts = [weight * scipy.stats.norm.logpdf(error, scale=np.sqrt(noise + a * curve + _GRID[:, None] ** 2 * dist)
+    parts = [weight * scipy.stats.norm.logpdf(error, scale=np.sqrt(noise + a * curve + MISFIT_GRID[:, None] ** 2 * dist)
                                               ).sum(axis=1) for a in (0.0, 1.0)]
     log_post = np.logaddexp(*parts)
     weights = np.exp(log_post - log_post.max())
-    cdf = np.cumsum(weights) / weights.sum()
+    return weights / weights.sum()
+
+
+def _with_misfit(fit: FitResult, record: Sequence[Refit]) -> FitResult:
+    """``fit`` with ``misfit_scale`` draws from the grid posterior of ``tau`` given its rolling refits."""
+    cdf = np.cumsum(misfit_posterior(_backtest(fit, record)))
     post = fit.idata.posterior
     shape = (post.sizes["chain"], post.sizes["draw"])
     u = np.random.default_rng(fit.seed).random(shape)
-    tau = np.interp(u, cdf, _GRID)
+    tau = np.interp(u, cdf, MISFIT_GRID)
     idata = fit.idata.copy()
     idata.posterior[MISFIT] = (("chain", "draw"), tau)
     return dataclasses.replace(fit, idata=idata)
