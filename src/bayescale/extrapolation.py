@@ -75,8 +75,6 @@ CUTS = (0.4, 0.5, 0.6, 0.7, 0.8)
 """Default cut points: quantiles of the scale covariate below which runs are fitted."""
 MISFIT_GRID = np.geomspace(*MISFIT_PRIOR_RANGE, 600)
 """Grid of ``tau`` values its posterior is computed on (log-spaced over :data:`MISFIT_PRIOR_RANGE`)."""
-_BACKTEST_DRAWS = 500
-"""Warmup and draws per chain of each rolling-origin refit, at most (the fit's own settings when fewer)."""
 
 
 def scale_covariate(law: Law) -> str:
@@ -114,9 +112,11 @@ def cut_masks(data: ScalingData, law: Law, cuts: Sequence[float], min_train: int
 
 
 def refit_settings(settings: SamplerSettings) -> SamplerSettings:
-    """Settings of rolling-origin refits: the fit's, with at most 500 warmup iterations and draws per chain."""
-    return dataclasses.replace(settings, num_warmup=min(settings.num_warmup, _BACKTEST_DRAWS),
-                               num_samples=min(settings.num_samples, _BACKTEST_DRAWS), progress=False)
+    """Settings of rolling-origin refits: the fit's warmup and draws (so they run the sampler compiled for the fit)
+    on one chain. A refit serves only the mean and variance of its predictive at the held-out runs; sampling
+    the refits is the planning mode's cost (240 runs: 2.9x a plain fit with four chains of 500 draws per
+    refit, 1.9x with one chain of the fit's 1000; benchmarks/RESULTS.md)."""
+    return dataclasses.replace(settings, num_chains=1, progress=False)
 
 
 class Refit(NamedTuple):
