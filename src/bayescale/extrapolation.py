@@ -14,17 +14,18 @@ Euclidean norm over the law's covariates of ``max(0, log x_c - max log x_c)``.
 The scale ``tau`` (log-loss per square-root e-fold) is learned from the data's
 own extrapolation record, rolling origin: for several cut points the same model
 (law, likelihood, priors) is refitted to the runs below the cut, and for each run
-above it the error ``e`` of the predictive mean of its log-loss, the variance ``v``
-of a new run's noise there and its distance ``d`` are kept. Then
-``e ~ Normal(0, v + tau^2 d)``: ``tau`` measures the error of the refits' mean curves.
-A refit's parameter uncertainty is not subtracted from it: under a law that
-misfits, the posterior spread of the mean curve does not measure the curve's error
-(it shrinks as runs are added, the misfit does not). Measured on ColPret's 192 real
-curves: subtracting it learned ``tau`` from the small refits, whose wide posteriors
-explained their errors, and left the full fit's bands too narrow at every level
-(mean 90% coverage 0.80, 50% coverage 0.37); without it 0.90 and 0.53
-(``benchmarks/RESULTS.md``). ``tau`` gets a grid posterior under a log-uniform prior on
-:data:`MISFIT_PRIOR_RANGE` (its scale is unknown over orders of magnitude, and where
+above it the error ``e`` of the predictive mean of its log-loss, the variances of
+a new run's noise ``n`` and of the refit's mean curve ``c`` there, and its distance
+``d`` are kept. Then ``e ~ Normal(0, n + a·c + tau^2 d)``, averaged over ``a`` in
+{0, 1} (:func:`misfit_posterior`): when the law holds, a refit's parameter
+uncertainty explains part of its error (``a = 1``, and ``tau`` measures what the
+Bayesian bands miss); under a law that misfits, the spread of its mean curve
+measures nothing (it shrinks as runs are added, the misfit does not), and the whole
+error of the mean curve is structural (``a = 0``). Each alone fails one of the two
+(tested on simulated records; on ColPret's real curves ``a = 1`` alone left bands
+too narrow at every level, and ``a = 0`` alone widened bands 1.85x on data from the
+law itself: ``benchmarks/RESULTS.md``). ``tau`` gets a grid posterior under a
+log-uniform prior on :data:`MISFIT_PRIOR_RANGE` (its scale is unknown over orders of magnitude, and where
 the record shows no misfit the posterior shrinks towards the lower end instead of
 spreading over the prior's flat part), each cut's runs weighted by one over the
 number of cuts (the cuts reuse the same runs).
@@ -202,8 +203,8 @@ def log_predictive(fit: FitResult, runs: ScalingData, seed: int) -> np.ndarray:
 
 def _backtest(fit: FitResult, record: Sequence[Refit]) -> pd.DataFrame:
     """The fit's own extrapolation record: for each held-out run of each cut, the error of the predictive
-    mean of log-loss, the variance of a new run's noise (the predictive's variance less its mean curve's)
-    and the distance beyond the refit's runs."""
+    mean of log-loss, the variances of a new run's noise (the predictive's variance less its mean curve's)
+    and of the refit's mean curve, and the distance beyond the refit's runs."""
     law = fit.law
     rows = []
     for q, refit, held, draws in record:
