@@ -279,7 +279,8 @@ def misfit_posterior(table: pd.DataFrame) -> np.ndarray:
     same runs).
     """
     weight = 1.0 / len(set(table["cut"]))
-    error, noise, curve, dist = (table[c].to_numpy(dtype=float)[None, :] for c in ("error", "noise", "curve", "distance"))
+    error, noise, curve, dist = (table[c].to_numpy(dtype=float)[None, :]
+                                 for c in ("error", "noise", "curve", "distance"))
     # The grid is log-spaced, so equal prior mass per point is the log-uniform prior: the posterior is the likelihood.
     parts = [weight * scipy.stats.norm.logpdf(error, scale=np.sqrt(noise + a * curve + MISFIT_GRID[:, None] ** 2 * dist)
                                               ).sum(axis=1) for a in (0.0, 1.0)]
