@@ -96,7 +96,8 @@ def figure(summary: pd.DataFrame, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(4.5, 4))
     ax.plot([0.45, 1], [0.45, 1], color="0.6", lw=1, ls="--", label="calibrated")
     for mode, row in summary.iterrows():
-        ax.plot(LEVELS, [row[f"cover{level:g}"] for level in LEVELS], marker="o", label=f"{mode} (MSCE {row['msce_mean']:.3f})")
+        ax.plot(LEVELS, [row[f"cover{level:g}"] for level in LEVELS], marker="o",
+                label=f"{mode} (MSCE {row['msce_mean']:.3f})")
     ax.set(xlabel="nominal level", ylabel="coverage of held-out points (mean over curves)",
            title="ColPret, 192 curves: calibration")
     ax.legend(fontsize=8)
