@@ -82,6 +82,16 @@ def test_resume_from_out_dir(tmp_path) -> None:  # noqa: ANN001
     np.testing.assert_array_equal(loaded["g1"].posterior["A"].values, first["g1"].posterior["A"].values)
 
 
+def test_a_planning_group_made_by_an_older_method_is_not_reused() -> None:
+    """A group's manifest keeps how its structural error was made; one made before the method changed is refitted
+    with the reason, as is one whose planning mode was switched."""
+    changes = bs.batch._changes
+    now = {"data": "h", "structural": bs.posterior.STRUCTURAL_METHOD}
+    assert "older method" in changes({"data": "h", "structural": True}, now)  # manifests before 2026-12-02
+    assert changes({"data": "h", "structural": False}, now).endswith("switched on")
+    assert changes(now, {"data": "h", "structural": False}).endswith("switched off")
+
+
 @pytest.fixture(scope="module")
 def saved(small_groups: dict, tmp_path_factory: pytest.TempPathFactory) -> tuple:
     """Three groups fitted into a folder (TINY settings), the folder, and its files' bytes."""

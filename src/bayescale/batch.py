@@ -39,7 +39,9 @@ from .data import DataError, ScalingData, check_labels
 from .laws import Law, get_law
 from .likelihoods import Likelihood, get_likelihood
 from .model import Spec, bucket_size, check_data, make_spec, model_data, potential_fn
-from .posterior import LEVEL, Diagnostics, FitResult, fit_idata, load, spec_to_json, summaries_by_group
+from .posterior import (
+    LEVEL, STRUCTURAL_METHOD, Diagnostics, FitResult, fit_idata, load, spec_to_json, summaries_by_group,
+)
 from .sampling import Draws, SamplerSettings, check_seed, fit_keys, resolve_strategy, sample_lanes, sampler_settings
 from .start import initial_points
 from .store import MANIFEST, Manifest, ResumeWarning, data_hash, file_hash, group_file, label_from_json
@@ -189,21 +191,26 @@ class BatchResult:
 def fingerprint(spec: Spec, settings: SamplerSettings, data: ScalingData, label: Any, structural: bool = False
                 ) -> dict[str, Any]:
     """What a group's result depends on: its data and label (hash), law, likelihood, priors, sampler
-    settings with seed, and whether it carries the structural error (the planning mode).
+    settings with seed, and whether it carries the structural error (the planning mode), by
+    :data:`~bayescale.posterior.STRUCTURAL_METHOD`.
 
     The progress bar is left out; the strategy is recorded as resolved on this machine.
     """
     run = {**settings.to_dict(), "strategy": resolve_strategy(settings.strategy)}
     del run["progress"]
-    return {"data": data_hash(data, label), **spec_to_json(spec), "settings": run, "structural": structural}
+    return {"data": data_hash(data, label), **spec_to_json(spec), "settings": run,
+            "structural": STRUCTURAL_METHOD if structural else False}
 
 
 def _changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
     """Why a saved fingerprint differs from a new one, in words ("" when equal)."""
     if old.get("data") != new["data"]:
         return "its data changed"
-    if old.get("structural", False) != new.get("structural", False):
-        return "the planning mode (structural error) was switched " + ("on" if new.get("structural") else "off")
+    old_mode, new_mode = old.get("structural", False), new.get("structural", False)
+    if old_mode != new_mode:
+        if old_mode and new_mode:
+            return f"its structural error was learned by an older method ({old_mode!r}; now {new_mode!r})"
+        return "the planning mode (structural error) was switched " + ("on" if new_mode else "off")
     for key in ("law", "likelihood", "priors", "roles"):
         if old.get(key) != new[key]:
             return f"its {key} changed"

@@ -59,6 +59,7 @@ __all__ = [
     "RHAT_MAX",
     "ESS_MIN",
     "MISFIT",
+    "STRUCTURAL_METHOD",
     "reach",
     "structural_deviation",
     "data_top",
@@ -82,6 +83,9 @@ POINTWISE_ELEMENTS = 2**22
 
 MISFIT = "misfit_scale"
 """Posterior variable of the structural-error scale (see :mod:`bayescale.extrapolation`)."""
+STRUCTURAL_METHOD = "tau*z*sqrt(d); tau from the record, mixed over the refits' parameter spread; one-chain refits"
+"""How the structural error is learned and applied, kept in a batch's manifest: resuming a planning-mode batch
+refits the groups an older method made (before 2026-12-02 the manifest held ``true``)."""
 
 
 class ConvergenceWarning(UserWarning):
