@@ -66,12 +66,13 @@ def test_starts_of_stacked_datasets_equal_their_own() -> None:
     from bayescale.start import initial_points
 
     spec = make_spec(bs.laws.get_law("chinchilla"), bs.likelihoods.student_t())
-    mds = []
-    for seed in range(3):
-        N, D = bs.chinchilla_design(20, seed=seed)
-        mds.append(model_data(bs.simulate("chinchilla", CHINCHILLA, N=N, D=D, seed=seed), spec.law, size=24))
     keys = np.stack([np.asarray(jax.random.PRNGKey(seed)) for seed in range(3)])
-    with jax.enable_x64(True):  # as fits run on CPU: the 100-step point fit then agrees to rounding
+    with jax.enable_x64(True):  # as fits run on CPU (tables in float64): the 100-step point fit agrees to rounding
+        mds = []
+        for seed in range(3):
+            N, D = bs.chinchilla_design(20, seed=seed)
+            mds.append(model_data(bs.simulate("chinchilla", CHINCHILLA, N=N, D=D, seed=seed), spec.law, size=24))
+        assert mds[0].log_y.dtype == np.float64
         stacked = initial_points(spec, jax.tree_util.tree_map(lambda *a: np.stack(a), *mds), keys, 2)
         alone = [initial_points(spec, jax.tree_util.tree_map(lambda a: a[None], md), keys[i:i + 1], 2)[0]
                  for i, md in enumerate(mds)]

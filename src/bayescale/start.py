@@ -140,7 +140,8 @@ def _levenberg_marquardt(spec: Spec, md: ModelData, z0: np.ndarray, loss: str, d
     for _ in range(_MAP_ITERATIONS):
         usable = np.isfinite(f)[..., None, None] & np.isfinite(hess).all(axis=(-2, -1), keepdims=True)
         diagonal = np.diagonal(hess, axis1=-2, axis2=-1)[..., None] + 1e-12
-        damped = np.where(usable, hess + lam[..., None, None] * diagonal * eye, eye)
+        with np.errstate(invalid="ignore", over="ignore"):  # unusable starts' inf terms are replaced just below
+            damped = np.where(usable, hess + lam[..., None, None] * diagonal * eye, eye)
         step = _solve(damped, np.where(usable[..., 0], grad, 0.0))
         candidate = z - step
         f_new, hess_new, grad_new, scale_new, scale_z_new = terms(candidate)
