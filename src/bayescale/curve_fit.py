@@ -53,9 +53,10 @@ __all__ = ["CurveResult", "fit_curves", "simulate_curves", "NOISES"]
 NOISES = ("ar1", "independent")
 CURVES_FORMAT = 1
 """Version of the file layout written by :meth:`CurveResult.save`."""
-_SIGMA_PRIOR = dist.HalfNormal(0.05)
-_ELL_PRIOR = dist.LogNormal(jnp.log(2000.0), 1.5)
-_WHITE_PRIOR = dist.HalfNormal(0.01)
+_SIGMA_SCALE, _WHITE_SCALE = 0.05, 0.01
+"""Scales of the HalfNormal priors of the residual path's sd and the white noise's sd (log-loss)."""
+_ELL_LOC, _ELL_SCALE = float(np.log(2000.0)), 1.5
+"""The correlation length's LogNormal prior (steps)."""
 
 
 def ou_path(phi: jax.Array, shocks: jax.Array) -> jax.Array:
@@ -150,11 +151,13 @@ class CurveModel:
             prior = law.priors[name]
             z = numpyro.sample(f"{name}_z", dist.Normal(0.0, 1.0))
             p[name] = numpyro.deterministic(name, jnp.exp(prior.loc + prior.scale * z))
-        sigma = numpyro.sample("sigma", _SIGMA_PRIOR)
+        # Every parameter is sampled on unit scale (its natural value recorded): chains start at NumPyro's
+        # uniform(-2, 2) in those coordinates, i.e. within the priors, and the sampler's first step sizes fit.
+        sigma = numpyro.deterministic("sigma", _SIGMA_SCALE * numpyro.sample("sigma_z", dist.HalfNormal(1.0)))
         loc = jnp.log(law.mean(p, data.inputs))
         if self.noise == "ar1":
-            ell = numpyro.sample("ell", _ELL_PRIOR)
-            white = numpyro.sample("white", _WHITE_PRIOR)
+            ell = numpyro.deterministic("ell", jnp.exp(_ELL_LOC + _ELL_SCALE * numpyro.sample("ell_z", dist.Normal())))
+            white = numpyro.deterministic("white", _WHITE_SCALE * numpyro.sample("white_z", dist.HalfNormal(1.0)))
             noise = OUResiduals(loc, sigma, _correlation(data.gap, ell), white)
         else:
             noise = dist.Normal(loc, sigma)
