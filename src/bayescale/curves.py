@@ -45,7 +45,7 @@ __all__ = ["LossCurves", "CurveInputs", "CurveLaw", "curve_inputs", "multi_power
 BLOCK = 256
 """Steps per block of the multi-power law's sum over the schedule's drops: on the bundled curves the mean
 curve is within 2.6e-4 (relative) of the exact sum at a posterior point (64 steps: 3.9e-5, a gradient 4x
-dearer; a fit of three 25M curves 108 s against 400 s, the same held-out error)."""
+dearer: a fit of three 25M curves took a quarter of the time, the same held-out error)."""
 LR_REF = 1e-4
 """Reference learning rate of the multi-power law's ``K`` (see :func:`multi_power`)."""
 Array = Any
