@@ -7,9 +7,10 @@ scan segments to update a progress bar.
 
 Two execution strategies sit behind :func:`sample_lanes`:
 
-- ``"vmap"``: all lanes vectorised in one program (sharded over devices when
-  there are several). Best on accelerators, where lanes are free; a vectorised
-  while-loop runs as long as its slowest lane, so lane efficiency matters.
+- ``"vmap"``: all lanes vectorised in one program (split over devices when
+  there are several, each device running its own lanes with ``shard_map``).
+  Best on accelerators, where lanes are free; a vectorised while-loop runs as
+  long as its slowest lane (on its device), so lane efficiency matters.
 - ``"loop"``: the single-lane program compiled once and called per lane from a
   small thread pool (one worker per core). Best on CPU, where vectorising buys
   little and every lane would wait for the slowest.
@@ -275,6 +276,32 @@ def _lane_mesh(lanes: int) -> Mesh | None:
     return Mesh(np.asarray(devices), ("lanes",))
 
 
+@functools.lru_cache(maxsize=16)
+def _sharded(start_v: Callable, advance_v: Callable, mesh: Mesh):  # noqa: ANN202
+    """``start``/``advance`` of vectorised lanes split over ``mesh``'s devices with ``shard_map``: each device
+    runs its own lanes' while-loops, so devices neither step together nor exchange anything until the end
+    (partitioned automatically, every tree-doubling of NUTS would wait for the slowest lane on any device)."""
+    lanes = PartitionSpec("lanes")
+
+    def split(fn: Callable, length: int, *args: Any):  # noqa: ANN202
+        local = jax.shard_map(lambda *a: fn(*a, length), mesh=mesh, in_specs=(lanes,) * len(args), out_specs=lanes,
+                              check_vma=False)
+        return local(*args)
+
+    return (jax.jit(lambda z0, data, key, length: split(start_v, length, z0, data, key), static_argnums=3),
+            jax.jit(lambda state, data, length: split(advance_v, length, state, data), static_argnums=2))
+
+
+def _vmap_kernels(potential: Potential, config: NUTSConfig, lanes: int):  # noqa: ANN202
+    """The vectorised ``start``/``advance`` for ``lanes`` lanes, and the sharding to put the lanes' inputs
+    in (None on one device, or when the lanes do not divide evenly over the devices)."""
+    _, _, start_v, advance_v = _kernels(potential, config)
+    mesh = _lane_mesh(lanes)
+    if mesh is None:
+        return start_v, advance_v, None
+    return (*_sharded(start_v, advance_v, mesh), NamedSharding(mesh, PartitionSpec("lanes")))
+
+
 def resolve_strategy(strategy: str) -> str:
     """``"vmap"`` or ``"loop"`` for a strategy name (``"auto"`` picks by backend); raise on anything else."""
     strategy = default_strategy() if strategy == "auto" else strategy
@@ -300,12 +327,14 @@ def compile_ahead(
     """
     strategy = resolve_strategy(strategy)
     seg = _segment(config.num_warmup + config.num_samples, progress)
-    start_j, advance_j, start_v, advance_v = _kernels(potential, config)
     if strategy == "loop":
         init_z, data, keys = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), (init_z, data, keys))
-        start, advance = start_j, advance_j
+        start, advance = _kernels(potential, config)[:2]
     else:
-        start, advance = start_v, advance_v
+        start, advance, sharding = _vmap_kernels(potential, config, int(init_z.shape[0]))
+        if sharding is not None:
+            init_z, data, keys = jax.tree_util.tree_map(
+                lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), (init_z, data, keys))
     start.lower(init_z, data, keys, seg).compile()
     if seg < config.num_warmup + config.num_samples:
         state, _ = jax.eval_shape(start, init_z, data, keys, seg)
@@ -350,13 +379,11 @@ def sample_lanes(
     lanes = int(init_z.shape[0])
     total = config.num_warmup + config.num_samples
     seg = _segment(total, progress)
-    start_j, advance_j, start_v, advance_v = _kernels(potential, config)
     bar = tqdm(total=total * lanes, desc=desc, disable=not progress, unit="it", leave=False)
     try:
         if strategy == "vmap":
-            mesh = _lane_mesh(lanes)
-            if mesh is not None:
-                sharding = NamedSharding(mesh, PartitionSpec("lanes"))
+            start_v, advance_v, sharding = _vmap_kernels(potential, config, lanes)
+            if sharding is not None:
                 init_z, data, keys = jax.device_put((init_z, data, keys), sharding)
             state, out = start_v(init_z, data, keys, seg)
             chunks = [jax.device_get(out)]
@@ -370,6 +397,7 @@ def sample_lanes(
                 on_lane(lane, Draws(*(field[lane] for field in draws)))
             return draws
 
+        start_j, advance_j = _kernels(potential, config)[:2]
         x64 = bool(jax.config.jax_enable_x64)  # config contexts are thread-local
         # Lanes are cut on the host: indexing device arrays compiles a program per slice and shape.
         init_z, data, keys = jax.tree_util.tree_map(np.asarray, (init_z, data, keys))
