@@ -1,5 +1,6 @@
 """Stacking laws: a mixture whose every draw is one member's, weighted by leave-future-out or PSIS-LOO stacking."""
 
+import dataclasses
 import warnings
 
 import numpy as np
@@ -91,13 +92,23 @@ def test_future_record_is_the_backtests() -> None:
     assert list(record.groupby(level="cut").size()) == list(table["n"])
 
 
-def test_structural_members_share_the_refits_that_score_them() -> None:
+def test_structural_members_share_the_refits_that_score_them(monkeypatch: pytest.MonkeyPatch) -> None:
     """structural=True gives each law the structural error it would get alone (the same refits, reused), and
-    scores it with that error: its leave-future-out densities differ from the plain law's."""
+    scores it with that error: its leave-future-out densities differ from the plain law's. A fit's refits are
+    kept: reading them again (its structural error, its backtest) refits nothing until its runs change."""
     data = bent_runs(5)
     fits = {law: _quiet_fit(data, law) for law in ("offset_power", "m4")}
     stacked = bs.stack(fits, structural=True, cuts=(0.5, 0.75))
+    runs, real = [], bs.extrapolation._run_record
+    monkeypatch.setattr(bs.extrapolation, "_run_record", lambda fits, cuts: runs.append(len(fits)) or real(fits, cuts))
+    kept = bs.extrapolation.rolling_record({0: fits["m4"]}, (0.5, 0.75))[0]
+    bs.backtest(fits["m4"], cuts=(0.5, 0.75))
+    assert runs == []
+    edited = dataclasses.replace(fits["m4"], data=dataclasses.replace(data, loss=data.loss * 1.001))
+    assert len(bs.extrapolation.rolling_record({0: edited}, (0.5, 0.75))[0]) == len(kept) and runs == [1]
+    bs.extrapolation._KEPT_RECORDS.clear()
     refits = {law: bs.extrapolation.rolling_record({0: fit}, (0.5, 0.75))[0] for law, fit in fits.items()}
+    assert runs == [1, 1, 1]
     for law, fit in fits.items():
         alone = bs.extrapolation.structural_error(fit, record=refits[law])  # refitted apart from the stack's
         np.testing.assert_array_equal(stacked.members[law].idata.posterior[MISFIT].values,

@@ -38,6 +38,7 @@ any fit. Units: N in parameters, D in tokens, C in FLOPs, loss in nats.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -53,6 +54,7 @@ from .batch import BatchResult, fit_batch
 from .model import bucket_size
 from .posterior import MISFIT, ConvergenceWarning, FitResult, distance
 from .sampling import SamplerSettings
+from .store import data_hash
 
 __all__ = [
     "structural_error",
@@ -153,22 +155,59 @@ def rolling_record(fits: Mapping[Any, FitResult], cuts: Sequence[float] = CUTS) 
         cuts: quantiles of the scale covariate (:func:`scale_covariate`); a cut that leaves
             no more runs below it than the law has latents plus one, or none above it, is skipped.
 
+    The records of the last :data:`_KEEP` single fits are kept in memory, keyed by what they
+    depend on (model, sampler settings with seed, the runs' numbers, cuts), so that a fit's
+    structural error, stacking and backtest run its refits once.
+
     Returns:
         label -> its refits in the order of ``cuts`` (empty when no cut leaves enough runs).
         A refit the sampler failed on is left out with a warning naming it.
     """
+    if len(fits) != 1:
+        return _run_record(fits, cuts)[0]
+    (label, fit), = fits.items()
+    key = _record_key(fit, cuts)
+    if key in _KEPT_RECORDS:
+        _KEPT_RECORDS.move_to_end(key)
+        return {label: list(_KEPT_RECORDS[key])}
+    record, failed = _run_record(fits, cuts)
+    if not failed:
+        _KEPT_RECORDS[key] = tuple(record[label])
+        while len(_KEPT_RECORDS) > _KEEP:
+            _KEPT_RECORDS.popitem(last=False)
+    return record
+
+
+_KEEP = 8
+"""Single fits whose rolling refits stay in memory (least recently used out first): a fit's structural
+error, its stacking and its backtest read the same refits, which depend on nothing but the fit's model,
+sampler settings with seed, and runs (:func:`_record_key`), so a second reader reuses them instead of
+refitting. Records of several fits at once (batches) and records with a failed refit are not kept."""
+_KEPT_RECORDS: collections.OrderedDict[tuple[Any, ...], tuple[Refit, ...]] = collections.OrderedDict()
+
+
+def _record_key(fit: FitResult, cuts: Sequence[float]) -> tuple[Any, ...]:
+    """What a fit's rolling refits depend on: model, refit settings (seed included), the runs' numbers, cuts."""
+    return fit.spec, refit_settings(fit.settings), data_hash(fit.data), tuple(float(q) for q in cuts)
+
+
+def _run_record(fits: Mapping[Any, FitResult], cuts: Sequence[float]) -> tuple[dict[Any, list[Refit]], set[Any]]:
+    """:func:`rolling_record` without the kept records: the refits, as one batch per model, and the labels
+    of the fits a refit failed for."""
     models: dict[tuple[Any, SamplerSettings, int], dict[tuple[Any, float], np.ndarray]] = {}
     for label, fit in fits.items():
         key = (fit.spec, dataclasses.replace(refit_settings(fit.settings), seed=0), bucket_size(fit.data.n))
         for q, below in cut_masks(fit.data, fit.law, cuts, len(fit.spec.latents) + 2):
             models.setdefault(key, {})[(label, q)] = below
     refits: dict[tuple[Any, float], FitResult] = {}
+    failed: set[Any] = set()
     for (spec, settings, size), masks in models.items():
         with warnings.catch_warnings():  # a small refit that mixes less well still scores its extrapolation
             warnings.simplefilter("ignore", ConvergenceWarning)
             batch = fit_batch({key: fits[key[0]].data.subset(below) for key, below in masks.items()},
                               law=spec.law, likelihood=spec.likelihood, priors=dict(spec.priors), settings=settings,
                               seeds={key: fits[key[0]].seed for key in masks}, pad_to=size)
+        failed.update(key[0] for key in batch.failures)
         for key, why in batch.failures.items():
             warnings.warn(f"rolling-origin refit of {key[0]!r} below cut {key[1]} failed and is left out: {why}",
                           stacklevel=2)
@@ -178,9 +217,11 @@ def rolling_record(fits: Mapping[Any, FitResult], cuts: Sequence[float] = CUTS) 
         for (label, q), below in masks.items():
             if (label, q) in refits:
                 fit, refit = fits[label], refits[(label, q)]
-                draws = log_predictive(refit, fit.data.subset(~below), fit.seed)
-                record[label].append(Refit(q, refit, ~below, draws))
-    return record
+                draws, held = log_predictive(refit, fit.data.subset(~below), fit.seed), ~below
+                draws.setflags(write=False)  # records may be kept and read again (_KEPT_RECORDS)
+                held.setflags(write=False)
+                record[label].append(Refit(q, refit, held, draws))
+    return record, failed
 
 
 def structural_backtest_record(fit: FitResult, cuts: Sequence[float] = CUTS) -> list[Refit]:
