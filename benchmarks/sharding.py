@@ -17,14 +17,11 @@ import jax
 
 import bayescale as bs
 
-TRUTH = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
-
-
 def main() -> None:
     data = {}
     for g in range(2):
         N, D = bs.chinchilla_design(48, seed=g)
-        data[f"g{g}"] = bs.simulate("chinchilla", TRUTH, N=N, D=D, seed=g)
+        data[f"g{g}"] = bs.simulate("chinchilla", bs.datasets.CHINCHILLA_PARAMS, N=N, D=D, seed=g)
     print(f"devices: {jax.device_count()} ({jax.default_backend()})")
     for strategy in ("vmap", "loop"):
         for run in ("cold", "warm"):
