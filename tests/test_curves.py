@@ -121,6 +121,18 @@ def test_bad_curves_name_the_column_row_or_run(change, message: str) -> None:  #
         LossCurves.from_table(change(table, lrs), lrs)
 
 
+@pytest.mark.parametrize("sizes, message", [
+    ([25e6, 25e6, -1.0], "column 'N'.*positive and finite; rows \\[2\\]"),
+    ([25e6, 25e6, 1e8], "column 'N'.*one model size; runs \\['a'\\]"),
+])
+def test_bad_model_sizes_are_named(sizes: list, message: str) -> None:
+    table = pd.DataFrame({"run": ["a"] * 3, "step": [2200, 2300, 2400], "loss": [3.0, 2.95, 2.9], "N": sizes})
+    with pytest.raises(DataError, match=message):
+        LossCurves.from_table(table, {"a": schedules.cosine(6000)}, params="N")
+    with pytest.raises(DataError, match="columns \\['size'\\]"):
+        LossCurves.from_table(table, {"a": schedules.cosine(6000)}, params="size")
+
+
 def test_a_schedule_that_rises_after_warmup_is_refused() -> None:
     lr = schedules.cosine(6000)
     lr[4000:] = 2e-4  # re-warmed
@@ -213,6 +225,7 @@ def test_schedules_compared_on_the_same_draws(simulated) -> None:  # noqa: ANN00
         ({"steps": [3000], "run": IN_PROGRESS}, ValueError, "logged up to step"),
         ({"steps": [30000], "schedule": schedules.cosine(12000)}, DataError, "within its schedule"),
         ({"steps": [13000], "run": "nope"}, KeyError, "unknown run"),
+        ({"steps": [5000], "schedule": schedules.cosine(12000), "N": 1e8}, ValueError, "one model size"),
     ],
 )
 def test_bad_prediction_requests_are_named(simulated, kwargs: dict, error: type, message: str) -> None:  # noqa: ANN001
@@ -254,3 +267,94 @@ def test_a_curve_fit_saved_is_loaded_back_exactly(simulated, tmp_path) -> None: 
                          result.law, result.noise, result.block, result.settings)
     with pytest.raises(TypeError, match="strings or integers"):
         odd.save(tmp_path / "odd.nc")
+
+
+SIZE_TRUTH = {"L0": 2.8, "A": 0.6, "alpha": 0.45, "C": 0.5}
+SIZE_SLOPES = {"L0": -0.1, "A": 0.17, "alpha": -0.17, "C": 0.13}
+"""The annealing law across sizes (at the reference size 100M) and each parameter's slope in log N: the
+values fitted to the bundled 25M, 100M and 400M curves."""
+SIZES = {"25M": 25e6, "100M": 100e6, "400M": 400e6}
+
+
+@pytest.fixture(scope="module")
+def across_sizes() -> tuple[LossCurves, bs.CurveResult]:
+    """Three schedules at each of three sizes simulated from :data:`SIZE_TRUTH` and :data:`SIZE_SLOPES`; the
+    fit sees the two smaller sizes whole and the largest's runs up to 30% (the suite's statistical size)."""
+    names = ("cosine_12000", "constant_12000", "wsd_9600_12000")
+    lrs = {f"{s} {n}": schedules.from_name(n) for s in SIZES for n in names}
+    steps = {run: np.arange(schedules.WARMUP, len(lr), 400) for run, lr in lrs.items()}
+    curves = bs.simulate_curves("lr_annealing", SIZE_TRUTH, lrs, steps, sizes={r: SIZES[r.split()[0]] for r in lrs},
+                                slopes=SIZE_SLOPES, sigma=0.003, ell=3000.0, white=0.001, seed=2)
+    seen = curves
+    for name in names:
+        seen = seen.prefix(f"400M {name}", 0.3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bs.ConvergenceWarning)
+        return curves, bs.fit_curves(seen, "lr_annealing", **SMALL)
+
+
+def test_a_fit_across_sizes_recovers_the_trend_and_predicts_the_larger_size(across_sizes, tmp_path) -> None:  # noqa: ANN001
+    """The parameters at the reference size and their slopes in log N cover the truth; each 400M run's final
+    loss lies inside its band continued from its 30% prefix, and a 400M run predicted from its schedule alone
+    (no prefix) covers it too with a wider band; the fit is saved and loaded back with its sizes."""
+    curves, result = across_sizes
+    assert result.size_ref == pytest.approx(100e6)
+    summary = result.summary(level=0.98)
+    truth = {**SIZE_TRUTH, **{f"{n}_slope": v for n, v in SIZE_SLOPES.items()}}
+    for name, value in truth.items():
+        assert summary.loc[name, "1%"] <= value <= summary.loc[name, "99%"], (name, summary.loc[name].to_dict())
+    assert result.diagnostics.table["r_hat"].max() < 1.1
+    for run in ("400M cosine_12000", "400M wsd_9600_12000"):
+        final = curves.table[curves.table["run"] == run].iloc[-1]
+        continued = result.predict([final["step"]], run=run).iloc[0]
+        fresh = result.predict([final["step"]], schedule=curves.schedules[run], N=400e6).iloc[0]
+        for band in (continued, fresh):
+            assert band["lower"] <= final["loss"] <= band["upper"], (run, band.to_dict())
+        assert continued["upper"] - continued["lower"] < fresh["upper"] - fresh["lower"]
+    with pytest.raises(ValueError, match="give the new run's N"):
+        result.predict_draws([5000], schedule=schedules.cosine(12000))
+    with pytest.raises(ValueError, match="give N only with a new schedule"):
+        result.predict_draws([11000], run="400M cosine_12000", N=400e6)
+    result.save(tmp_path / "sizes.nc")
+    loaded = bs.load(tmp_path / "sizes.nc")
+    assert loaded.size_ref == result.size_ref and loaded.curves.sizes == result.curves.sizes
+    np.testing.assert_array_equal(loaded.predict_draws([9000], schedule=schedules.cosine(12000), N=200e6),
+                                  result.predict_draws([9000], schedule=schedules.cosine(12000), N=200e6))
+
+
+def test_the_envelope_reads_the_optimum_of_every_draw(across_sizes, simulated) -> None:  # noqa: ANN001
+    """Each draw's N_opt from the 41-size grid (refined by a parabola) equals a bounded numerical minimisation
+    of that draw's final loss over log N within 2%, and its loss within 1e-4; the true N_opt lies inside the
+    90% interval; budgets too small for any run and fits of one size are refused."""
+    import scipy.optimize
+
+    from bayescale.envelope import curve_envelope, envelope_draws
+
+    _, result = across_sizes
+    budget, batch = 3e18, 2**18
+    draws = envelope_draws(result, [budget], tokens_per_step=batch)
+    refs = {n: result.draws(n) for n in SIZE_TRUTH}
+    slopes = {n: result.draws(f"{n}_slope") for n in SIZE_TRUTH}
+
+    def final_loss(log_n: float, p: dict[str, float], b: dict[str, float], ref: float) -> float:
+        total = int(np.rint(budget / (6 * np.exp(log_n) * batch)))
+        x = curve_inputs({0: schedules.cosine(total)}, pd.DataFrame({"run": [0], "step": [total - 1]}))
+        q = {n: p[n] * np.exp(b[n] * (log_n - np.log(ref))) for n in p}
+        return float(lr_annealing().mean(q, x)[0])
+
+    bounds = (np.log(25e6), np.log(400e6))
+    for i in (0, 500, 1999):
+        p, b = {n: v[i] for n, v in refs.items()}, {n: v[i] for n, v in slopes.items()}
+        best = scipy.optimize.minimize_scalar(final_loss, bounds=bounds, args=(p, b, result.size_ref),
+                                              method="bounded", options={"xatol": 1e-4})
+        assert draws["N_opt"][i, 0] == pytest.approx(np.exp(best.x), rel=0.02)
+        assert draws["loss_opt"][i, 0] == pytest.approx(best.fun, abs=1e-4)
+    true = scipy.optimize.minimize_scalar(final_loss, bounds=bounds, args=(SIZE_TRUTH, SIZE_SLOPES, result.size_ref),
+                                          method="bounded")
+    table = curve_envelope(result, [budget], tokens_per_step=batch, level=0.9)
+    assert table.loc[budget, ("N_opt", "5%")] <= np.exp(true.x) <= table.loc[budget, ("N_opt", "95%")], table
+    assert table.loc[budget, ("edge_share", "")] < 0.05
+    with pytest.raises(ValueError, match="too small for any size"):
+        envelope_draws(result, [1e14], tokens_per_step=batch)
+    with pytest.raises(ValueError, match="across model sizes"):
+        envelope_draws(simulated[1], [budget], tokens_per_step=batch)

@@ -51,6 +51,7 @@ from .comparison import compare
 from .curve_fit import CurveResult, fit_curves, simulate_curves
 from .curves import LossCurves
 from .data import DataError, DataWarning, ScalingData
+from .envelope import curve_envelope, envelope_draws
 from .experiments import Design, design
 from .downstream import DownstreamResult, fit_downstream
 from .fit import fit
@@ -98,8 +99,10 @@ __all__ = [
     "compare",
     "compute_for_loss",
     "compute_optimal",
+    "curve_envelope",
     "curves",
     "datasets",
+    "envelope_draws",
     "extrapolation",
     "fit",
     "fit_batch",

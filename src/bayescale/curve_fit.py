@@ -57,6 +57,15 @@ _SIGMA_SCALE, _WHITE_SCALE = 0.05, 0.01
 """Scales of the HalfNormal priors of the residual path's sd and the white noise's sd (log-loss)."""
 _ELL_LOC, _ELL_SCALE = float(np.log(2000.0)), 1.5
 """The correlation length's LogNormal prior (steps)."""
+SLOPE_SCALE = 0.5
+"""Scale of the Normal prior of each law parameter's slope in log N (curves of several model sizes): the
+parameter's log changes by ``slope`` per e-fold of N, so 0.5 allows a factor of about 4 between sizes 16x apart."""
+
+
+def reference_size(sizes: Sequence[float]) -> float:
+    """The model size at which the law's parameters of a fit across sizes are stated: the geometric mean of
+    the distinct sizes (parameters)."""
+    return float(np.exp(np.mean(np.log(np.unique(np.asarray(sizes, dtype=float))))))
 
 
 def ou_path(phi: jax.Array, shocks: jax.Array) -> jax.Array:
@@ -130,27 +139,36 @@ class OUResiduals(dist.Distribution):
 
 class CurveData(NamedTuple):
     """Arrays of the curve model: schedule sums, steps since the run's point before (inf at a run's
-    first point), and the log-losses (None when simulating)."""
+    first point), the log-losses (None when simulating) and each point's ``log(N / N_ref)`` (zeros for
+    curves of one size)."""
 
     inputs: CurveInputs
     gap: Any
     log_y: Any
+    log_size: Any
 
 
 @dataclasses.dataclass(frozen=True)
 class CurveModel:
-    """The NumPyro model of loss curves, ``model(data: CurveData)``: a registry law and a noise."""
+    """The NumPyro model of loss curves, ``model(data: CurveData)``: a registry law and a noise; with
+    ``sizes``, every law parameter varies with the model size N as ``theta(N) = theta (N / N_ref)^slope``
+    (``theta`` recorded at ``N_ref``, ``slope ~ Normal(0, SLOPE_SCALE)`` recorded as ``<name>_slope``)."""
 
     law: str
     noise: str
+    sizes: bool = False
 
     def __call__(self, data: CurveData) -> None:
         law = get_curve_law(self.law)
         p = {}
         for name in law.params:
             prior = law.priors[name]
-            z = numpyro.sample(f"{name}_z", dist.Normal(0.0, 1.0))
-            p[name] = numpyro.deterministic(name, jnp.exp(prior.loc + prior.scale * z))
+            log_ref = prior.loc + prior.scale * numpyro.sample(f"{name}_z", dist.Normal(0.0, 1.0))
+            p[name] = numpyro.deterministic(name, jnp.exp(log_ref))
+            if self.sizes:
+                slope = numpyro.deterministic(f"{name}_slope",
+                                              SLOPE_SCALE * numpyro.sample(f"{name}_slope_z", dist.Normal(0.0, 1.0)))
+                p[name] = jnp.exp(log_ref + slope * data.log_size)
         # Every parameter is sampled on unit scale (its natural value recorded): chains start at NumPyro's
         # uniform(-2, 2) in those coordinates, i.e. within the priors, and the sampler's first step sizes fit.
         sigma = numpyro.deterministic("sigma", _SIGMA_SCALE * numpyro.sample("sigma_z", dist.HalfNormal(1.0)))
@@ -166,16 +184,21 @@ class CurveModel:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _law_log_mean(mean: Any, draws: Mapping[str, Any], x: CurveInputs) -> jax.Array:
-    """Log of a law's mean curve per draw ``(draws, points)``: one compiled program per law and shape
-    bucket (:func:`_padded`)."""
-    return jnp.log(jax.vmap(lambda q: mean(q, x))(draws))
+def _law_log_mean(mean: Any, draws: Mapping[str, Any], slopes: Mapping[str, Any], log_size: jax.Array,
+                  x: CurveInputs) -> jax.Array:
+    """Log of a law's mean curve per draw ``(draws, points)``, each parameter ``draws[n] (N / N_ref)^slopes[n]``
+    at each point (``log_size``: ``log(N / N_ref)``): one compiled program per law and shape bucket
+    (:func:`_padded`)."""
+    def one(q: Mapping[str, Any], b: Mapping[str, Any]) -> jax.Array:
+        return mean({n: q[n] * jnp.exp(b[n] * log_size) for n in q}, x)
+
+    return jnp.log(jax.vmap(one)(draws, slopes))
 
 
-def _padded(x: CurveInputs) -> CurveInputs:
-    """``x`` with its points and its sparse entries padded to their shape buckets, so that predictions at
-    nearby numbers of points share compiled programs: padded points repeat the last one; padded entries
-    belong to point 0 with no drop, so they add nothing to any law."""
+def _padded(x: CurveInputs, log_size: np.ndarray) -> tuple[CurveInputs, np.ndarray]:
+    """``x`` and each point's ``log_size`` with the points and the sparse entries padded to their shape
+    buckets, so that predictions at nearby numbers of points share compiled programs: padded points repeat
+    the last one; padded entries belong to point 0 with no drop, so they add nothing to any law."""
     points, entries = x.s1.shape[0], x.point.shape[0]
 
     def pad(a: np.ndarray, size: int, value: float | None = None) -> np.ndarray:
@@ -183,8 +206,9 @@ def _padded(x: CurveInputs) -> CurveInputs:
         return np.concatenate([a, fill])
 
     size, sparse = bucket_size(points), bucket_size(max(entries, 1))
-    return CurveInputs(pad(x.s1, size), pad(x.sw, size), pad(x.s2, size), pad(x.point, sparse, 0),
-                       pad(x.drop, sparse, 0.0), pad(x.eta, sparse, LR_REF), pad(x.tail, sparse, 0.0))
+    return (CurveInputs(pad(x.s1, size), pad(x.sw, size), pad(x.s2, size), pad(x.point, sparse, 0),
+                        pad(x.drop, sparse, 0.0), pad(x.eta, sparse, LR_REF), pad(x.tail, sparse, 0.0)),
+            pad(log_size, size))
 
 
 _ou_path = jax.jit(ou_path)
@@ -224,6 +248,8 @@ class CurveResult:
         noise: ``"ar1"`` or ``"independent"``.
         block: steps per block of the schedule sums.
         settings: sampler settings, seed included.
+        size_ref: for curves of several model sizes, the size ``N_ref`` (parameters) at which the law's
+            parameters are stated (each also has a ``<name>_slope`` in log N); None for one size.
 
     ``save`` writes it to one netCDF file (posterior, curves and every schedule) and
     :func:`bayescale.load` reads it back, equal draw for draw.
@@ -237,11 +263,14 @@ class CurveResult:
     noise: str
     block: int
     settings: SamplerSettings
+    size_ref: float | None = None
 
     @property
     def latents(self) -> tuple[str, ...]:
-        """The parameters: the law's, ``sigma`` and (AR(1)) ``ell`` and ``white``."""
-        return (*self.law.params, "sigma", *(("ell", "white") if self.noise == "ar1" else ()))
+        """The parameters: the law's (and their slopes in log N, across sizes), ``sigma`` and (AR(1)) ``ell``
+        and ``white``."""
+        slopes = tuple(f"{n}_slope" for n in self.law.params) if self.size_ref is not None else ()
+        return (*self.law.params, *slopes, "sigma", *(("ell", "white") if self.noise == "ar1" else ()))
 
     def draws(self, name: str | None = None) -> dict[str, np.ndarray] | np.ndarray:
         """Posterior draws with chains concatenated: one array, or a dict of all parameters."""
@@ -273,11 +302,11 @@ class CurveResult:
             raise TypeError(f"run labels must be strings or integers to be saved; got {bad[:3]}")
         code = {r: i for i, r in enumerate(runs)}
         table = self.curves.table
-        points = xr.Dataset({"run": ("point", table["run"].map(code).to_numpy(dtype=np.int64)),
-                             "step": ("point", table["step"].to_numpy()), "loss": ("point", table["loss"].to_numpy())})
+        points = xr.Dataset({c: ("point", table[c].to_numpy()) for c in table.columns if c != "run"})
+        points["run"] = ("point", table["run"].map(code).to_numpy(dtype=np.int64))
         lrs = xr.Dataset({f"lr_{i}": (f"step_{i}", np.asarray(self.curves.schedules[r])) for r, i in code.items()})
         meta = {"format": CURVES_FORMAT, "kind": self.kind, "law": self.law.name, "noise": self.noise,
-                "block": self.block, "settings": self.settings.to_dict(), "runs": runs}
+                "block": self.block, "settings": self.settings.to_dict(), "runs": runs, "size_ref": self.size_ref}
         idata = self.idata.copy()
         idata.add_groups(curves=points, schedules=lrs)
         idata.posterior.attrs["bayescale"] = json.dumps(meta)
@@ -295,21 +324,22 @@ class CurveResult:
         runs = meta["runs"]
         points = idata.curves
         table = pd.DataFrame({"run": [runs[i] for i in points["run"].values], "step": points["step"].values,
-                              "loss": points["loss"].values})
+                              "loss": points["loss"].values, **({"N": points["N"].values} if "N" in points else {})})
         schedules = {r: idata.schedules[f"lr_{i}"].values for i, r in enumerate(runs)}
         rest = az.InferenceData(**{g: idata[g] for g in idata.groups() if g not in ("curves", "schedules")})
         return cls(rest, LossCurves(table, schedules), law, meta["noise"], int(meta["block"]),
-                   SamplerSettings(**meta["settings"]))
+                   SamplerSettings(**meta["settings"]), meta.get("size_ref"))
 
     def predict_draws(self, steps: Sequence[int] | np.ndarray, run: Any = None,
-                      schedule: Sequence[float] | np.ndarray | None = None, *, seed: int = 0) -> np.ndarray:
+                      schedule: Sequence[float] | np.ndarray | None = None, *, N: float | None = None,
+                      seed: int = 0) -> np.ndarray:
         """Draws ``(draws, steps)`` of the logged loss (nats) of one run at ``steps`` (increasing).
 
         Give ``run`` (a fitted run, continued from its last logged point: a run in progress) or
-        ``schedule`` (a new run's learning rate at every step). A new run's residual path starts
-        fresh; a fitted run's continues from its filtered state at its last logged point (every step
-        asked must then come after it). Draws include each point's white noise: they are draws of
-        what the run would log.
+        ``schedule`` (a new run's learning rate at every step) with, for a fit across model sizes, its
+        size ``N`` (parameters). A new run's residual path starts fresh; a fitted run's continues from its
+        filtered state at its last logged point (every step asked must then come after it). Draws include
+        each point's white noise: they are draws of what the run would log.
         """
         steps = np.asarray(steps, dtype=np.int64)
         if steps.ndim != 1 or steps.size == 0 or np.any(np.diff(steps) <= 0):
@@ -319,13 +349,24 @@ class CurveResult:
         if run is not None:
             if run not in self.curves.schedules:
                 raise KeyError(f"unknown run {run!r}; fitted runs are {self.curves.runs}")
+            if N is not None:
+                raise ValueError(f"run {run!r} was fitted with its own model size: give N only with a new schedule")
             lr = self.curves.schedules[run]
+            sizes = self.curves.sizes
+            N = None if sizes is None else sizes[run]
         else:
             lr = np.asarray(schedule, dtype=float)
-        points = pd.DataFrame({"run": "new", "step": steps})
+            if self.size_ref is not None and N is None:
+                raise ValueError("this fit's law varies with model size: give the new run's N (parameters)")
+            if self.size_ref is None and N is not None:
+                raise ValueError("this fit is of curves of one model size: it cannot predict another N; fit"
+                                 " curves of several sizes (LossCurves.from_table(..., params=...))")
+            if N is not None and not (np.isfinite(N) and N > 0):
+                raise ValueError(f"N must be a positive finite number of parameters, got {N!r}")
+        points = pd.DataFrame({"run": "new", "step": steps, **({"N": float(N)} if N is not None else {})})
         # the checks of fitted curves: the schedule, steps at or after the end of warmup and within it
         LossCurves.from_table(points.assign(loss=1.0), {"new": lr})
-        log_mean = self._log_mean({"new": lr}, points)
+        log_mean = self.log_mean_draws({"new": lr}, points)
         gap = _gaps(points)
         state = np.zeros((2, log_mean.shape[0]))  # filtered mean and variance of the path before the first step
         if run is not None:
@@ -340,7 +381,7 @@ class CurveResult:
 
     def _filtered_last(self, fitted: pd.DataFrame) -> np.ndarray:
         """Filtered mean and variance ``(2, draws)`` of each draw's residual path at a fitted run's last point."""
-        resid = np.log(fitted["loss"].to_numpy(dtype=float)) - self._log_mean(self.curves.schedules, fitted)
+        resid = np.log(fitted["loss"].to_numpy(dtype=float)) - self.log_mean_draws(self.curves.schedules, fitted)
         # Points padded in front (to the shape bucket) are forgotten: the run's first point restarts the path.
         extra = bucket_size(resid.shape[1]) - resid.shape[1]
         resid, gap = np.pad(resid, ((0, 0), (extra, 0))), np.r_[np.full(extra, np.inf), _gaps(fitted)]
@@ -348,10 +389,19 @@ class CurveResult:
             state = _last_filtered_state(resid, gap, self.draws("ell"), self.draws("sigma"), self.draws("white"))
         return np.asarray(state)
 
-    def _log_mean(self, schedules: Mapping[Any, np.ndarray], points: pd.DataFrame) -> np.ndarray:
+    def log_mean_draws(self, schedules: Mapping[Any, np.ndarray], points: pd.DataFrame) -> np.ndarray:
+        """Log of the law's mean curve per draw ``(draws, points)`` at ``points`` (columns ``run``, ``step``
+        and, across sizes, ``N``)."""
         x = curve_inputs(schedules, points, self.block)
+        draws = {n: self.draws(n) for n in self.law.params}
+        if self.size_ref is None:
+            slopes, log_size = {n: np.zeros_like(v) for n, v in draws.items()}, np.zeros(len(points))
+        else:
+            slopes = {n: self.draws(f"{n}_slope") for n in self.law.params}
+            log_size = np.log(points["N"].to_numpy(dtype=float) / self.size_ref)
+        x, log_size = _padded(x, log_size)
         with jax.enable_x64(True):
-            log_mean = _law_log_mean(self.law.mean, {n: self.draws(n) for n in self.law.params}, _padded(x))
+            log_mean = _law_log_mean(self.law.mean, draws, slopes, log_size, x)
         return np.asarray(log_mean)[:, :len(points)]
 
     def _residuals(self, state: np.ndarray, gap: np.ndarray, seed: int) -> np.ndarray:
@@ -375,20 +425,21 @@ class CurveResult:
         return np.asarray(path)[:, :gap.size] + white
 
     def predict(self, steps: Sequence[int] | np.ndarray, run: Any = None,
-                schedule: Sequence[float] | np.ndarray | None = None, *, level: float = LEVEL,
-                seed: int = 0) -> pd.DataFrame:
+                schedule: Sequence[float] | np.ndarray | None = None, *, N: float | None = None,
+                level: float = LEVEL, seed: int = 0) -> pd.DataFrame:
         """Median and interval at ``level`` of the logged loss (nats) at ``steps``; see :meth:`predict_draws`."""
-        draws = self.predict_draws(steps, run, schedule, seed=seed)
+        draws = self.predict_draws(steps, run, schedule, N=N, seed=seed)
         lo, med, hi = np.quantile(draws, [(1 - level) / 2, 0.5, (1 + level) / 2], axis=0)
         return pd.DataFrame({"step": np.asarray(steps), "median": med, "lower": lo, "upper": hi})
 
-    def compare_schedules(self, schedules: Mapping[str, Sequence[float] | np.ndarray], *, level: float = LEVEL,
-                          seed: int = 0) -> pd.DataFrame:
+    def compare_schedules(self, schedules: Mapping[str, Sequence[float] | np.ndarray], *, N: float | None = None,
+                          level: float = LEVEL, seed: int = 0) -> pd.DataFrame:
         """The final loss (nats, at each schedule's last step) under candidate schedules, with intervals,
-        and the probability that each is the lowest (same draws for all: the comparison is paired)."""
+        and the probability that each is the lowest (same draws for all: the comparison is paired);
+        ``N``: the runs' model size (parameters), for a fit across sizes."""
         if len(schedules) < 1:
             raise ValueError("give at least one schedule")
-        finals = {name: self.predict_draws([len(lr) - 1], schedule=lr, seed=seed)[:, 0]
+        finals = {name: self.predict_draws([len(lr) - 1], schedule=lr, N=N, seed=seed)[:, 0]
                   for name, lr in schedules.items()}
         stacked = np.stack(list(finals.values()), axis=1)
         best = np.bincount(stacked.argmin(axis=1), minlength=stacked.shape[1]) / stacked.shape[0]
@@ -410,6 +461,11 @@ def fit_curves(
 ) -> CurveResult:
     """Fit a curve law to whole loss curves with NUTS.
 
+    Curves of several model sizes (``LossCurves.from_table(..., params=...)`` with two sizes or more) are
+    fitted in one model with N as a covariate: every law parameter is ``theta (N / N_ref)^slope``, with
+    ``N_ref`` the geometric mean of the sizes (:attr:`CurveResult.size_ref`); a larger size's curve is then
+    predicted from smaller ones and, when given, its logged prefix.
+
     Args:
         curves: logged points and schedules (:class:`~bayescale.curves.LossCurves`).
         law: ``"multi_power"`` or ``"lr_annealing"`` (see :mod:`bayescale.curves`).
@@ -429,19 +485,23 @@ def fit_curves(
         raise TypeError(f"curves must be LossCurves (LossCurves.from_table), got {type(curves).__name__}")
     the_law = get_curve_law(law)
     points = curves.table
+    sizes = curves.sizes
+    size_ref = reference_size(list(sizes.values())) if sizes and len(set(sizes.values())) > 1 else None
+    log_size = np.zeros(len(points)) if size_ref is None else np.log(points["N"].to_numpy(dtype=float) / size_ref)
     data = CurveData(curve_inputs(curves.schedules, points, block), _gaps(points),
-                     np.log(points["loss"].to_numpy(dtype=float)))
-    idata = sample_model(CurveModel(the_law.name, noise), data, settings, observed=data.log_y,
+                     np.log(points["loss"].to_numpy(dtype=float)), log_size)
+    idata = sample_model(CurveModel(the_law.name, noise, size_ref is not None), data, settings, observed=data.log_y,
                          constant={"step": points["step"].to_numpy()}, desc=f"{the_law.name} curves",
                          width=data.gap.size + data.inputs.drop.size)
-    result = CurveResult(idata, curves, the_law, noise, block, settings)
+    result = CurveResult(idata, curves, the_law, noise, block, settings, size_ref)
     warn_unconverged(result.diagnostics, f"{the_law.name} curve fit")
     return result
 
 
 def simulate_curves(law: str, params: Mapping[str, float], schedules: Mapping[Any, Sequence[float] | np.ndarray],
                     steps: Mapping[Any, Sequence[int] | np.ndarray], *, sigma: float = 0.005, ell: float = 2000.0,
-                    white: float = 0.002, block: int = BLOCK, seed: int = 0) -> LossCurves:
+                    white: float = 0.002, block: int = BLOCK, sizes: Mapping[Any, float] | None = None,
+                    slopes: Mapping[str, float] | None = None, seed: int = 0) -> LossCurves:
     """Loss curves logged at ``steps`` of each run, from a curve law with the AR(1) noise of :func:`fit_curves`.
 
     Args:
@@ -449,18 +509,29 @@ def simulate_curves(law: str, params: Mapping[str, float], schedules: Mapping[An
         schedules: each run's learning rate at every step; ``steps``: each run's logged steps.
         sigma: the residual path's scale on log-loss; ``ell``: its correlation length in steps;
         white: each logged point's own noise on log-loss (0: none).
+        sizes: each run's model size N (parameters), recorded in the curves; with ``slopes`` (per law
+            parameter, its slope in log N) the parameters are ``params`` at :func:`reference_size` of the
+            sizes, as :func:`fit_curves` states them.
         seed: the noise's seed.
     """
     the_law = get_curve_law(law)
     missing = [n for n in the_law.params if n not in params]
     if missing:
         raise ValueError(f"params of {the_law.name} missing {missing}")
-    points = pd.concat([pd.DataFrame({"run": run, "step": np.asarray(s, dtype=np.int64)}) for run, s in steps.items()],
-                       ignore_index=True)
-    curves = LossCurves.from_table(points.assign(loss=1.0), schedules)  # checked and sorted
+    if slopes is not None and sizes is None:
+        raise ValueError("slopes need sizes: each run's model size N")
+    points = pd.concat([pd.DataFrame({"run": run, "step": np.asarray(s, dtype=np.int64),
+                                      **({"N": float(sizes[run])} if sizes is not None else {})})
+                        for run, s in steps.items()], ignore_index=True)
+    curves = LossCurves.from_table(points.assign(loss=1.0), schedules, params="N" if sizes is not None else None)
     x = curve_inputs(curves.schedules, curves.table, block)
+    log_size = 0.0
+    if slopes is not None:
+        log_size = np.log(curves.table["N"].to_numpy(dtype=float) / reference_size(list(sizes.values())))
     with jax.enable_x64(True):
-        loc = jnp.log(the_law.mean({n: jnp.asarray(float(params[n])) for n in the_law.params}, x))
+        p = {n: float(params[n]) * jnp.exp(float((slopes or {}).get(n, 0.0)) * jnp.asarray(log_size))
+             for n in the_law.params}
+        loc = jnp.log(the_law.mean(p, x))
         phi = _correlation(_gaps(curves.table), ell)
         log_y = OUResiduals(loc, sigma, phi, jnp.asarray(white)).sample(jax.random.PRNGKey(seed))
     return LossCurves(curves.table.assign(loss=np.exp(np.asarray(log_y))), curves.schedules)

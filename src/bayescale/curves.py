@@ -61,8 +61,8 @@ class LossCurves:
     """Logged loss curves and the learning rate of every run at every step.
 
     Attributes:
-        table: one row per logged point, columns ``run``, ``step`` (int) and ``loss`` (nats),
-            sorted by run then step.
+        table: one row per logged point, columns ``run``, ``step`` (int) and ``loss`` (nats), and
+            ``N`` (the run's model size in parameters) when sizes were given; sorted by run then step.
         schedules: per run label, the learning rate at steps ``0 .. len - 1``.
     """
 
@@ -71,20 +71,31 @@ class LossCurves:
 
     @classmethod
     def from_table(cls, table: pd.DataFrame, schedules: Mapping[Any, Sequence[float] | np.ndarray], *,
-                   run: str = "run", step: str = "step", loss: str = "loss") -> LossCurves:
+                   run: str = "run", step: str = "step", loss: str = "loss", params: str | None = None) -> LossCurves:
         """Check and sort a table of logged points (columns ``run``, ``step``, ``loss``) with each run's schedule.
+
+        ``params`` names an optional column of each run's model size N (parameters): curves of several
+        sizes are then fitted with N as a covariate of the law (:func:`bayescale.fit_curves`).
 
         Raises:
             DataError: a missing column, a loss that is not positive and finite, a step that is not a
                 whole number, before the end of warmup or beyond the schedule, a repeated (run, step), a run
-                without a schedule, or a schedule that is not a 1-d array of finite rates >= 0 with a
-                positive maximum.
+                without a schedule, a schedule that is not a 1-d array of finite rates >= 0 with a
+                positive maximum, or a model size that is not positive and finite or not one value per run.
         """
-        missing = [c for c in (run, step, loss) if c not in table.columns]
+        missing = [c for c in (run, step, loss, *([params] if params else [])) if c not in table.columns]
         if missing:
             raise DataError(f"loss curves need columns {missing}; the table has {list(table.columns)}")
         frame = pd.DataFrame({"run": table[run].to_numpy(), "step": pd.to_numeric(table[step], errors="coerce"),
                               "loss": pd.to_numeric(table[loss], errors="coerce")}, index=table.index)
+        if params:
+            frame["N"] = pd.to_numeric(table[params], errors="coerce")
+            bad = frame.index[~(np.isfinite(frame["N"]) & (frame["N"] > 0))]
+            if len(bad):
+                raise DataError(f"column {params!r}: model sizes must be positive and finite; rows {list(bad[:5])}")
+            mixed = [r for r, n in frame.groupby("run", sort=False)["N"].nunique().items() if n > 1]
+            if mixed:
+                raise DataError(f"column {params!r}: a run has one model size; runs {mixed[:3]} have several")
         bad = frame.index[~(np.isfinite(frame["loss"]) & (frame["loss"] > 0))]
         if len(bad):
             raise DataError(f"column {loss!r}: losses must be positive and finite; rows {list(bad[:5])}")
@@ -116,6 +127,13 @@ class LossCurves:
     def runs(self) -> list[Any]:
         """Run labels, in table order."""
         return list(pd.unique(self.table["run"]))
+
+    @property
+    def sizes(self) -> dict[Any, float] | None:
+        """Each run's model size N (parameters), or None when the curves carry no sizes."""
+        if "N" not in self.table.columns:
+            return None
+        return {r: float(n) for r, n in self.table.groupby("run", sort=False)["N"].first().items()}
 
     def subset(self, runs: Sequence[Any]) -> LossCurves:
         """The curves of ``runs`` only."""
@@ -230,7 +248,8 @@ def curve_inputs(schedules: Mapping[Any, np.ndarray], points: pd.DataFrame, bloc
 
 
 class CurveLaw(NamedTuple):
-    """A law of the loss along a run: ``mean(params, inputs) -> loss`` (nats) at each point, JAX-traceable.
+    """A law of the loss along a run: ``mean(params, inputs) -> loss`` (nats) at each point, JAX-traceable;
+    each parameter is a scalar or one value per point ``(P,)`` (curves of several model sizes).
 
     Attributes:
         name: registry name.
@@ -261,7 +280,8 @@ def multi_power() -> CurveLaw:
     (the published fits: B of a few hundred, beta and gamma near 0.5, with peak rates near 3e-4)."""
 
     def mean(p: Mapping[str, Array], x: CurveInputs) -> Array:
-        g = 1.0 - (p["K"] * (x.eta / LR_REF) ** -p["gamma"] * x.tail + 1.0) ** -p["beta"]
+        k, gamma, beta = (p[n][x.point] if jnp.ndim(p[n]) else p[n] for n in ("K", "gamma", "beta"))
+        g = 1.0 - (k * (x.eta / LR_REF) ** -gamma * x.tail + 1.0) ** -beta
         decay = jax.ops.segment_sum(x.drop * g, x.point, num_segments=x.s1.shape[0])
         return p["L0"] + p["A"] * (x.s1 + x.sw) ** -p["alpha"] - p["B"] * decay
 

@@ -35,6 +35,7 @@ sources in ``data/SOURCES.md``:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib import resources
 
 import numpy as np
@@ -115,19 +116,26 @@ def load(name: str, **columns: str) -> ScalingData:
     return ScalingData.from_table(frame, source=f"bayescale.datasets:{name}", **options)
 
 
-def loss_curves(size: str = "25M") -> LossCurves:
-    """The bundled loss curves of one model size (``"25M"``, ``"100M"`` or ``"400M"``), one run per schedule.
+def loss_curves(size: str | Sequence[str] = "25M") -> LossCurves:
+    """The bundled loss curves of one model size (``"25M"``, ``"100M"`` or ``"400M"``) or of several, one run
+    per schedule and size, with each run's nominal model size as ``N`` (parameters).
 
-    Runs are labelled by schedule name (``"cosine_24000"``, ...); each schedule is rebuilt at every
-    step from its definition, and checked against the rates logged with the curve.
+    Runs of one size are labelled by schedule name (``"cosine_24000"``, ...), runs of several by size and
+    schedule (``"400M cosine_24000"``); each schedule is rebuilt at every step from its definition, and
+    checked against the rates logged with the curve.
     """
     frame = load_frame("loss_curves")
-    if size not in set(frame["size"]):
-        raise ValueError(f"unknown size {size!r}; sizes are {sorted(set(frame['size']))}")
-    frame = frame[frame["size"] == size]
+    sizes = [size] if isinstance(size, str) else [*size]
+    unknown = [s for s in sizes if s not in set(frame["size"])]
+    if unknown or not sizes:
+        raise ValueError(f"unknown sizes {unknown}; sizes are {sorted(set(frame['size']))}")
+    frame = frame[frame["size"].isin(sizes)]
+    frame = frame.assign(N=frame["size"].str.rstrip("M").astype(float) * 1e6,
+                         run=frame["schedule"] if len(sizes) == 1 else frame["size"] + " " + frame["schedule"])
     lrs = {name: schedules.from_name(name) for name in frame["schedule"].unique()}
     for name, rows in frame.groupby("schedule"):
         built = lrs[name][rows["step"].to_numpy()]
         if not np.allclose(built, rows["lr"].to_numpy(), rtol=1e-9, atol=0):
             raise RuntimeError(f"schedule {name!r} does not match the rates logged with its curve")
-    return LossCurves.from_table(frame, lrs, run="schedule")
+    runs = frame.drop_duplicates("run")
+    return LossCurves.from_table(frame, {r: lrs[s] for r, s in zip(runs["run"], runs["schedule"])}, params="N")
