@@ -202,6 +202,27 @@ IN_PROGRESS = "wsd_19200_24000"
 """The simulated run logged up to half its schedule."""
 
 
+SIZE_TRUTH = {"L0": 2.8, "A": 0.6, "alpha": 0.45, "C": 0.5}
+SIZE_SLOPES = {"L0": -0.1, "A": 0.17, "alpha": -0.17, "C": 0.13}
+"""The annealing law across sizes (at the reference size 100M) and each parameter's slope in log N: the
+values fitted to the bundled 25M, 100M and 400M curves."""
+
+
+def size_curves(prefix: float = 1.0) -> bs.LossCurves:
+    """Three schedules at each of three sizes (25M, 100M, 400M, runs labelled ``"400M cosine_12000"``) simulated
+    from :data:`SIZE_TRUTH` and :data:`SIZE_SLOPES`, logged every 400 steps; the 400M runs up to ``prefix`` of
+    their schedules. The curve tests and the CLI's fit these same points."""
+    names = ("cosine_12000", "constant_12000", "wsd_9600_12000")
+    sizes = {"25M": 25e6, "100M": 100e6, "400M": 400e6}
+    lrs = {f"{s} {n}": bs.schedules.from_name(n) for s in sizes for n in names}
+    steps = {run: np.arange(bs.schedules.WARMUP, len(lr), 400) for run, lr in lrs.items()}
+    curves = bs.simulate_curves("lr_annealing", SIZE_TRUTH, lrs, steps, sizes={r: sizes[r.split()[0]] for r in lrs},
+                                slopes=SIZE_SLOPES, sigma=0.003, ell=3000.0, white=0.001, seed=2)
+    for name in names:
+        curves = curves.prefix(f"400M {name}", prefix)
+    return curves
+
+
 def annealing_curves() -> bs.LossCurves:
     """Four runs named by their schedules (``bs.schedules.from_name``), simulated from :data:`CURVE_TRUTH` with
     correlated residuals and white noise, logged every 200 steps after warmup; :data:`IN_PROGRESS` up to half

@@ -242,23 +242,31 @@ def test_cli_shows_no_dependency_notices(tmp_path) -> None:  # noqa: ANN001
 
 
 def test_cli_curves_fits_compares_schedules_and_names_bad_rows(tmp_path, capsys) -> None:  # noqa: ANN001
-    """The simulated curves of the curve tests, each run's schedule named in a column: the fit is saved and loads back, the compared schedules' table and the figure are written; a run that names two
-    schedules exits 2 naming the run."""
-    from conftest import IN_PROGRESS, annealing_curves
+    """The simulated curves of three sizes of the curve tests, each run's schedule named in a column and its size
+    in another: the fit across sizes is saved and loads back, the compared schedules' table (runs of 400M), the
+    envelope's table and the figure are written; a run that names two schedules exits 2 naming the run."""
+    from conftest import size_curves
 
-    points = annealing_curves().prefix(IN_PROGRESS, 0.5).table
+    points = size_curves(prefix=0.3).table
     csv = tmp_path / "points.csv"
-    points.assign(schedule=points["run"]).to_csv(csv, index=False)
+    points.assign(schedule=points["run"].str.split().str[1], size=points["N"]).drop(columns="N").to_csv(csv, index=False)
     out = tmp_path / "out"
-    args = ["curves", str(csv), "--law", "lr_annealing", *SIZE, "--quiet", "--out", str(out)]
-    assert cli.main([*args, "--predict", "constant_12000", "wsd_9600_12000"]) == 0
+    args = ["curves", str(csv), "--law", "lr_annealing", "--params-col", "size", *SIZE, "--quiet", "--out", str(out)]
+    assert cli.main([*args, "--predict", "constant_12000", "wsd_9600_12000", "--predict-N", "4e8",
+                     "--envelope", "1e18", "3e18", "--tokens-per-step", "262144"]) == 0
     loaded = bs.load(out / "curves.nc")
     assert isinstance(loaded, bs.CurveResult) and sorted(loaded.curves.runs) == sorted(points["run"].unique())
+    assert loaded.size_ref == pytest.approx(1e8)
     choice = pd.read_csv(out / "schedules.csv", index_col=0)
     assert choice.loc["wsd_9600_12000", "median"] < choice.loc["constant_12000", "median"]
-    assert "probability of the lowest" in capsys.readouterr().out
+    envelope = pd.read_csv(out / "envelope.csv", header=[0, 1], index_col=0)
+    assert (np.diff(envelope[("N_opt", "median")].to_numpy()) > 0).all()  # a larger budget buys a larger model
+    printed = capsys.readouterr().out
+    assert "probability of the lowest" in printed and "envelope" in printed
     assert (out / "curves.png").stat().st_size > 0 and (out / "summary.csv").exists()
-    broken = points.assign(schedule=points["run"])
+    assert cli.main([*args, "--envelope", "1e18"]) == 2
+    assert "--envelope needs --tokens-per-step" in capsys.readouterr().err
+    broken = points.assign(schedule=points["run"].str.split().str[1], size=points["N"])
     broken.loc[broken.index[0], "schedule"] = "cosine_24000"
     broken.to_csv(csv, index=False)
     assert cli.main(args) == 2

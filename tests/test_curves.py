@@ -14,7 +14,7 @@ import bayescale as bs
 from bayescale import schedules
 from bayescale.curves import BLOCK, LossCurves, curve_inputs, lr_annealing, multi_power, warmup_of
 from bayescale.data import DataError
-from conftest import CURVE_TRUTH, IN_PROGRESS, SMALL, annealing_curves
+from conftest import CURVE_TRUTH, IN_PROGRESS, SIZE_SLOPES, SIZE_TRUTH, SMALL, annealing_curves, size_curves
 
 NAMES = ["constant_24000", "constant_72000", "cosine_24000", "cosine_72000", "wsd_20000_24000",
          "wsdld_20000_24000", "wsdcon_3", "wsdcon_9", "wsdcon_18"]
@@ -269,28 +269,13 @@ def test_a_curve_fit_saved_is_loaded_back_exactly(simulated, tmp_path) -> None: 
         odd.save(tmp_path / "odd.nc")
 
 
-SIZE_TRUTH = {"L0": 2.8, "A": 0.6, "alpha": 0.45, "C": 0.5}
-SIZE_SLOPES = {"L0": -0.1, "A": 0.17, "alpha": -0.17, "C": 0.13}
-"""The annealing law across sizes (at the reference size 100M) and each parameter's slope in log N: the
-values fitted to the bundled 25M, 100M and 400M curves."""
-SIZES = {"25M": 25e6, "100M": 100e6, "400M": 400e6}
-
-
 @pytest.fixture(scope="module")
 def across_sizes() -> tuple[LossCurves, bs.CurveResult]:
-    """Three schedules at each of three sizes simulated from :data:`SIZE_TRUTH` and :data:`SIZE_SLOPES`; the
-    fit sees the two smaller sizes whole and the largest's runs up to 30% (the suite's statistical size)."""
-    names = ("cosine_12000", "constant_12000", "wsd_9600_12000")
-    lrs = {f"{s} {n}": schedules.from_name(n) for s in SIZES for n in names}
-    steps = {run: np.arange(schedules.WARMUP, len(lr), 400) for run, lr in lrs.items()}
-    curves = bs.simulate_curves("lr_annealing", SIZE_TRUTH, lrs, steps, sizes={r: SIZES[r.split()[0]] for r in lrs},
-                                slopes=SIZE_SLOPES, sigma=0.003, ell=3000.0, white=0.001, seed=2)
-    seen = curves
-    for name in names:
-        seen = seen.prefix(f"400M {name}", 0.3)
+    """:func:`conftest.size_curves`, fitted with the 400M runs seen up to 30% (the suite's statistical size)."""
+    curves = size_curves()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", bs.ConvergenceWarning)
-        return curves, bs.fit_curves(seen, "lr_annealing", **SMALL)
+        return curves, bs.fit_curves(size_curves(prefix=0.3), "lr_annealing", **SMALL)
 
 
 def test_a_fit_across_sizes_recovers_the_trend_and_predicts_the_larger_size(across_sizes, tmp_path) -> None:  # noqa: ANN001

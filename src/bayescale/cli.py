@@ -42,6 +42,7 @@ from . import __version__, cache, datasets, schedules
 from .allocation import compute_for_loss, compute_optimal, plannable
 from .curve_fit import NOISES, fit_curves
 from .curves import LossCurves, named_schedules
+from .envelope import curve_envelope
 from .batch import BatchResult, fit_batch, load_batch
 from .data import DataError, ScalingData, read_csv
 from .experiments import Forecast, design
@@ -345,8 +346,17 @@ def _parser() -> argparse.ArgumentParser:
                      help=f"final learning rate of cosine and WSD schedules (default {schedules.FINAL:g})")
     cur.add_argument("--lr-warmup", type=int, default=schedules.WARMUP,
                      help=f"learning-rate warmup steps of the schedules (default {schedules.WARMUP})")
+    cur.add_argument("--params-col", default=None,
+                     help="column of each run's model size N (parameters): curves of several sizes are fitted with N"
+                          " as a covariate of the law")
     cur.add_argument("--predict", nargs="+", default=None, metavar="SCHEDULE",
                      help="schedules (named as in the schedule column) whose final losses to compare")
+    cur.add_argument("--predict-N", type=float, default=None,
+                     help="model size (parameters) of the compared schedules' runs, for curves of several sizes")
+    cur.add_argument("--envelope", nargs="+", type=float, default=None, metavar="FLOPS",
+                     help="budgets (FLOPs) at which to read N_opt, D_opt and the loss from the envelope of the"
+                          " curves (several sizes; needs --tokens-per-step)")
+    cur.add_argument("--tokens-per-step", type=float, default=None, help="tokens per optimiser step (batch size)")
     cur.add_argument("--out", default="curves", help="output folder (default curves)")
     sampler(cur)
 
@@ -375,8 +385,10 @@ def _curves(args: argparse.Namespace) -> int:
     """Fit loss curves, print and write the posterior, and the compared schedules' final losses."""
     table = read_csv(args.csv, group=args.run_col)
     shape = {"peak": args.peak, "final": args.final, "warmup": args.lr_warmup}
+    if args.envelope and args.tokens_per_step is None:
+        raise ValueError("--envelope needs --tokens-per-step (tokens per optimiser step)")
     curves = LossCurves.from_table(table, named_schedules(table, run=args.run_col, schedule=args.schedule_col, **shape),
-                                   run=args.run_col, step=args.step_col, loss=args.loss_col)
+                                   run=args.run_col, step=args.step_col, loss=args.loss_col, params=args.params_col)
     result = fit_curves(curves, args.law, noise=args.noise, **_sampler_args(args))
     os.makedirs(args.out, exist_ok=True)
     result.save(os.path.join(args.out, "curves.nc"))
@@ -387,15 +399,21 @@ def _curves(args: argparse.Namespace) -> int:
     candidates = None
     if args.predict:
         candidates = {name: schedules.from_name(name, **shape) for name in args.predict}
-        choice = result.compare_schedules(candidates)
+        choice = result.compare_schedules(candidates, N=args.predict_N)
         _write_csv(choice, os.path.join(args.out, "schedules.csv"))
         print("final loss (nats) of each schedule, 90% interval, probability of the lowest:")
         _print(choice)
-    ax = plot_curves(result, schedules=candidates)
+    if args.envelope:
+        plan = curve_envelope(result, args.envelope, tokens_per_step=args.tokens_per_step)
+        _write_csv(plan, os.path.join(args.out, "envelope.csv"))
+        print("from the envelope of the curves (cosine runs to each horizon), 90% intervals:")
+        _print(plan)
+    ax = plot_curves(result, schedules=candidates, N=args.predict_N)
     atomic_write(os.path.join(args.out, "curves.png"), lambda tmp: ax.figure.savefig(tmp, format="png", dpi=110,
                                                                                      bbox_inches="tight"))
     plt.close(ax.figure)
-    print(f"written to {args.out}: curves.nc, summary.csv{', schedules.csv' if args.predict else ''}, curves.png")
+    extra = (", schedules.csv" if args.predict else "") + (", envelope.csv" if args.envelope else "")
+    print(f"written to {args.out}: curves.nc, summary.csv{extra}, curves.png")
     return 1 if args.strict and not result.diagnostics.ok else 0
 
 

@@ -353,14 +353,15 @@ def plot_design(plan: Design, ax: Axes | None = None) -> Axes:
 
 
 def plot_curves(result: CurveResult, held_out: LossCurves | None = None, *,
-                schedules: Mapping[Any, np.ndarray] | None = None, level: float = LEVEL, points: int = 200,
-                seed: int = 0, ax: Axes | None = None) -> Axes:
+                schedules: Mapping[Any, np.ndarray] | None = None, N: float | None = None, level: float = LEVEL,
+                points: int = 200, seed: int = 0, ax: Axes | None = None) -> Axes:
     """Loss curves (nats) against step with the posterior's bands, each run's schedule underneath.
 
     Every fitted run is drawn as its logged points (dots) and the band of a new run of its schedule;
     every run of ``held_out`` (curves not fitted: other schedules or horizons) as its logged points
     (crosses) and its predicted band; every one of ``schedules`` (name to learning rate at every step)
-    as its predicted band alone (dashed median). The learning rates share the x axis on a right-hand scale.
+    as its predicted band alone (dashed median), for runs of ``N`` parameters when the fit spans model sizes
+    (fitted and held-out runs use their own sizes). The learning rates share the x axis on a right-hand scale.
     """
     ax = _axes(ax)
     rates = ax.twinx()
@@ -372,7 +373,10 @@ def plot_curves(result: CurveResult, held_out: LossCurves | None = None, *,
         logged = table[table["run"] == run] if table is not None else None
         first = int(np.argmax(lr)) if logged is None else max(int(logged["step"].min()), int(np.argmax(lr)))
         steps = np.unique(np.linspace(first, lr.size - 1, points).astype(np.int64))
-        _band(ax, steps, result.predict_draws(steps, schedule=lr, seed=seed), level, color, f"{run} ({kind})")
+        size = None
+        if result.size_ref is not None:
+            size = N if logged is None else float(logged["N"].iloc[0])
+        _band(ax, steps, result.predict_draws(steps, schedule=lr, N=size, seed=seed), level, color, f"{run} ({kind})")
         if logged is not None:
             ax.scatter(logged["step"], logged["loss"], s=8, marker="o" if kind == "fitted" else "x", color=color, zorder=3)
         else:
