@@ -1,5 +1,7 @@
 """The command line: outputs, plans, reports, batches, exit codes."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -263,7 +265,11 @@ def test_cli_curves_fits_compares_schedules_and_names_bad_rows(tmp_path, capsys)
     assert (np.diff(envelope[("N_opt", "median")].to_numpy()) > 0).all()  # a larger budget buys a larger model
     printed = capsys.readouterr().out
     assert "probability of the lowest" in printed and "envelope" in printed
-    assert (out / "curves.png").stat().st_size > 0 and (out / "summary.csv").exists()
+    assert (out / "figures" / "curves.png").stat().st_size > 0 and (out / "summary.csv").exists()
+    meta = json.loads((out / "report.json").read_text())
+    assert [row["compute"] for row in meta["envelope"]] == [1e18, 3e18] and meta["size_ref"] == pytest.approx(1e8)
+    assert {row["schedule"] for row in meta["schedules"]} == {"constant_12000", "wsd_9600_12000"}
+    assert "read from the envelope of the curves" in (out / "report.html").read_text()
     assert cli.main([*args, "--envelope", "1e18"]) == 2
     assert "--envelope needs --tokens-per-step" in capsys.readouterr().err
     broken = points.assign(schedule=points["run"].str.split().str[1], size=points["N"])

@@ -59,7 +59,7 @@ from .hierarchical import HierarchicalResult, fit_hierarchical
 from .isoflop import IsoFlopResult, fit_isoflop
 from .laws import Law
 from .posterior import ConvergenceWarning, Diagnostics, FitResult, Posterior, load
-from .reporting import report
+from .reporting import curve_report, report
 from .sampling import SamplerSettings
 from .simulate import chinchilla_design, simulate
 from .stacked_batch import StackedBatch, stack_batch
@@ -100,6 +100,7 @@ __all__ = [
     "compute_for_loss",
     "compute_optimal",
     "curve_envelope",
+    "curve_report",
     "curves",
     "datasets",
     "envelope_draws",

@@ -34,7 +34,6 @@ from collections.abc import Sequence
 
 import arviz as az
 import jax
-import matplotlib.pyplot as plt
 import numpyro
 import pandas as pd
 
@@ -49,13 +48,12 @@ from .experiments import Forecast, design
 from .extrapolation import structural_error
 from .fit import fit
 from .laws import list_laws
-from .reporting import DEFAULT_COMPUTE, mode, planner_units, report
+from .reporting import DEFAULT_COMPUTE, curve_report, mode, planner_units, report
 from .validation import backtest
 from .posterior import FitResult, load
 from .stacked_batch import stack_batch
 from .stacking import METHODS, StackedResult, stack
-from .plots import plot_curves
-from .store import MANIFEST, atomic_write, write_text
+from .store import MANIFEST, write_text
 
 __all__ = ["main"]
 
@@ -407,13 +405,11 @@ def _curves(args: argparse.Namespace) -> int:
         plan = curve_envelope(result, args.envelope, tokens_per_step=args.tokens_per_step)
         _write_csv(plan, os.path.join(args.out, "envelope.csv"))
         print("from the envelope of the curves (cosine runs to each horizon), 90% intervals:")
-        _print(plan)
-    ax = plot_curves(result, schedules=candidates, N=args.predict_N)
-    atomic_write(os.path.join(args.out, "curves.png"), lambda tmp: ax.figure.savefig(tmp, format="png", dpi=110,
-                                                                                     bbox_inches="tight"))
-    plt.close(ax.figure)
+        _print(planner_units(plan))
+    curve_report(result, args.out, schedules=candidates, N=args.predict_N, compute=args.envelope,
+                 tokens_per_step=args.tokens_per_step)
     extra = (", schedules.csv" if args.predict else "") + (", envelope.csv" if args.envelope else "")
-    print(f"written to {args.out}: curves.nc, summary.csv{extra}, curves.png")
+    print(f"written to {args.out}: curves.nc, summary.csv{extra}, report.html (.md, .json, figures/)")
     return 1 if args.strict and not result.diagnostics.ok else 0
 
 

@@ -19,7 +19,7 @@ import math
 import os
 import platform
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +29,15 @@ import pandas as pd
 
 from . import plots
 from .allocation import allocation_exponents, compute_optimal, has_allocation, plannable
+from .curve_fit import CurveResult
+from .envelope import curve_envelope
 from .posterior import LEVEL, FitResult, Posterior
 from .stacking import StackedResult
 from .store import atomic_write, write_text
 from .experiments import Design
 from .validation import Backtest
 
-__all__ = ["report", "DEFAULT_COMPUTE"]
+__all__ = ["report", "curve_report", "DEFAULT_COMPUTE"]
 
 DEFAULT_COMPUTE = (1e20, 1e21, 1e22, 1e23, 1e24, 1e25)
 """Budgets (FLOPs) of the planning table when none are given."""
@@ -218,7 +220,6 @@ def report(
     """
     budgets = [float(c) for c in (compute if compute is not None else DEFAULT_COMPUTE)]
     out = Path(path)
-    (out / "figures").mkdir(parents=True, exist_ok=True)
     diag = fit.diagnostics
     stacked = isinstance(fit, StackedResult)
     law = _law(fit)
@@ -291,16 +292,92 @@ def report(
                    ("Best candidates per FLOP", design.candidates.head(10))]
     texts = {
         "json": json.dumps(meta, indent=2, allow_nan=False),
-        "markdown": _markdown(meta, status, tables, images),
-        "html": _html(meta, status, diag.ok, tables, images),
+        "markdown": _markdown(title, _intro(meta), status, tables, images),
+        "html": _html(title, _intro(meta), status, diag.ok, tables, images),
     }
-    # Everything is rendered before the first file is written; each file appears whole or not at all.
+    return _write(out, texts, images)
+
+
+def _write(out: Path, texts: dict[str, str], images: dict[str, tuple[str, bytes]]) -> dict[str, Path]:
+    """Write the rendered report: figures first, then each text file whole (all was rendered before)."""
+    (out / "figures").mkdir(parents=True, exist_ok=True)
     for name, (_, png) in images.items():
         atomic_write(out / "figures" / f"{name}.png", lambda tmp, png=png: Path(tmp).write_bytes(png))
     files = {"html": out / "report.html", "markdown": out / "report.md", "json": out / "report.json"}
     for key, text in texts.items():
         write_text(files[key], text)
     return files
+
+
+def curve_report(
+    result: CurveResult,
+    path: str | os.PathLike[str],
+    *,
+    schedules: Mapping[str, np.ndarray] | None = None,
+    N: float | None = None,
+    compute: Sequence[float] | None = None,
+    tokens_per_step: float | None = None,
+    level: float = LEVEL,
+    title: str | None = None,
+) -> dict[str, Path]:
+    """Write the report of a loss-curve fit into the folder ``path`` (HTML, Markdown, JSON as :func:`report`).
+
+    Args:
+        result: a fit of :func:`bayescale.fit_curves`.
+        path: output folder (created if needed).
+        schedules: candidate schedules (name to learning rate at every step) whose final losses are compared
+            (runs of ``N`` parameters for a fit across sizes).
+        compute: budgets (FLOPs) for the envelope's planning table, for a fit across sizes; needs
+            ``tokens_per_step`` (tokens per optimiser step).
+        level: credible level of every interval.
+        title: page title.
+    """
+    if compute is not None and tokens_per_step is None:
+        raise ValueError("the envelope's table (compute=) needs tokens_per_step (tokens per optimiser step)")
+    diag = result.diagnostics
+    status = "Diagnostics OK" if diag.ok else "DIAGNOSTICS FAILED: " + "; ".join(diag.problems)
+    curves = result.curves
+    sizes = sorted(set(curves.sizes.values())) if result.size_ref is not None else []
+    title = title or f"bayescale report: {result.law.name} fitted to {len(curves.runs)} loss curves"
+    summary = result.summary(level)
+    tables: list[tuple[str, pd.DataFrame]] = [("Parameters", summary.join(diag.table))]
+    choice = envelope = None
+    if schedules:
+        choice = result.compare_schedules(schedules, N=N, level=level)
+        tables.append((f"Final loss (nats) of each candidate schedule, {level:.0%} interval, probability of the"
+                       " lowest (same draws)", choice))
+    if compute is not None:
+        envelope = curve_envelope(result, compute, tokens_per_step=tokens_per_step, level=level)
+        tables.append((f"Compute-optimal allocation read from the envelope of the curves (cosine runs of"
+                       f" {human(sizes[0], 'parameters')}-{human(sizes[-1], 'parameters')} parameters,"
+                       f" {human(tokens_per_step, 'tokens')} tokens per step)", planner_units(envelope)))
+    ax = plots.plot_curves(result, schedules=schedules, N=N, level=level)
+    images = {"curves": (f"Logged points with the {level:.0%} band of a new run of each schedule; learning rates"
+                         " underneath.", _png(ax.figure))}
+    sampler = result.settings
+    intro = [
+        ("Data", f"{len(curves.runs)} curves, {len(curves.table)} logged points"
+                 + (f", sizes {', '.join(human(n, 'parameters') for n in sizes)}" if sizes else "")),
+        ("Law", f"{result.law.name}: {result.law.formula}"
+                + (f"; every parameter theta (N / {human(result.size_ref, 'parameters')})^slope" if sizes else "")),
+        ("Residuals", "AR(1) along each run plus white noise" if result.noise == "ar1" else "independent"),
+        ("Sampler", f"NUTS, {sampler.num_chains} chains x {sampler.num_samples} draws ({sampler.num_warmup} warmup),"
+                    f" seed {sampler.seed}"),
+        ("Intervals", f"equal-tailed, {level:.0%}"),
+        ("Versions", ", ".join(f"{k} {v}" for k, v in _versions().items())),
+    ]
+    meta = {"title": title, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "level": level, "law": result.law.name, "noise": result.noise, "runs": [str(r) for r in curves.runs],
+            "sizes": sizes, "size_ref": result.size_ref, "sampler": sampler.to_dict(),
+            "diagnostics": {"ok": diag.ok, "problems": list(diag.problems), "divergences": diag.divergences},
+            "parameters": _records(summary, "parameter"),
+            "schedules": _records(choice, "schedule") if choice is not None else None,
+            "envelope": _records(envelope, "compute") if envelope is not None else None,
+            "versions": _versions()}
+    texts = {"json": json.dumps(meta, indent=2, allow_nan=False),
+             "markdown": _markdown(title, intro, status, tables, images),
+             "html": _html(title, intro, status, diag.ok, tables, images)}
+    return _write(Path(path), texts, images)
 
 
 def _fmt(table: pd.DataFrame, flat: bool = False) -> pd.DataFrame:
@@ -340,9 +417,9 @@ def _md(text: Any) -> str:
     return re.sub(r"([\\`*_\[\]<>#!|~])", r"\\\1", str(text))
 
 
-def _markdown(meta: dict, status: str, tables: list, images: dict) -> str:
-    lines = [f"# {_md(meta['title'])}", "", f"**{_md(status)}**", ""]
-    lines += [f"- **{_md(k)}**: {_md(v)}" for k, v in _intro(meta)]
+def _markdown(title: str, intro: list[tuple[str, str]], status: str, tables: list, images: dict) -> str:
+    lines = [f"# {_md(title)}", "", f"**{_md(status)}**", ""]
+    lines += [f"- **{_md(k)}**: {_md(v)}" for k, v in intro]
     for heading, table in tables:
         table = _fmt(table, flat=True)
         table.index = [_md(i) for i in table.index]
@@ -353,14 +430,14 @@ def _markdown(meta: dict, status: str, tables: list, images: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _html(meta: dict, status: str, ok: bool, tables: list, images: dict) -> str:
+def _html(title: str, intro: list[tuple[str, str]], status: str, ok: bool, tables: list, images: dict) -> str:
     e = html.escape
     parts = [
         "<!DOCTYPE html>",
-        f'<html lang="en"><head><meta charset="utf-8"><title>{e(meta["title"])}</title><style>{_CSS}</style></head><body>',
-        f"<h1>{e(meta['title'])}</h1>",
+        f'<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title><style>{_CSS}</style></head><body>',
+        f"<h1>{e(title)}</h1>",
         f'<p class="status {"ok" if ok else "fail"}" id="status">{e(status)}</p>',
-        "<ul>" + "".join(f"<li><b>{e(k)}</b>: {e(v)}</li>" for k, v in _intro(meta)) + "</ul>",
+        "<ul>" + "".join(f"<li><b>{e(k)}</b>: {e(v)}</li>" for k, v in intro) + "</ul>",
     ]
     for heading, table in tables:
         parts += [f"<h2>{e(heading)}</h2>", _fmt(table).to_html(border=0)]
