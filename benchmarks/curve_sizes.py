@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from curves import FITTING, score
+from curves import FITTING, fit_and_show, score
 
 import bayescale as bs
 
@@ -34,16 +34,7 @@ DECAYED = ("cosine_24000", "cosine_72000", "wsd_20000_24000", "wsdld_20000_24000
 
 
 def fit(curves: bs.LossCurves, what: str, settings: bs.SamplerSettings, noise: str = "ar1") -> tuple:
-    start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", bs.ConvergenceWarning)
-        result = bs.fit_curves(curves, "lr_annealing", noise=noise, settings=settings)
-    seconds = time.perf_counter() - start
-    table = result.diagnostics.table
-    print(f"{what}: {seconds:.0f} s, points {len(curves.table)}, r_hat max {table['r_hat'].max():.3f}, "
-          f"divergences {result.diagnostics.divergences}", flush=True)
-    print(result.summary().round(4).to_string(), flush=True)
-    return result, seconds, float(table["r_hat"].max())
+    return fit_and_show(curves, what, settings, "lr_annealing", noise=noise)
 
 
 def across_sizes(settings: bs.SamplerSettings, prefix: float) -> pd.DataFrame:

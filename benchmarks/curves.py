@@ -40,6 +40,21 @@ def score(result, curves: bs.curves.LossCurves, run: str, *, after: int = -1, se
             "final_error": float(med[-1] / loss[-1] - 1), "final_width": float((hi[-1] - lo[-1]) / loss[-1])}
 
 
+def fit_and_show(data: bs.curves.LossCurves, what: str, settings: bs.SamplerSettings, law: str, **options: object):  # noqa: ANN201
+    """Fit ``data`` (convergence warnings silenced: the R-hat is printed and returned), print its time,
+    diagnostics and summary; return the result, its seconds and its largest R-hat."""
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bs.ConvergenceWarning)
+        result = fit_curves(data, law, settings=settings, **options)
+    seconds = time.perf_counter() - start
+    table = result.diagnostics.table
+    print(f"{what}: {seconds:.0f} s, points {len(data.table)}, r_hat max {table['r_hat'].max():.3f}, "
+          f"ess min {table['ess_bulk'].min():.0f}, divergences {result.diagnostics.divergences}", flush=True)
+    print(result.summary().round(5).to_string(), flush=True)
+    return result, seconds, float(table["r_hat"].max())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="25M")
@@ -56,16 +71,7 @@ def main() -> None:
     rows = []
 
     def fit(data: bs.curves.LossCurves, what: str):  # noqa: ANN202
-        start = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", bs.ConvergenceWarning)
-            result = fit_curves(data, args.law, noise=args.noise, block=args.block, settings=settings)
-        seconds = time.perf_counter() - start
-        table = result.diagnostics.table
-        print(f"{what}: {seconds:.0f} s, points {len(data.table)}, r_hat max {table['r_hat'].max():.3f}, "
-              f"ess min {table['ess_bulk'].min():.0f}, divergences {result.diagnostics.divergences}", flush=True)
-        print(result.summary().round(5).to_string(), flush=True)
-        return result, seconds, float(table["r_hat"].max())
+        return fit_and_show(data, what, settings, args.law, noise=args.noise, block=args.block)
 
     base, seconds, r_hat = fit(curves.subset(list(FITTING)), "three fitting curves")
     held = [r for r in curves.runs if r not in FITTING]
