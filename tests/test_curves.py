@@ -339,6 +339,9 @@ def test_the_envelope_reads_the_optimum_of_every_draw(across_sizes, simulated) -
     table = curve_envelope(result, [budget], tokens_per_step=batch, level=0.9)
     assert table.loc[budget, ("N_opt", "5%")] <= np.exp(true.x) <= table.loc[budget, ("N_opt", "95%")], table
     assert table.loc[budget, ("edge_share", "")] < 0.05
+    wider = envelope_draws(result, [budget], tokens_per_step=batch, sizes=np.geomspace(25e6, 4e9, 41))
+    assert all(np.isfinite(v).all() for v in wider.values())  # sizes too large to pass warmup are no runs
+    np.testing.assert_allclose(np.median(wider["N_opt"]), np.median(draws["N_opt"]), rtol=0.03)
     with pytest.raises(ValueError, match="too small for any size"):
         envelope_draws(result, [1e14], tokens_per_step=batch)
     with pytest.raises(ValueError, match="across model sizes"):

@@ -54,7 +54,8 @@ def envelope_draws(result: CurveResult, compute: Sequence[float] | np.ndarray, *
                    sizes: Sequence[float] | np.ndarray | None = None, flops_per_token: float = 6.0,
                    ) -> dict[str, np.ndarray]:
     """Draws ``(draws, budgets)`` of ``N_opt``, ``D_opt``, ``tokens_per_param`` and ``loss_opt`` read from the
-    envelope, and ``edge`` (1.0 where a draw's optimum lies at the grid's end: outside the sizes searched).
+    envelope, and ``edge`` (1.0 where a draw's optimum lies at an end of the sizes searched, or beside a size
+    whose run at that budget would end within its warmup: the optimum may lie beyond).
 
     Args:
         result: a curve fit across model sizes.
@@ -95,12 +96,14 @@ def envelope_draws(result: CurveResult, compute: Sequence[float] | np.ndarray, *
     ha, hb = h[inner - 1], h[inner]
     a = ((y2 - y1) / hb - (y1 - y0) / ha) / (ha + hb)
     b = (y1 - y0) / ha + a * ha  # slope at the middle point
+    curved = np.isfinite(a) & (a > 0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        shift = np.where(np.isfinite(a) & (a > 0), -b / (2 * a), 0.0)
-    shift = np.clip(shift, -ha, hb)
-    edge = (best == 0) | (best == grid.size - 1)
+        shift = np.clip(np.where(curved, -b / (2 * a), 0.0), -ha, hb)
+        refined = np.where(curved, y1 + b * shift + a * shift**2, y1)
+    # At an edge: the grid's end, or a neighbour whose horizon is too short to run (its loss infinite).
+    edge = (best == 0) | (best == grid.size - 1) | ~np.isfinite(y0) | ~np.isfinite(y2)
     log_n = np.where(edge, x[best], x[inner] + shift)
-    loss_opt = np.where(edge, np.min(loss, axis=2), y1 + b * shift + a * shift**2)
+    loss_opt = np.where(edge, np.min(loss, axis=2), refined)
     n_opt = np.exp(log_n)
     d_opt = budgets[None, :] / (flops_per_token * n_opt)
     return {"N_opt": n_opt, "D_opt": d_opt, "tokens_per_param": d_opt / n_opt, "loss_opt": loss_opt,
