@@ -223,6 +223,13 @@ def size_curves(prefix: float = 1.0) -> bs.LossCurves:
     return curves
 
 
+@pytest.fixture(scope="session")
+def sizes_fit() -> bs.CurveResult:
+    """The annealing law across sizes fitted to :func:`size_curves` with the 400M runs seen up to 30% (the
+    suite's statistical size): the curve tests and the envelope's read it."""
+    return built_once("sizes_fit", lambda: _quiet(bs.fit_curves, size_curves(prefix=0.3), "lr_annealing", **SMALL))
+
+
 def annealing_curves() -> bs.LossCurves:
     """Four runs named by their schedules (``bs.schedules.from_name``), simulated from :data:`CURVE_TRUTH` with
     correlated residuals and white noise, logged every 200 steps after warmup; :data:`IN_PROGRESS` up to half

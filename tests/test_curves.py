@@ -270,14 +270,12 @@ def test_a_curve_fit_saved_is_loaded_back_exactly(simulated, tmp_path) -> None: 
 
 
 @pytest.fixture(scope="module")
-def across_sizes() -> tuple[LossCurves, bs.CurveResult]:
-    """:func:`conftest.size_curves`, fitted with the 400M runs seen up to 30% (the suite's statistical size)."""
-    curves = size_curves()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", bs.ConvergenceWarning)
-        return curves, bs.fit_curves(size_curves(prefix=0.3), "lr_annealing", **SMALL)
+def across_sizes(sizes_fit: bs.CurveResult) -> tuple[LossCurves, bs.CurveResult]:
+    """:func:`conftest.size_curves` whole, and their fit with the 400M runs seen up to 30%."""
+    return size_curves(), sizes_fit
 
 
+@pytest.mark.slow
 def test_a_fit_across_sizes_recovers_the_trend_and_predicts_the_larger_size(across_sizes, tmp_path) -> None:  # noqa: ANN001
     """The parameters at the reference size and their slopes in log N cover the truth; each 400M run's final
     loss lies inside its band continued from its 30% prefix, and a 400M run predicted from its schedule alone
@@ -305,44 +303,3 @@ def test_a_fit_across_sizes_recovers_the_trend_and_predicts_the_larger_size(acro
     assert loaded.size_ref == result.size_ref and loaded.curves.sizes == result.curves.sizes
     np.testing.assert_array_equal(loaded.predict_draws([9000], schedule=schedules.cosine(12000), N=200e6),
                                   result.predict_draws([9000], schedule=schedules.cosine(12000), N=200e6))
-
-
-def test_the_envelope_reads_the_optimum_of_every_draw(across_sizes, simulated) -> None:  # noqa: ANN001
-    """Each draw's N_opt from the 41-size grid (refined by a parabola) equals a bounded numerical minimisation
-    of that draw's final loss over log N within 2%, and its loss within 1e-4; the true N_opt lies inside the
-    90% interval; budgets too small for any run and fits of one size are refused."""
-    import scipy.optimize
-
-    from bayescale.envelope import curve_envelope, envelope_draws
-
-    _, result = across_sizes
-    budget, batch = 3e18, 2**18
-    draws = envelope_draws(result, [budget], tokens_per_step=batch)
-    refs = {n: result.draws(n) for n in SIZE_TRUTH}
-    slopes = {n: result.draws(f"{n}_slope") for n in SIZE_TRUTH}
-
-    def final_loss(log_n: float, p: dict[str, float], b: dict[str, float], ref: float) -> float:
-        total = int(np.rint(budget / (6 * np.exp(log_n) * batch)))
-        x = curve_inputs({0: schedules.cosine(total)}, pd.DataFrame({"run": [0], "step": [total - 1]}))
-        q = {n: p[n] * np.exp(b[n] * (log_n - np.log(ref))) for n in p}
-        return float(lr_annealing().mean(q, x)[0])
-
-    bounds = (np.log(25e6), np.log(400e6))
-    for i in (0, 500, 1999):
-        p, b = {n: v[i] for n, v in refs.items()}, {n: v[i] for n, v in slopes.items()}
-        best = scipy.optimize.minimize_scalar(final_loss, bounds=bounds, args=(p, b, result.size_ref),
-                                              method="bounded", options={"xatol": 1e-4})
-        assert draws["N_opt"][i, 0] == pytest.approx(np.exp(best.x), rel=0.02)
-        assert draws["loss_opt"][i, 0] == pytest.approx(best.fun, abs=1e-4)
-    true = scipy.optimize.minimize_scalar(final_loss, bounds=bounds, args=(SIZE_TRUTH, SIZE_SLOPES, result.size_ref),
-                                          method="bounded")
-    table = curve_envelope(result, [budget], tokens_per_step=batch, level=0.9)
-    assert table.loc[budget, ("N_opt", "5%")] <= np.exp(true.x) <= table.loc[budget, ("N_opt", "95%")], table
-    assert table.loc[budget, ("edge_share", "")] < 0.05
-    wider = envelope_draws(result, [budget], tokens_per_step=batch, sizes=np.geomspace(25e6, 4e9, 41))
-    assert all(np.isfinite(v).all() for v in wider.values())  # sizes too large to pass warmup are no runs
-    np.testing.assert_allclose(np.median(wider["N_opt"]), np.median(draws["N_opt"]), rtol=0.03)
-    with pytest.raises(ValueError, match="too small for any size"):
-        envelope_draws(result, [1e14], tokens_per_step=batch)
-    with pytest.raises(ValueError, match="across model sizes"):
-        envelope_draws(simulated[1], [budget], tokens_per_step=batch)
