@@ -68,6 +68,18 @@ def reference_size(sizes: Sequence[float]) -> float:
     return float(np.exp(np.mean(np.log(np.unique(np.asarray(sizes, dtype=float))))))
 
 
+def _log_size(points: pd.DataFrame, size_ref: float | None) -> np.ndarray:
+    """Each point's ``log(N / N_ref)`` (zeros when the law does not vary with size: ``size_ref`` None)."""
+    if size_ref is None:
+        return np.zeros(len(points))
+    return np.log(points["N"].to_numpy(dtype=float) / size_ref)
+
+
+def _at_size(params: Mapping[str, Any], slopes: Mapping[str, Any], log_size: Any) -> dict[str, Any]:
+    """The law's parameters at each point's size: ``params[n] (N / N_ref)^slopes[n]`` (a slope absent: 0)."""
+    return {n: v * jnp.exp(slopes.get(n, 0.0) * log_size) for n, v in params.items()}
+
+
 def ou_path(phi: jax.Array, shocks: jax.Array) -> jax.Array:
     """The recurrence ``r[p] = phi[p] r[p-1] + shocks[p]`` along the last axis (``r[-1] = 0``), by associative scan."""
     _, path = jax.lax.associative_scan(lambda x, y: (x[0] * y[0], y[0] * x[1] + y[1]), (phi, shocks), axis=-1)
@@ -190,7 +202,7 @@ def _law_log_mean(mean: Any, draws: Mapping[str, Any], slopes: Mapping[str, Any]
     at each point (``log_size``: ``log(N / N_ref)``): one compiled program per law and shape bucket
     (:func:`_padded`)."""
     def one(q: Mapping[str, Any], b: Mapping[str, Any]) -> jax.Array:
-        return mean({n: q[n] * jnp.exp(b[n] * log_size) for n in q}, x)
+        return mean(_at_size(q, b, log_size), x)
 
     return jnp.log(jax.vmap(one)(draws, slopes))
 
@@ -395,11 +407,10 @@ class CurveResult:
         x = curve_inputs(schedules, points, self.block)
         draws = {n: self.draws(n) for n in self.law.params}
         if self.size_ref is None:
-            slopes, log_size = {n: np.zeros_like(v) for n, v in draws.items()}, np.zeros(len(points))
+            slopes = {n: np.zeros_like(v) for n, v in draws.items()}
         else:
             slopes = {n: self.draws(f"{n}_slope") for n in self.law.params}
-            log_size = np.log(points["N"].to_numpy(dtype=float) / self.size_ref)
-        x, log_size = _padded(x, log_size)
+        x, log_size = _padded(x, _log_size(points, self.size_ref))
         with jax.enable_x64(True):
             log_mean = _law_log_mean(self.law.mean, draws, slopes, log_size, x)
         return np.asarray(log_mean)[:, :len(points)]
@@ -487,9 +498,8 @@ def fit_curves(
     points = curves.table
     sizes = curves.sizes
     size_ref = reference_size(list(sizes.values())) if sizes and len(set(sizes.values())) > 1 else None
-    log_size = np.zeros(len(points)) if size_ref is None else np.log(points["N"].to_numpy(dtype=float) / size_ref)
     data = CurveData(curve_inputs(curves.schedules, points, block), _gaps(points),
-                     np.log(points["loss"].to_numpy(dtype=float)), log_size)
+                     np.log(points["loss"].to_numpy(dtype=float)), _log_size(points, size_ref))
     idata = sample_model(CurveModel(the_law.name, noise, size_ref is not None), data, settings, observed=data.log_y,
                          constant={"step": points["step"].to_numpy()}, desc=f"{the_law.name} curves",
                          width=data.gap.size + data.inputs.drop.size)
@@ -525,12 +535,10 @@ def simulate_curves(law: str, params: Mapping[str, float], schedules: Mapping[An
                         for run, s in steps.items()], ignore_index=True)
     curves = LossCurves.from_table(points.assign(loss=1.0), schedules, params="N" if sizes is not None else None)
     x = curve_inputs(curves.schedules, curves.table, block)
-    log_size = 0.0
-    if slopes is not None:
-        log_size = np.log(curves.table["N"].to_numpy(dtype=float) / reference_size(list(sizes.values())))
+    log_size = _log_size(curves.table, None if slopes is None else reference_size(list(sizes.values())))
     with jax.enable_x64(True):
-        p = {n: float(params[n]) * jnp.exp(float((slopes or {}).get(n, 0.0)) * jnp.asarray(log_size))
-             for n in the_law.params}
+        p = _at_size({n: float(params[n]) for n in the_law.params}, {n: float(v) for n, v in (slopes or {}).items()},
+                     jnp.asarray(log_size))
         loc = jnp.log(the_law.mean(p, x))
         phi = _correlation(_gaps(curves.table), ell)
         log_y = OUResiduals(loc, sigma, phi, jnp.asarray(white)).sample(jax.random.PRNGKey(seed))

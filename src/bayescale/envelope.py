@@ -94,10 +94,10 @@ def envelope_draws(result: CurveResult, compute: Sequence[float] | np.ndarray, *
     y0, y1, y2 = take(-1), take(0), take(1)
     h = x[1:] - x[:-1]  # a parabola through the three points around the best (the grid may be uneven)
     ha, hb = h[inner - 1], h[inner]
-    a = ((y2 - y1) / hb - (y1 - y0) / ha) / (ha + hb)
-    b = (y1 - y0) / ha + a * ha  # slope at the middle point
-    curved = np.isfinite(a) & (a > 0)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"):  # neighbours too large to run have infinite loss
+        a = ((y2 - y1) / hb - (y1 - y0) / ha) / (ha + hb)
+        b = (y1 - y0) / ha + a * ha  # slope at the middle point
+        curved = np.isfinite(a) & (a > 0)
         shift = np.clip(np.where(curved, -b / (2 * a), 0.0), -ha, hb)
         refined = np.where(curved, y1 + b * shift + a * shift**2, y1)
     # At an edge: the grid's end, or a neighbour whose horizon is too short to run (its loss infinite).
