@@ -52,6 +52,8 @@ def fit_and_show(data: bs.curves.LossCurves, what: str, settings: bs.SamplerSett
     print(f"{what}: {seconds:.0f} s, points {len(data.table)}, r_hat max {table['r_hat'].max():.3f}, "
           f"ess min {table['ess_bulk'].min():.0f}, divergences {result.diagnostics.divergences}", flush=True)
     print(result.summary().round(5).to_string(), flush=True)
+    if result.misfit is not None:
+        print("structural error tau (5/50/95%):", np.quantile(result.misfit, [0.05, 0.5, 0.95]).round(5), flush=True)
     return result, seconds, float(table["r_hat"].max())
 
 
@@ -64,6 +66,8 @@ def main() -> None:
     parser.add_argument("--chains", type=int, default=2)
     parser.add_argument("--draws", type=int, default=300)
     parser.add_argument("--prefix", action="store_true", help="also predict each held-out run from a prefix")
+    parser.add_argument("--structural", action="store_true",
+                        help="the planning mode: the structural error learned from rolling-origin refits in steps")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     curves = bs.datasets.loss_curves(args.size)
@@ -71,12 +75,14 @@ def main() -> None:
     rows = []
 
     def fit(data: bs.curves.LossCurves, what: str):  # noqa: ANN202
-        return fit_and_show(data, what, settings, args.law, noise=args.noise, block=args.block)
+        return fit_and_show(data, what, settings, args.law, noise=args.noise, block=args.block,
+                            structural=args.structural)
 
     base, seconds, r_hat = fit(curves.subset(list(FITTING)), "three fitting curves")
     held = [r for r in curves.runs if r not in FITTING]
     for run in held:
-        rows.append({"size": args.size, "law": args.law, "noise": args.noise, "block": args.block, "mode": "new schedule",
+        rows.append({"size": args.size, "law": args.law, "noise": args.noise, "block": args.block,
+                     "structural": args.structural, "mode": "new schedule",
                      "fit_s": seconds, "r_hat": r_hat, **score(base, curves, run)})
     if args.prefix:
         for run in held:
@@ -88,7 +94,7 @@ def main() -> None:
                     {**{r: curves.schedules[r] for r in FITTING}, run: curves.schedules[run]})
                 result, s, rh = fit(data, f"{run} prefix {fraction}")
                 rows.append({"size": args.size, "law": args.law, "noise": args.noise, "block": args.block,
-                             "mode": f"prefix {fraction}",
+                             "structural": args.structural, "mode": f"prefix {fraction}",
                              "fit_s": s, "r_hat": rh, **score(result, curves, run, after=int(fraction * last))})
     table = pd.DataFrame(rows)
     print(table.round(4).to_string())

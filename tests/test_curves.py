@@ -269,6 +269,42 @@ def test_a_curve_fit_saved_is_loaded_back_exactly(simulated, tmp_path) -> None: 
         odd.save(tmp_path / "odd.nc")
 
 
+@pytest.mark.slow
+def test_the_structural_error_is_learned_in_steps_and_added_only_beyond_them(simulated, tmp_path) -> None:  # noqa: ANN001
+    """Rolling-origin refits on the first third and half of the steps: each run of each cut counts once (its
+    points' weights sum to one over the number of cuts) at its distance beyond the refit's last step. On curves
+    from the law itself the scale stays under the noise (median), predictions at or before the last fitted step
+    are the plain fit's draw for draw and beyond it deviate by exactly ``tau z sqrt(d)``, so the band widens
+    there but by less than twice and still covers the true curve; the scale is saved and loaded back."""
+    curves, result = simulated
+    record = bs.curve_fit.curve_record(result)
+    assert set(record["cut"]) == {1 / 3, 1 / 2}
+    top = result.curves.table["step"].max()
+    for q, rows in record.groupby("cut"):
+        assert (rows["step"] > q * top).all()
+        np.testing.assert_allclose(rows.groupby("run")["weight"].sum(), 0.5)
+        last = result.curves.table.loc[result.curves.table["step"] <= q * top, "step"].max()
+        np.testing.assert_allclose(rows["distance"], np.log(rows["step"] / last))
+    planning = bs.curve_fit.curve_structural_error(result, record=record)
+    assert np.median(planning.misfit) < 0.004  # the simulated path's sd
+    lr = schedules.cosine(36000)
+    inside, beyond = [5000, top], [24000, 35999]
+    np.testing.assert_array_equal(planning.predict_draws(inside, schedule=lr), result.predict_draws(inside, schedule=lr))
+    deviation = np.log(planning.predict_draws(beyond, schedule=lr, seed=2) / result.predict_draws(beyond, schedule=lr, seed=2))
+    shock = bs.posterior.shock_draws(planning.misfit, 2)
+    np.testing.assert_allclose(deviation, shock[:, None] * np.sqrt(np.log(np.array(beyond) / top)), atol=1e-9)
+    points = pd.DataFrame({"run": "new", "step": [35999]})
+    with jax.enable_x64(True):
+        truth = float(lr_annealing().mean(CURVE_TRUTH, curve_inputs({"new": lr}, points))[0])
+    plain, wide = (r.predict([35999], schedule=lr).iloc[0] for r in (result, planning))
+    assert wide["lower"] <= truth <= wide["upper"]
+    assert 1.0 < (wide["upper"] - wide["lower"]) / (plain["upper"] - plain["lower"]) < 2.0
+    planning.save(tmp_path / "planning.nc")
+    np.testing.assert_array_equal(bs.load(tmp_path / "planning.nc").misfit, planning.misfit)
+    with pytest.raises(ValueError, match="fractions in"):
+        bs.curve_fit.curve_record(result, cuts=[1.5])
+
+
 @pytest.fixture(scope="module")
 def across_sizes(sizes_fit: bs.CurveResult) -> tuple[LossCurves, bs.CurveResult]:
     """:func:`conftest.size_curves` whole, and their fit with the 400M runs seen up to 30%."""

@@ -101,6 +101,9 @@ def test_the_scale_is_recovered_from_a_record_with_known_truth(tau: float) -> No
         table["error"] = np.sqrt(spread) * rng.standard_normal(n)
         cdf = np.cumsum(bs.extrapolation.misfit_posterior(table))
         lo, hi = np.interp([0.05, 0.95], cdf, bs.extrapolation.MISFIT_GRID)
+        # a weight column: equal weights are the default; a row repeated k times at 1/k of its weight is one row
+        repeated = table.loc[table.index.repeat(3)].assign(weight=1 / 9)
+        np.testing.assert_allclose(bs.extrapolation.misfit_posterior(repeated), np.diff(cdf, prepend=0.0), atol=1e-12)
         if tau == 0:  # below the prior's support: the scale shrinks to its floor, far under the refits' spread
             assert hi < 0.006, (own, lo, hi)
         else:

@@ -17,7 +17,7 @@ Examples::
     bayescale datasets
     bayescale info          # versions, devices, compilation cache folder
 
-``fit``, ``batch`` and ``demo`` use the planning mode by default: bands carry the structural
+``fit``, ``batch``, ``demo`` and ``curves`` use the planning mode by default: bands carry the structural
 error learned from rolling-origin refits, so they widen beyond the data; ``plan`` and
 ``report`` read the mode a result was saved with. Bad input exits with status 2 and a
 one-line reason; ``--strict`` makes a fit that did not converge exit with status 1.
@@ -39,7 +39,7 @@ import pandas as pd
 
 from . import __version__, cache, datasets, schedules
 from .allocation import compute_for_loss, compute_optimal, plannable
-from .curve_fit import NOISES, fit_curves
+from .curve_fit import NOISES, CurveResult, curve_structural_error, fit_curves
 from .curves import LossCurves, named_schedules
 from .envelope import curve_envelope
 from .batch import BatchResult, fit_batch, load_batch
@@ -205,13 +205,13 @@ def _forecast_line(what: str, forecast: Forecast, level: float) -> str:
             f" (Pareto k > 0.7 for {forecast.pareto_k:.0%} of simulated outcomes)")
 
 
-def _planned(result: FitResult, structural: bool) -> FitResult:
+def _planned(result: FitResult | CurveResult, structural: bool) -> FitResult | CurveResult:
     """The planning mode of a fit (its structural error), or the fit as it is when asked, or when the runs are
     too few for the rolling-origin refits (said on stderr; the report says which bands it shows)."""
     if not structural:
         return result
     try:
-        return structural_error(result)
+        return curve_structural_error(result) if isinstance(result, CurveResult) else structural_error(result)
     except DataError as err:
         print(f"bayescale: planning mode unavailable ({err}); bands assume the law holds beyond the data",
               file=sys.stderr)
@@ -356,6 +356,7 @@ def _parser() -> argparse.ArgumentParser:
                           " curves (several sizes; needs --tokens-per-step)")
     cur.add_argument("--tokens-per-step", type=float, default=None, help="tokens per optimiser step (batch size)")
     cur.add_argument("--out", default="curves", help="output folder (default curves)")
+    planning(cur)
     sampler(cur)
 
     sub.add_parser("datasets", help="list the bundled datasets")
@@ -387,7 +388,7 @@ def _curves(args: argparse.Namespace) -> int:
         raise ValueError("--envelope needs --tokens-per-step (tokens per optimiser step)")
     curves = LossCurves.from_table(table, named_schedules(table, run=args.run_col, schedule=args.schedule_col, **shape),
                                    run=args.run_col, step=args.step_col, loss=args.loss_col, params=args.params_col)
-    result = fit_curves(curves, args.law, noise=args.noise, **_sampler_args(args))
+    result = _planned(fit_curves(curves, args.law, noise=args.noise, **_sampler_args(args)), args.structural_error)
     os.makedirs(args.out, exist_ok=True)
     result.save(os.path.join(args.out, "curves.nc"))
     summary = result.summary().join(result.diagnostics.table)

@@ -42,13 +42,17 @@ import xarray as xr
 from numpyro.distributions import constraints
 
 from .curves import BLOCK, LR_REF, CurveInputs, CurveLaw, LossCurves, curve_inputs, get_curve_law
+from .data import DataError
+from .extrapolation import misfit_draws, refit_settings
 from .fit import sample_model
 from .model import OBSERVED, bucket_size
-from .posterior import LEVEL, Diagnostics, describe_draws, diagnose, warn_unconverged
+from .posterior import (LEVEL, MISFIT, Diagnostics, describe_draws, diagnose, reach, shock_draws,
+                        warn_unconverged)
 from .sampling import SamplerSettings, sampler_settings
 from .store import atomic_write
 
-__all__ = ["CurveResult", "fit_curves", "simulate_curves", "NOISES"]
+__all__ = ["CurveResult", "fit_curves", "simulate_curves", "curve_record", "curve_structural_error", "NOISES",
+           "CURVE_CUTS"]
 
 NOISES = ("ar1", "independent")
 CURVES_FORMAT = 1
@@ -57,6 +61,10 @@ _SIGMA_SCALE, _WHITE_SCALE = 0.05, 0.01
 """Scales of the HalfNormal priors of the residual path's sd and the white noise's sd (log-loss)."""
 _ELL_LOC, _ELL_SCALE = float(np.log(2000.0)), 1.5
 """The correlation length's LogNormal prior (steps)."""
+CURVE_CUTS = (1 / 3, 1 / 2)
+"""Default rolling-origin cuts of a curve fit's structural error (:func:`curve_structural_error`): fractions of
+the largest logged step at or below which the curves are refitted (a third leaves 1.1 e-folds of steps to
+predict, as far as a run three times the fitted horizon lies beyond it)."""
 SLOPE_SCALE = 0.5
 """Scale of the Normal prior of each law parameter's slope in log N (curves of several model sizes): the
 parameter's log changes by ``slope`` per e-fold of N, so 0.5 allows a factor of about 4 between sizes 16x apart."""
@@ -263,6 +271,10 @@ class CurveResult:
         size_ref: for curves of several model sizes, the size ``N_ref`` (parameters) at which the law's
             parameters are stated (each also has a ``<name>_slope`` in log N); None for one size.
 
+    With a structural error (:func:`curve_structural_error`; posterior variable ``misfit_scale``), every
+    prediction deviates from the law by ``tau z sqrt(d)`` per draw, ``d`` the e-folds of step (and of N)
+    beyond the fitted points (:func:`bayescale.posterior.reach`): zero inside the data, growing beyond it.
+
     ``save`` writes it to one netCDF file (posterior, curves and every schedule) and
     :func:`bayescale.load` reads it back, equal draw for draw.
     """
@@ -296,6 +308,32 @@ class CurveResult:
     def diagnostics(self) -> Diagnostics:
         """R-hat, bulk and tail ESS per parameter, divergences."""
         return diagnose(self.idata, self.latents)
+
+    @property
+    def misfit(self) -> np.ndarray | None:
+        """Draws of the structural error's scale ``tau`` (log-loss per square-root e-fold), flat, or ``None``
+        for a fit without one (:func:`curve_structural_error`)."""
+        if MISFIT not in self.idata.posterior:
+            return None
+        return self.idata.posterior[MISFIT].values.reshape(-1)
+
+    def top(self) -> dict[str, float]:
+        """The largest log step (key ``"step"``) and, across sizes, log N (key ``"N"``) of the fitted points:
+        where the structural error's distance starts."""
+        table = self.curves.table
+        top = {"step": float(np.log(table["step"].max()))}
+        if self.size_ref is not None:
+            top["N"] = float(np.log(table["N"].max()))
+        return top
+
+    def _deviation(self, points: pd.DataFrame, seed: int) -> np.ndarray:
+        """Each draw's structural error at ``points`` ``(draws, points)``: ``tau z sqrt(d)``, zeros without one."""
+        tau = self.misfit
+        if tau is None:
+            return np.zeros((self.draws("sigma").size, len(points)))
+        top = self.top()
+        log_x = {c: np.log(points[c].to_numpy(dtype=float)) for c in top}
+        return shock_draws(tau, seed)[:, None] * np.sqrt(reach(log_x, top, np))[None, :]
 
     def summary(self, level: float = LEVEL) -> pd.DataFrame:
         """Mean, sd, median and interval at ``level`` of each parameter."""
@@ -378,7 +416,7 @@ class CurveResult:
         points = pd.DataFrame({"run": "new", "step": steps, **({"N": float(N)} if N is not None else {})})
         # the checks of fitted curves: the schedule, steps at or after the end of warmup and within it
         LossCurves.from_table(points.assign(loss=1.0), {"new": lr})
-        log_mean = self.log_mean_draws({"new": lr}, points)
+        log_mean = self.log_mean_draws({"new": lr}, points, seed)
         gap = _gaps(points)
         state = np.zeros((2, log_mean.shape[0]))  # filtered mean and variance of the path before the first step
         if run is not None:
@@ -401,9 +439,10 @@ class CurveResult:
             state = _last_filtered_state(resid, gap, self.draws("ell"), self.draws("sigma"), self.draws("white"))
         return np.asarray(state)
 
-    def log_mean_draws(self, schedules: Mapping[Any, np.ndarray], points: pd.DataFrame) -> np.ndarray:
+    def log_mean_draws(self, schedules: Mapping[Any, np.ndarray], points: pd.DataFrame, seed: int = 0) -> np.ndarray:
         """Log of the law's mean curve per draw ``(draws, points)`` at ``points`` (columns ``run``, ``step``
-        and, across sizes, ``N``)."""
+        and, across sizes, ``N``), plus the structural error when the fit has one (seeded by ``seed``; zero at
+        and inside the fitted points)."""
         x = curve_inputs(schedules, points, self.block)
         draws = {n: self.draws(n) for n in self.law.params}
         if self.size_ref is None:
@@ -413,7 +452,7 @@ class CurveResult:
         x, log_size = _padded(x, _log_size(points, self.size_ref))
         with jax.enable_x64(True):
             log_mean = _law_log_mean(self.law.mean, draws, slopes, log_size, x)
-        return np.asarray(log_mean)[:, :len(points)]
+        return np.asarray(log_mean)[:, :len(points)] + self._deviation(points, seed)
 
     def _residuals(self, state: np.ndarray, gap: np.ndarray, seed: int) -> np.ndarray:
         """Residual draws ``(draws, points)`` of logged losses: the path continues from a state drawn from
@@ -467,6 +506,7 @@ def fit_curves(
     *,
     noise: str = "ar1",
     block: int = BLOCK,
+    structural: bool = False,
     settings: SamplerSettings | None = None,
     **options: Any,
 ) -> CurveResult:
@@ -482,6 +522,9 @@ def fit_curves(
         law: ``"multi_power"`` or ``"lr_annealing"`` (see :mod:`bayescale.curves`).
         noise: ``"ar1"`` (residuals correlated along each run; default) or ``"independent"``.
         block: steps per block of the multi-power law's sum.
+        structural: the planning mode: add the structural error learned from the fit's own rolling-origin
+            refits in steps (:func:`curve_structural_error`; two more fits of one chain on the first third
+            and half of the steps), so bands widen beyond the fitted steps and sizes.
         settings: sampler settings; ``**options``: its fields as keywords.
 
     Returns:
@@ -494,18 +537,110 @@ def fit_curves(
         raise ValueError(f"noise must be one of {NOISES}, got {noise!r}")
     if not isinstance(curves, LossCurves):
         raise TypeError(f"curves must be LossCurves (LossCurves.from_table), got {type(curves).__name__}")
-    the_law = get_curve_law(law)
+    result = _sample_curves(curves, get_curve_law(law), noise, block, settings)
+    warn_unconverged(result.diagnostics, f"{result.law.name} curve fit")
+    return curve_structural_error(result) if structural else result
+
+
+def _sample_curves(curves: LossCurves, law: CurveLaw, noise: str, block: int, settings: SamplerSettings) -> CurveResult:
+    """:func:`fit_curves` without its checks and warnings (rolling-origin refits run one chain: no R-hat)."""
     points = curves.table
     sizes = curves.sizes
     size_ref = reference_size(list(sizes.values())) if sizes and len(set(sizes.values())) > 1 else None
     data = CurveData(curve_inputs(curves.schedules, points, block), _gaps(points),
                      np.log(points["loss"].to_numpy(dtype=float)), _log_size(points, size_ref))
-    idata = sample_model(CurveModel(the_law.name, noise, size_ref is not None), data, settings, observed=data.log_y,
-                         constant={"step": points["step"].to_numpy()}, desc=f"{the_law.name} curves",
+    idata = sample_model(CurveModel(law.name, noise, size_ref is not None), data, settings, observed=data.log_y,
+                         constant={"step": points["step"].to_numpy()}, desc=f"{law.name} curves",
                          width=data.gap.size + data.inputs.drop.size)
-    result = CurveResult(idata, curves, the_law, noise, block, settings, size_ref)
-    warn_unconverged(result.diagnostics, f"{the_law.name} curve fit")
-    return result
+    return CurveResult(idata, curves, law, noise, block, settings, size_ref)
+
+
+def curve_record(result: CurveResult, cuts: Sequence[float] = CURVE_CUTS) -> pd.DataFrame:
+    """A curve fit's own extrapolation record in steps, rolling origin.
+
+    For each cut ``q``, the curves' points at or below ``q`` times the largest logged step are refitted (the
+    same law, noise and block, :func:`~bayescale.extrapolation.refit_settings`, the fit's seed), and every
+    later logged point of each run is predicted as a new run of that run's schedule (and size). One row per
+    predicted point: ``cut``, ``run``, ``step``, the ``error`` of the predictive mean of its log-loss, the
+    variances there of a new run's noise (``noise``: the predictive's variance less its mean curve's) and of
+    the refit's mean curve (``curve``), its ``distance`` in e-folds beyond the refit's points, and its
+    ``weight``: each run of each cut counts as one observation spread over its points (the points of a run
+    are not independent), and the cuts reuse the same runs (one over the number of cuts), as
+    :func:`~bayescale.extrapolation.misfit_posterior` reads them.
+
+    A cut that leaves no point above it, or that drops a model size of a fit across sizes, is skipped.
+
+    Raises:
+        ValueError: a cut outside (0, 1).
+        DataError: no cut can be used.
+    """
+    if any(not 0 < q < 1 for q in cuts):
+        raise ValueError(f"cuts must be fractions in (0, 1), got {list(cuts)}")
+    table = result.curves.table
+    last = table["step"].max()
+    usable = []
+    for q in cuts:
+        below = table[table["step"] <= q * last]
+        held = table[table["step"] > q * last]
+        sizes_kept = below["N"].nunique() if result.size_ref is not None else 1
+        sizes_all = table["N"].nunique() if result.size_ref is not None else 1
+        if len(below) and len(held) and sizes_kept == sizes_all:
+            usable.append((q, below, held))
+    if not usable:
+        raise DataError(f"no cut in {list(cuts)} leaves logged points on both sides (and every model size below it)"
+                        " to refit the curves and predict their later points")
+    settings = refit_settings(result.settings)
+    rows = []
+    for q, below, held in usable:
+        runs = list(dict.fromkeys(below["run"]))
+        part = LossCurves(below.reset_index(drop=True), {r: result.curves.schedules[r] for r in runs})
+        # one chain, no diagnostics: a small refit that mixes less well still scores its extrapolation
+        refit = _sample_curves(part, result.law, result.noise, result.block, settings)
+        top = refit.top()
+        for run, points in held.groupby("run", sort=False):
+            steps = points["step"].to_numpy()
+            lr = result.curves.schedules[run]
+            N = float(points["N"].iloc[0]) if result.size_ref is not None else None
+            draws = np.log(refit.predict_draws(steps, schedule=lr, N=N, seed=result.settings.seed))
+            new = points[[c for c in ("step", "N") if c in points]].assign(run="new")
+            curve = refit.log_mean_draws({"new": lr}, new)
+            log_x = {c: np.log(new[c].to_numpy(dtype=float)) for c in top}
+            rows.append(pd.DataFrame({
+                "cut": q, "run": run, "step": steps,
+                "error": np.log(points["loss"].to_numpy(dtype=float)) - draws.mean(axis=0),
+                "noise": np.maximum(draws.var(axis=0) - curve.var(axis=0), 0.0),
+                "curve": curve.var(axis=0),
+                "distance": reach(log_x, top, np),
+                "weight": 1.0 / (len(usable) * len(steps)),
+            }))
+    return pd.concat(rows, ignore_index=True)
+
+
+def curve_structural_error(result: CurveResult, cuts: Sequence[float] = CURVE_CUTS,
+                           record: pd.DataFrame | None = None) -> CurveResult:
+    """The curve fit with a structural error learned from its own rolling-origin refits in steps.
+
+    The law's misfit, not the noise, dominates the error of a curve predicted beyond the fitted steps (a
+    schedule three times the fitted horizon) or sizes: each prediction deviates from the law by
+    ``delta ~ Normal(0, tau^2 d)``, ``d`` the e-folds beyond the fitted points, with ``tau``'s grid posterior
+    learned as for the scaling laws (:func:`bayescale.extrapolation.misfit_posterior`) from
+    :func:`curve_record`.
+
+    Args:
+        result: a curve fit.
+        cuts: fractions of the largest logged step at which to cut (:data:`CURVE_CUTS`).
+        record: the record when already computed (:func:`curve_record`); ``cuts`` is then unused.
+
+    Returns:
+        The fit with a posterior variable ``misfit_scale`` (one draw per posterior draw); it saves and loads
+        like any curve fit, and every prediction, comparison and envelope reads it.
+    """
+    record = curve_record(result, cuts) if record is None else record
+    post = result.idata.posterior
+    tau = misfit_draws(record, (post.sizes["chain"], post.sizes["draw"]), result.settings.seed)
+    idata = result.idata.copy()
+    idata.posterior[MISFIT] = (("chain", "draw"), tau)
+    return dataclasses.replace(result, idata=idata)
 
 
 def simulate_curves(law: str, params: Mapping[str, float], schedules: Mapping[Any, Sequence[float] | np.ndarray],

@@ -67,6 +67,7 @@ __all__ = [
     "scale_covariate",
     "log_density",
     "misfit_posterior",
+    "misfit_draws",
     "MISFIT_PRIOR_RANGE",
     "MISFIT_GRID",
     "CUTS",
@@ -311,7 +312,8 @@ def misfit_posterior(table: pd.DataFrame) -> np.ndarray:
     """Posterior probabilities of the structural-error scale ``tau`` on :data:`MISFIT_GRID`, given an
     extrapolation record (columns ``cut``, ``error``, ``noise``, ``curve``, ``distance``: the error of a refit's
     predictive mean of log-loss at a held-out run, the variance there of a new run's noise and of the refit's
-    mean curve, and the run's distance beyond the refit's runs in e-folds).
+    mean curve, and the run's distance beyond the refit's runs in e-folds; optionally ``weight``, each row's
+    weight in the likelihood, by default one over the number of cuts).
 
     ``error ~ Normal(0, noise + a·curve + tau^2·distance)``, averaged over ``a`` in {0, 1} with equal prior
     weight: whether the refits' own parameter uncertainty explains part of their error (the law holds) or not
@@ -319,24 +321,29 @@ def misfit_posterior(table: pd.DataFrame) -> np.ndarray:
     :data:`MISFIT_PRIOR_RANGE`; each cut's runs weighted by one over the number of cuts (the cuts reuse the
     same runs).
     """
-    weight = 1.0 / len(set(table["cut"]))
+    weight = (table["weight"].to_numpy(dtype=float)[None, :] if "weight" in table
+              else 1.0 / len(set(table["cut"])))
     error, noise, curve, dist = (table[c].to_numpy(dtype=float)[None, :]
                                  for c in ("error", "noise", "curve", "distance"))
     # The grid is log-spaced, so equal prior mass per point is the log-uniform prior: the posterior is the likelihood.
-    parts = [weight * scipy.stats.norm.logpdf(error, scale=np.sqrt(noise + a * curve + MISFIT_GRID[:, None] ** 2 * dist)
-                                              ).sum(axis=1) for a in (0.0, 1.0)]
+    parts = [(weight * scipy.stats.norm.logpdf(error, scale=np.sqrt(noise + a * curve + MISFIT_GRID[:, None] ** 2 * dist))
+              ).sum(axis=1) for a in (0.0, 1.0)]
     log_post = np.logaddexp(*parts)
     weights = np.exp(log_post - log_post.max())
     return weights / weights.sum()
 
 
+def misfit_draws(table: pd.DataFrame, shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """Draws of ``tau`` of the given ``shape`` from its grid posterior given an extrapolation record
+    (:func:`misfit_posterior`), seeded by ``seed``."""
+    cdf = np.cumsum(misfit_posterior(table))
+    return np.interp(np.random.default_rng(seed).random(shape), cdf, MISFIT_GRID)
+
+
 def _with_misfit(fit: FitResult, record: Sequence[Refit]) -> FitResult:
     """``fit`` with ``misfit_scale`` draws from the grid posterior of ``tau`` given its rolling refits."""
-    cdf = np.cumsum(misfit_posterior(_backtest(fit, record)))
     post = fit.idata.posterior
-    shape = (post.sizes["chain"], post.sizes["draw"])
-    u = np.random.default_rng(fit.seed).random(shape)
-    tau = np.interp(u, cdf, MISFIT_GRID)
+    tau = misfit_draws(_backtest(fit, record), (post.sizes["chain"], post.sizes["draw"]), fit.seed)
     idata = fit.idata.copy()
     idata.posterior[MISFIT] = (("chain", "draw"), tau)
     return dataclasses.replace(fit, idata=idata)

@@ -62,6 +62,7 @@ __all__ = [
     "STRUCTURAL_METHOD",
     "reach",
     "structural_deviation",
+    "shock_draws",
     "data_top",
     "distance",
 ]
@@ -191,6 +192,14 @@ def structural_deviation(shock: Any, log_x: Mapping[str, Any], top: Mapping[str,
     the random walk whose variance ``tau^2·d`` the scale is learned under (pure JAX; ``shock`` broadcasts
     against the points' shape)."""
     return shock * jnp.sqrt(reach(log_x, top))
+
+
+def shock_draws(tau: np.ndarray, seed: int) -> np.ndarray:
+    """``tau·z`` with ``z ~ Normal(0, 1)`` per draw of the structural error's scale ``tau``, seeded by ``seed``:
+    each draw's deviation from its mean curve at one e-fold beyond the data (:func:`structural_deviation`)."""
+    with jax.enable_x64(True):
+        z = jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(seed), 1), tau.shape, jnp.float64)
+    return tau * np.asarray(z)
 
 
 def _pad_points(values: np.ndarray) -> np.ndarray:
@@ -647,9 +656,7 @@ class FitResult(Posterior):
         tau = self.misfit
         if tau is None:
             return np.zeros(self.idata.posterior.sizes["chain"] * self.idata.posterior.sizes["draw"])
-        with jax.enable_x64(True):
-            z = jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(seed), 1), tau.shape, jnp.float64)
-        return tau * np.asarray(z)
+        return shock_draws(tau, seed)
 
     def log_mean_draws(self, log_x: Mapping[str, Any], seed: int = 0) -> np.ndarray:
         """The mean curve of log-loss, then the structural error, per draw: the first two steps of every

@@ -361,6 +361,9 @@ def curve_report(
         ("Law", f"{result.law.name}: {result.law.formula}"
                 + (f"; every parameter theta (N / {human(result.size_ref, 'parameters')})^slope" if sizes else "")),
         ("Residuals", "AR(1) along each run plus white noise" if result.noise == "ar1" else "independent"),
+        ("Structural error", "none: the law assumed to hold beyond the fitted steps" if result.misfit is None else
+         f"random walk beyond the fitted steps{' and sizes' if sizes else ''}, scale"
+         f" {np.median(result.misfit):.3g} log-loss per sqrt e-fold (rolling-origin refits in steps)"),
         ("Sampler", f"NUTS, {sampler.num_chains} chains x {sampler.num_samples} draws ({sampler.num_warmup} warmup),"
                     f" seed {sampler.seed}"),
         ("Intervals", f"equal-tailed, {level:.0%}"),
@@ -369,6 +372,7 @@ def curve_report(
     meta = {"title": title, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "level": level, "law": result.law.name, "noise": result.noise, "runs": [str(r) for r in curves.runs],
             "sizes": sizes, "size_ref": result.size_ref, "sampler": sampler.to_dict(),
+            "misfit_scale_median": None if result.misfit is None else _jsonable(float(np.median(result.misfit))),
             "diagnostics": {"ok": diag.ok, "problems": list(diag.problems), "divergences": diag.divergences},
             "parameters": _records(summary, "parameter"),
             "schedules": _records(choice, "schedule") if choice is not None else None,
