@@ -178,6 +178,26 @@ def test_the_ou_residuals_are_the_exact_joint_density_and_simulate_its_covarianc
     np.testing.assert_allclose(np.cov(paths.T), cov, atol=4e-5)
 
 
+def test_points_padded_after_the_real_ones_add_nothing_to_the_density() -> None:
+    """A rolling-origin refit is padded to its fit's points and sparse entries (so it runs the fit's compiled
+    sampler): the model's log density at any parameters is the unpadded one's."""
+    from numpyro.infer.util import log_density
+
+    from bayescale.curve_fit import CurveData, CurveModel, _gaps, _pad, _padded
+
+    curves = annealing_curves().subset(["cosine_12000", "wsd_9600_12000"])
+    points = curves.table
+    x, gap, log_y = curve_inputs(curves.schedules, points), _gaps(points), np.log(points["loss"].to_numpy())
+    n, size = len(points), len(points) + 37
+    plain = CurveData(x, gap, log_y, np.zeros(n), np.ones(n, bool))
+    px, log_size = _padded(x, np.zeros(n), (size, x.point.shape[0] + 5))
+    padded = CurveData(px, _pad(gap, size, np.inf), _pad(log_y, size), log_size, np.arange(size) < n)
+    params = {"L0_z": 0.1, "A_z": -0.2, "alpha_z": 0.3, "C_z": 0.0, "sigma_z": 0.4, "ell_z": 0.5, "white_z": 0.2}
+    with jax.enable_x64(True):
+        dens = [float(log_density(CurveModel("lr_annealing", "ar1"), (d,), {}, params)[0]) for d in (plain, padded)]
+    assert dens[0] == pytest.approx(dens[1], rel=1e-12)
+
+
 @pytest.fixture(scope="module")
 def simulated() -> tuple[LossCurves, bs.CurveResult]:
     """The simulated curves (whole) and the fit of their logged points (the run in progress up to half), at the

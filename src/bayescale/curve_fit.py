@@ -159,13 +159,15 @@ class OUResiduals(dist.Distribution):
 
 class CurveData(NamedTuple):
     """Arrays of the curve model: schedule sums, steps since the run's point before (inf at a run's
-    first point), the log-losses (None when simulating) and each point's ``log(N / N_ref)`` (zeros for
-    curves of one size)."""
+    first point), the log-losses (None when simulating), each point's ``log(N / N_ref)`` (zeros for
+    curves of one size) and ``mask``, false on points padded after the real ones (they add nothing to the
+    likelihood, so that a rolling-origin refit runs the program compiled for its fit)."""
 
     inputs: CurveInputs
     gap: Any
     log_y: Any
     log_size: Any
+    mask: Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,7 +201,7 @@ class CurveModel:
             noise = OUResiduals(loc, sigma, _correlation(data.gap, ell), white)
         else:
             noise = dist.Normal(loc, sigma)
-        with numpyro.plate("point", data.gap.shape[0]):
+        with numpyro.plate("point", data.gap.shape[0]), numpyro.handlers.mask(mask=data.mask):
             numpyro.sample(OBSERVED, noise, obs=data.log_y)
 
 
@@ -215,20 +217,20 @@ def _law_log_mean(mean: Any, draws: Mapping[str, Any], slopes: Mapping[str, Any]
     return jnp.log(jax.vmap(one)(draws, slopes))
 
 
-def _padded(x: CurveInputs, log_size: np.ndarray) -> tuple[CurveInputs, np.ndarray]:
-    """``x`` and each point's ``log_size`` with the points and the sparse entries padded to their shape
-    buckets, so that predictions at nearby numbers of points share compiled programs: padded points repeat
-    the last one; padded entries belong to point 0 with no drop, so they add nothing to any law."""
-    points, entries = x.s1.shape[0], x.point.shape[0]
+def _pad(a: np.ndarray, size: int, value: float | None = None) -> np.ndarray:
+    """``a`` padded to ``size`` with ``value`` (default: its last element)."""
+    fill = np.full(size - a.shape[0], a[-1] if value is None else value, dtype=a.dtype)
+    return np.concatenate([a, fill])
 
-    def pad(a: np.ndarray, size: int, value: float | None = None) -> np.ndarray:
-        fill = np.full(size - a.shape[0], a[-1] if value is None else value, dtype=a.dtype)
-        return np.concatenate([a, fill])
 
-    size, sparse = bucket_size(points), bucket_size(max(entries, 1))
-    return (CurveInputs(pad(x.s1, size), pad(x.sw, size), pad(x.s2, size), pad(x.point, sparse, 0),
-                        pad(x.drop, sparse, 0.0), pad(x.eta, sparse, LR_REF), pad(x.tail, sparse, 0.0)),
-            pad(log_size, size))
+def _padded(x: CurveInputs, log_size: np.ndarray, sizes: tuple[int, int] | None = None) -> tuple[CurveInputs, np.ndarray]:
+    """``x`` and each point's ``log_size`` with the points and the sparse entries padded to ``sizes`` (default:
+    their shape buckets, so that predictions at nearby numbers of points share compiled programs): padded
+    points repeat the last one; padded entries belong to point 0 with no drop, so they add nothing to any law."""
+    size, sparse = sizes or (bucket_size(x.s1.shape[0]), bucket_size(max(x.point.shape[0], 1)))
+    return (CurveInputs(_pad(x.s1, size), _pad(x.sw, size), _pad(x.s2, size), _pad(x.point, sparse, 0),
+                        _pad(x.drop, sparse, 0.0), _pad(x.eta, sparse, LR_REF), _pad(x.tail, sparse, 0.0)),
+            _pad(log_size, size))
 
 
 _ou_path = jax.jit(ou_path)
@@ -542,16 +544,23 @@ def fit_curves(
     return curve_structural_error(result) if structural else result
 
 
-def _sample_curves(curves: LossCurves, law: CurveLaw, noise: str, block: int, settings: SamplerSettings) -> CurveResult:
-    """:func:`fit_curves` without its checks and warnings (rolling-origin refits run one chain: no R-hat)."""
+def _sample_curves(curves: LossCurves, law: CurveLaw, noise: str, block: int, settings: SamplerSettings,
+                   pad_to: tuple[int, int] | None = None) -> CurveResult:
+    """:func:`fit_curves` without its checks and warnings (rolling-origin refits run one chain: no R-hat);
+    ``pad_to``: (points, sparse entries) to pad the data to, masked out of the likelihood (a refit then runs the
+    program compiled for its fit)."""
     points = curves.table
     sizes = curves.sizes
     size_ref = reference_size(list(sizes.values())) if sizes and len(set(sizes.values())) > 1 else None
-    data = CurveData(curve_inputs(curves.schedules, points, block), _gaps(points),
-                     np.log(points["loss"].to_numpy(dtype=float)), _log_size(points, size_ref))
-    idata = sample_model(CurveModel(law.name, noise, size_ref is not None), data, settings, observed=data.log_y,
-                         constant={"step": points["step"].to_numpy()}, desc=f"{law.name} curves",
-                         width=data.gap.size + data.inputs.drop.size)
+    x, log_size = curve_inputs(curves.schedules, points, block), _log_size(points, size_ref)
+    log_y, gap, steps = np.log(points["loss"].to_numpy(dtype=float)), _gaps(points), points["step"].to_numpy()
+    n = len(points)
+    if pad_to is not None:
+        x, log_size = _padded(x, log_size, pad_to)
+        log_y, gap = _pad(log_y, pad_to[0]), _pad(gap, pad_to[0], np.inf)
+    data = CurveData(x, gap, log_y, log_size, np.arange(gap.size) < n)
+    idata = sample_model(CurveModel(law.name, noise, size_ref is not None), data, settings, observed=log_y[:n],
+                         constant={"step": steps}, desc=f"{law.name} curves", width=gap.size + x.drop.size)
     return CurveResult(idata, curves, law, noise, block, settings, size_ref)
 
 
@@ -590,12 +599,15 @@ def curve_record(result: CurveResult, cuts: Sequence[float] = CURVE_CUTS) -> pd.
         raise DataError(f"no cut in {list(cuts)} leaves logged points on both sides (and every model size below it)"
                         " to refit the curves and predict their later points")
     settings = refit_settings(result.settings)
+    # every refit padded to the fit's points and sparse entries: it runs the sampler compiled for the fit
+    fitted = curve_inputs(result.curves.schedules, table, result.block)
+    pad_to = (len(table), fitted.point.shape[0])
     rows = []
     for q, below, held in usable:
         runs = list(dict.fromkeys(below["run"]))
         part = LossCurves(below.reset_index(drop=True), {r: result.curves.schedules[r] for r in runs})
         # one chain, no diagnostics: a small refit that mixes less well still scores its extrapolation
-        refit = _sample_curves(part, result.law, result.noise, result.block, settings)
+        refit = _sample_curves(part, result.law, result.noise, result.block, settings, pad_to)
         top = refit.top()
         for run, points in held.groupby("run", sort=False):
             steps = points["step"].to_numpy()
