@@ -599,9 +599,11 @@ def curve_record(result: CurveResult, cuts: Sequence[float] = CURVE_CUTS) -> pd.
         raise DataError(f"no cut in {list(cuts)} leaves logged points on both sides (and every model size below it)"
                         " to refit the curves and predict their later points")
     settings = refit_settings(result.settings)
-    # every refit padded to the fit's points and sparse entries: it runs the sampler compiled for the fit
-    fitted = curve_inputs(result.curves.schedules, table, result.block)
-    pad_to = (len(table), fitted.point.shape[0])
+    # A law that does not read the sparse sum: every refit padded to the fit's points and entries runs the
+    # sampler compiled for the fit. One that does (multi-power): each refit at its own size, since the sum's
+    # entries grow with points times steps (a refit on a third of the steps holds about a ninth of them).
+    pad_to = None if result.law.sparse else (
+        len(table), curve_inputs(result.curves.schedules, table, result.block).point.shape[0])
     rows = []
     for q, below, held in usable:
         runs = list(dict.fromkeys(below["run"]))

@@ -257,6 +257,8 @@ class CurveLaw(NamedTuple):
         priors: prior per parameter (positive support: each is sampled on the log scale).
         mean: the law, from parameters and :class:`CurveInputs`.
         formula: the law in words.
+        sparse: whether the law reads the sparse sum over blocks of drops (``point``, ``drop``, ``eta``,
+            ``tail`` of :class:`CurveInputs`), whose size grows with the points' steps.
     """
 
     name: str
@@ -264,6 +266,7 @@ class CurveLaw(NamedTuple):
     priors: Mapping[str, dist.Distribution]
     mean: Callable[[Mapping[str, Array], CurveInputs], Array]
     formula: str
+    sparse: bool = True
 
 
 def _common_priors() -> dict[str, dist.Distribution]:
@@ -300,7 +303,7 @@ def lr_annealing() -> CurveLaw:
         return p["L0"] + p["A"] * (x.s1 + x.sw) ** -p["alpha"] - p["C"] * x.s2
 
     priors = {**_common_priors(), "C": dist.LogNormal(0.0, 1.5)}
-    return CurveLaw("lr_annealing", tuple(priors), priors, mean, "L0 + A (S1 + S_W)^-alpha - C S2")
+    return CurveLaw("lr_annealing", tuple(priors), priors, mean, "L0 + A (S1 + S_W)^-alpha - C S2", sparse=False)
 
 
 _LAWS = {"multi_power": multi_power, "lr_annealing": lr_annealing}
