@@ -265,7 +265,7 @@ def test_cli_curves_fits_compares_schedules_and_names_bad_rows(tmp_path, capsys)
     envelope = pd.read_csv(out / "envelope.csv", header=[0, 1], index_col=0)
     assert (np.diff(envelope[("N_opt", "median")].to_numpy()) > 0).all()  # a larger budget buys a larger model
     printed = capsys.readouterr().out
-    assert "probability of the lowest" in printed and "envelope" in printed
+    assert "probability of the lowest" in printed and "envelope" in printed and "bands: planning mode" in printed
     assert (out / "figures" / "curves.png").stat().st_size > 0 and (out / "summary.csv").exists()
     meta = json.loads((out / "report.json").read_text())
     assert [row["compute"] for row in meta["envelope"]] == [1e18, 3e18] and meta["size_ref"] == pytest.approx(1e8)

@@ -34,6 +34,7 @@ from collections.abc import Sequence
 
 import arviz as az
 import jax
+import numpy as np
 import numpyro
 import pandas as pd
 
@@ -395,6 +396,9 @@ def _curves(args: argparse.Namespace) -> int:
     _write_csv(summary, os.path.join(args.out, "summary.csv"))
     print(f"{args.law} fitted to {len(curves.runs)} curves ({len(curves.table)} logged points), noise {args.noise}")
     _print(summary)
+    print("bands: " + ("law assumed to hold beyond the fitted steps" if result.misfit is None else
+                       f"planning mode: structural error beyond the fitted steps (scale {np.median(result.misfit):.3g}"
+                       " log-loss per sqrt e-fold)"))
     candidates = None
     if args.predict:
         candidates = {name: schedules.from_name(name, **shape) for name in args.predict}
