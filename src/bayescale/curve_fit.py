@@ -46,8 +46,8 @@ from .data import DataError
 from .extrapolation import misfit_draws, refit_settings
 from .fit import sample_model
 from .model import OBSERVED, bucket_size
-from .posterior import (LEVEL, MISFIT, Diagnostics, describe_draws, diagnose, reach, shock_draws,
-                        warn_unconverged)
+from .posterior import (LEVEL, Diagnostics, describe_draws, diagnose, misfit_of, reach, shock_draws, warn_unconverged,
+                        with_misfit)
 from .sampling import SamplerSettings, sampler_settings
 from .store import atomic_write
 
@@ -315,9 +315,7 @@ class CurveResult:
     def misfit(self) -> np.ndarray | None:
         """Draws of the structural error's scale ``tau`` (log-loss per square-root e-fold), flat, or ``None``
         for a fit without one (:func:`curve_structural_error`)."""
-        if MISFIT not in self.idata.posterior:
-            return None
-        return self.idata.posterior[MISFIT].values.reshape(-1)
+        return misfit_of(self.idata)
 
     def top(self) -> dict[str, float]:
         """The largest log step (key ``"step"``) and, across sizes, log N (key ``"N"``) of the fitted points:
@@ -587,13 +585,12 @@ def curve_record(result: CurveResult, cuts: Sequence[float] = CURVE_CUTS) -> pd.
         raise ValueError(f"cuts must be fractions in (0, 1), got {list(cuts)}")
     table = result.curves.table
     last = table["step"].max()
+    sizes = table["N"].nunique() if result.size_ref is not None else 1
     usable = []
     for q in cuts:
         below = table[table["step"] <= q * last]
         held = table[table["step"] > q * last]
-        sizes_kept = below["N"].nunique() if result.size_ref is not None else 1
-        sizes_all = table["N"].nunique() if result.size_ref is not None else 1
-        if len(below) and len(held) and sizes_kept == sizes_all:
+        if len(below) and len(held) and (below["N"].nunique() if result.size_ref is not None else 1) == sizes:
             usable.append((q, below, held))
     if not usable:
         raise DataError(f"no cut in {list(cuts)} leaves logged points on both sides (and every model size below it)"
@@ -651,10 +648,7 @@ def curve_structural_error(result: CurveResult, cuts: Sequence[float] = CURVE_CU
     """
     record = curve_record(result, cuts) if record is None else record
     post = result.idata.posterior
-    tau = misfit_draws(record, (post.sizes["chain"], post.sizes["draw"]), result.settings.seed)
-    idata = result.idata.copy()
-    idata.posterior[MISFIT] = (("chain", "draw"), tau)
-    return dataclasses.replace(result, idata=idata)
+    return with_misfit(result, misfit_draws(record, (post.sizes["chain"], post.sizes["draw"]), result.settings.seed))
 
 
 def simulate_curves(law: str, params: Mapping[str, float], schedules: Mapping[Any, Sequence[float] | np.ndarray],

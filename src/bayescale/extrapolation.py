@@ -52,7 +52,7 @@ from .data import DataError, ScalingData
 from .laws import Law
 from .batch import BatchResult, fit_batch
 from .model import bucket_size
-from .posterior import MISFIT, ConvergenceWarning, FitResult, distance
+from .posterior import ConvergenceWarning, FitResult, distance, with_misfit
 from .sampling import SamplerSettings
 from .store import data_hash
 
@@ -343,7 +343,4 @@ def misfit_draws(table: pd.DataFrame, shape: tuple[int, ...], seed: int) -> np.n
 def _with_misfit(fit: FitResult, record: Sequence[Refit]) -> FitResult:
     """``fit`` with ``misfit_scale`` draws from the grid posterior of ``tau`` given its rolling refits."""
     post = fit.idata.posterior
-    tau = misfit_draws(_backtest(fit, record), (post.sizes["chain"], post.sizes["draw"]), fit.seed)
-    idata = fit.idata.copy()
-    idata.posterior[MISFIT] = (("chain", "draw"), tau)
-    return dataclasses.replace(fit, idata=idata)
+    return with_misfit(fit, misfit_draws(_backtest(fit, record), (post.sizes["chain"], post.sizes["draw"]), fit.seed))

@@ -63,6 +63,8 @@ __all__ = [
     "reach",
     "structural_deviation",
     "shock_draws",
+    "misfit_of",
+    "with_misfit",
     "data_top",
     "distance",
 ]
@@ -192,6 +194,21 @@ def structural_deviation(shock: Any, log_x: Mapping[str, Any], top: Mapping[str,
     the random walk whose variance ``tau^2·d`` the scale is learned under (pure JAX; ``shock`` broadcasts
     against the points' shape)."""
     return shock * jnp.sqrt(reach(log_x, top))
+
+
+def misfit_of(idata: az.InferenceData) -> np.ndarray | None:
+    """The structural error's scale ``tau`` per draw (chains concatenated), or ``None`` when ``idata`` has none."""
+    if MISFIT not in idata.posterior:
+        return None
+    return idata.posterior[MISFIT].values.reshape(-1)
+
+
+def with_misfit(result: Any, tau: np.ndarray) -> Any:
+    """``result`` (a result dataclass holding ``idata``: a law's fit, a curve fit) with ``tau`` ``(chains, draws)``
+    as its structural error's scale (posterior variable :data:`MISFIT`); ``idata`` is copied, not changed."""
+    idata = result.idata.copy()
+    idata.posterior[MISFIT] = (("chain", "draw"), tau)
+    return dataclasses.replace(result, idata=idata)
 
 
 def shock_draws(tau: np.ndarray, seed: int) -> np.ndarray:
@@ -645,9 +662,7 @@ class FitResult(Posterior):
     def misfit(self) -> np.ndarray | None:
         """Draws of the structural error's scale ``tau`` (log-loss per square-root e-fold), flat, or ``None``
         for a fit without one (:func:`bayescale.extrapolation.structural_error`)."""
-        if MISFIT not in self.idata.posterior:
-            return None
-        return self.idata.posterior[MISFIT].values.reshape(-1)
+        return misfit_of(self.idata)
 
     def shock(self, seed: int = 0) -> np.ndarray:
         """The structural error's scale per draw, ``tau·z`` with ``z ~ Normal(0, 1)`` seeded by ``seed``

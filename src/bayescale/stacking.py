@@ -45,7 +45,7 @@ from .extrapolation import (
 from .laws import Law
 from .model import OBSERVED
 from .posterior import (
-    LEVEL, MISFIT, Diagnostics, FitResult, Posterior, data_from_idata, settings_from_meta, summaries_by_group,
+    LEVEL, Diagnostics, FitResult, Posterior, data_from_idata, settings_from_meta, summaries_by_group, with_misfit,
 )
 
 __all__ = [
@@ -191,9 +191,7 @@ def future_elpd(fit: FitResult, cuts: Sequence[float] = CUTS, record: Sequence[R
         if fit.misfit is not None:
             post = refit.idata.posterior
             tau = rng.choice(fit.misfit, size=(post.sizes["chain"], post.sizes["draw"]))
-            idata = refit.idata.copy()
-            idata.posterior[MISFIT] = (("chain", "draw"), tau)
-            draws = log_predictive(dataclasses.replace(refit, idata=idata), fit.data.subset(held), fit.seed)
+            draws = log_predictive(with_misfit(refit, tau), fit.data.subset(held), fit.seed)
         parts.append(scored(fit, q, held, draws))
     return pd.concat(parts)
 
