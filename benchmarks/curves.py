@@ -54,6 +54,9 @@ def fit_and_show(data: bs.curves.LossCurves, what: str, settings: bs.SamplerSett
     print(result.summary().round(5).to_string(), flush=True)
     if result.misfit is not None:
         print("structural error tau (5/50/95%):", np.quantile(result.misfit, [0.05, 0.5, 0.95]).round(5), flush=True)
+    if result.schedule_misfit is not None:
+        print("across schedules tau_s (5/50/95%):", np.quantile(result.schedule_misfit, [0.05, 0.5, 0.95]).round(5),
+              flush=True)
     return result, seconds, float(table["r_hat"].max())
 
 
@@ -67,7 +70,7 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=300)
     parser.add_argument("--prefix", action="store_true", help="also predict each held-out run from a prefix")
     parser.add_argument("--structural", action="store_true",
-                        help="the planning mode: the structural error learned from rolling-origin refits in steps")
+                        help="the planning mode: the structural error learned from refits in steps and across schedules")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     curves = bs.datasets.loss_curves(args.size)

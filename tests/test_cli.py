@@ -245,9 +245,10 @@ def test_cli_shows_no_dependency_notices(tmp_path) -> None:  # noqa: ANN001
 
 def test_cli_curves_fits_compares_schedules_and_names_bad_rows(tmp_path, capsys) -> None:  # noqa: ANN001
     """The simulated curves of three sizes of the curve tests, each run's schedule named in a column and its size
-    in another: the fit across sizes (planning mode by default: with its structural error) is saved and loads
+    in another: the fit across sizes (planning mode by default: with its structural errors) is saved and loads
     back, the compared schedules' table (runs of 400M), the
-    envelope's table and the figure are written; a run that names two schedules exits 2 naming the run."""
+    envelope's table and the figure are written; the bands are said to widen beyond the steps and on new schedules
+    (both scales in the report); a run that names two schedules exits 2 naming the run."""
     from conftest import size_curves
 
     points = size_curves(prefix=0.3).table
@@ -270,6 +271,8 @@ def test_cli_curves_fits_compares_schedules_and_names_bad_rows(tmp_path, capsys)
     meta = json.loads((out / "report.json").read_text())
     assert [row["compute"] for row in meta["envelope"]] == [1e18, 3e18] and meta["size_ref"] == pytest.approx(1e8)
     assert loaded.misfit is not None and meta["misfit_scale_median"] == pytest.approx(np.median(loaded.misfit))
+    assert meta["schedule_misfit_scale_median"] == pytest.approx(np.median(loaded.schedule_misfit))
+    assert "on a new schedule, from where it departs from the fitted ones" in printed
     assert {row["schedule"] for row in meta["schedules"]} == {"constant_12000", "wsd_9600_12000"}
     assert "read from the envelope of the curves" in (out / "report.html").read_text()
     assert cli.main([*args, "--envelope", "1e18"]) == 2

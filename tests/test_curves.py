@@ -1,6 +1,7 @@
 """Loss curves: schedules as the study defines them, the schedule sums against direct loops, input checks, the
 AR(1)-plus-white-noise likelihood against the multivariate normal, and a fit that recovers a simulated law."""
 
+import dataclasses
 import math
 import warnings
 
@@ -12,7 +13,7 @@ import pytest
 
 import bayescale as bs
 from bayescale import schedules
-from bayescale.curves import BLOCK, LossCurves, curve_inputs, lr_annealing, multi_power, warmup_of
+from bayescale.curves import BLOCK, LossCurves, curve_inputs, departure, lr_annealing, multi_power, warmup_of
 from bayescale.data import DataError
 from conftest import CURVE_TRUTH, IN_PROGRESS, SIZE_SLOPES, SIZE_TRUTH, SMALL, annealing_curves, size_curves
 
@@ -46,6 +47,20 @@ def test_each_schedule_is_the_readme_definition_at_every_step(name: str) -> None
     assert lr.size == (16000 if name.startswith("wsdcon") else int(name.split("_")[-1]))
     expected = np.array([readme_rate(name, s) for s in range(lr.size)])
     np.testing.assert_allclose(lr, expected, rtol=1e-12, atol=0)
+
+
+def test_a_schedule_departs_from_the_known_ones_where_it_first_differs_or_outruns_them() -> None:
+    """The study's schedules share a constant trunk: a run is a run of a known schedule up to the step where
+    its rates first differ from every known one (the README's rates at that step differ), or run past them."""
+    lr = {name: schedules.from_name(name) for name in NAMES}
+    assert departure(lr["wsd_20000_24000"], [lr["constant_24000"], lr["wsdcon_9"]]) == 20001  # u = 0 at 20,000: still the peak
+    assert departure(lr["constant_72000"], [lr["constant_24000"]]) == 24000
+    assert departure(lr["wsdcon_9"], [lr["constant_72000"], lr["wsdcon_3"]]) == 8000
+    assert departure(lr["wsdcon_9"], [lr["wsdcon_9"].copy()]) == 16000
+    assert departure(lr["cosine_24000"], []) == 0
+    first = departure(lr["cosine_24000"], [lr["constant_24000"], lr["wsd_20000_24000"]])
+    gap = [3e-4 - readme_rate("cosine_24000", s) for s in (first - 1, first)]
+    assert gap[0] <= 3e-10 < gap[1]  # the tolerance: a millionth of the rate
 
 
 def test_the_bundled_curves_log_the_schedules_rates() -> None:
@@ -290,12 +305,18 @@ def test_a_curve_fit_saved_is_loaded_back_exactly(simulated, tmp_path) -> None: 
 
 
 @pytest.mark.slow
-def test_the_structural_error_is_learned_in_steps_and_added_only_beyond_them(simulated, tmp_path) -> None:  # noqa: ANN001
+def test_the_structural_error_is_learned_in_steps_and_across_schedules_and_added_only_where_they_are_new(
+        simulated, tmp_path) -> None:  # noqa: ANN001
     """Rolling-origin refits on the first third and half of the steps: each run of each cut counts once (its
-    points' weights sum to one over the number of cuts) at its distance beyond the refit's last step. On curves
-    from the law itself the scale stays under the noise (median), predictions at or before the last fitted step
-    are the plain fit's draw for draw and beyond it deviate by exactly ``tau z sqrt(d)``, so the band widens
-    there but by less than twice and still covers the true curve; the scale is saved and loaded back."""
+    points' weights sum to one over the number of cuts) at its distance beyond the refit's last step. Refits
+    without each schedule: a left-out schedule is scored from where it departs from the others (constant_12000
+    and the run in progress, constant until 19,200, never do inside the steps) and counts once. On curves from
+    the law itself both scales stay under the noise (median). A schedule that logged runs took up to a step is
+    predicted there as the plain fit, draw for draw; beyond the fitted steps it deviates by exactly ``tau z
+    sqrt(d)`` plus, from where it departs from what every logged run took (a run in progress too), one more
+    shift per draw, drawn apart for each schedule; the
+    band at 36k steps widens but by less than three times and still covers the true curve; both scales are
+    saved and loaded back."""
     curves, result = simulated
     record = bs.curve_fit.curve_record(result)
     assert set(record["cut"]) == {1 / 3, 1 / 2}
@@ -305,24 +326,44 @@ def test_the_structural_error_is_learned_in_steps_and_added_only_beyond_them(sim
         np.testing.assert_allclose(rows.groupby("run")["weight"].sum(), 0.5)
         last = result.curves.table.loc[result.curves.table["step"] <= q * top, "step"].max()
         np.testing.assert_allclose(rows["distance"], np.log(rows["step"] / last))
-    planning = bs.curve_fit.curve_structural_error(result, record=record)
-    assert np.median(planning.misfit) < 0.004  # the simulated path's sd
-    lr = schedules.cosine(36000)
-    inside, beyond = [5000, top], [24000, 35999]
-    np.testing.assert_array_equal(planning.predict_draws(inside, schedule=lr), result.predict_draws(inside, schedule=lr))
+    across = bs.curve_fit.schedule_record(result)
+    assert set(across["run"]) == {"cosine_12000", "wsd_9600_12000"}
+    assert (across.loc[across["run"] == "wsd_9600_12000", "step"] >= 9600).all()
+    np.testing.assert_allclose(across.groupby("run")["weight"].sum(), 1.0)
+    assert (across["distance"] == 1.0).all() and (across["step"] <= top).all()
+    planning = bs.curve_fit.curve_structural_error(result, record=record, across=across)
+    assert np.median(planning.misfit) < 0.004 and np.median(planning.schedule_misfit) < 0.004  # the path's sd
+    lr = schedules.constant(36000)  # constant_12000 and the run in progress, each seen up to its last logged step
+    seen, beyond = [5000, top], np.array([15000, 24000, 35999])
+    np.testing.assert_array_equal(planning.predict_draws(seen, schedule=lr), result.predict_draws(seen, schedule=lr))
     deviation = np.log(planning.predict_draws(beyond, schedule=lr, seed=2) / result.predict_draws(beyond, schedule=lr, seed=2))
-    shock = bs.posterior.shock_draws(planning.misfit, 2)
-    np.testing.assert_allclose(deviation, shock[:, None] * np.sqrt(np.log(np.array(beyond) / top)), atol=1e-9)
+    shift = deviation - bs.posterior.shock_draws(planning.misfit, 2)[:, None] * np.sqrt(np.log(beyond / top))
+    np.testing.assert_allclose(shift - shift[:, :1], 0.0, atol=1e-9)
+    assert 0.5 < np.std(shift[:, 0]) / np.sqrt(np.mean(planning.schedule_misfit ** 2)) < 1.5
+    ahead = np.log(planning.predict_draws([13000], run=IN_PROGRESS) / result.predict_draws([13000], run=IN_PROGRESS))
+    assert np.std(ahead) > 0  # the run in progress goes where no logged run went: the law's misfit there too
+    decays = {name: schedules.from_name(name) for name in ("wsd_6000_12000", "wsd_7000_12000")}
+    z = [np.log(planning.predict_draws([11000], schedule=v) / result.predict_draws([11000], schedule=v))[:, 0]
+         / planning.schedule_misfit for v in decays.values()]
+    assert abs(np.corrcoef(*z)[0, 1]) < 0.2  # each new schedule misfits on its own
     points = pd.DataFrame({"run": "new", "step": [35999]})
+    lr = schedules.cosine(36000)
     with jax.enable_x64(True):
         truth = float(lr_annealing().mean(CURVE_TRUTH, curve_inputs({"new": lr}, points))[0])
     plain, wide = (r.predict([35999], schedule=lr).iloc[0] for r in (result, planning))
     assert wide["lower"] <= truth <= wide["upper"]
-    assert 1.0 < (wide["upper"] - wide["lower"]) / (plain["upper"] - plain["lower"]) < 2.0
+    assert 1.0 < (wide["upper"] - wide["lower"]) / (plain["upper"] - plain["lower"]) < 3.0
     planning.save(tmp_path / "planning.nc")
-    np.testing.assert_array_equal(bs.load(tmp_path / "planning.nc").misfit, planning.misfit)
+    loaded = bs.load(tmp_path / "planning.nc")
+    np.testing.assert_array_equal(loaded.misfit, planning.misfit)
+    np.testing.assert_array_equal(loaded.schedule_misfit, planning.schedule_misfit)
     with pytest.raises(ValueError, match="fractions in"):
         bs.curve_fit.curve_record(result, cuts=[1.5])
+    one = dataclasses.replace(result, curves=curves.subset(["cosine_12000"]))
+    assert bs.curve_fit.schedule_record(one).empty
+    with pytest.warns(UserWarning, match="one schedule"):
+        alone = bs.curve_fit.curve_structural_error(one, record=record, across=bs.curve_fit.schedule_record(one))
+    assert alone.schedule_misfit is None and alone.misfit is not None
 
 
 @pytest.fixture(scope="module")

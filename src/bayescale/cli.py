@@ -34,7 +34,6 @@ from collections.abc import Sequence
 
 import arviz as az
 import jax
-import numpy as np
 import numpyro
 import pandas as pd
 
@@ -49,7 +48,7 @@ from .experiments import Forecast, design
 from .extrapolation import structural_error
 from .fit import fit
 from .laws import list_laws
-from .reporting import DEFAULT_COMPUTE, curve_report, mode, planner_units, report
+from .reporting import DEFAULT_COMPUTE, curve_bands, curve_report, mode, planner_units, report
 from .validation import backtest
 from .posterior import FitResult, load
 from .stacked_batch import stack_batch
@@ -256,8 +255,9 @@ def _parser() -> argparse.ArgumentParser:
 
     def planning(p: argparse.ArgumentParser) -> None:
         p.add_argument("--structural-error", action=argparse.BooleanOptionalAction, default=True,
-                       help="planning mode (default): bands widen beyond the data by the law's misfit, learned from "
-                            "rolling-origin refits; --no-structural-error gives bands that assume the law holds")
+                       help="planning mode (default): bands widen beyond the data (and, for curves, on new schedules) by "
+                            "the law's misfit, learned from its own refits; --no-structural-error gives bands that "
+                            "assume the law holds")
 
     def budgets(p: argparse.ArgumentParser) -> None:
         p.add_argument("--compute", type=float, nargs="+", default=list(DEFAULT_COMPUTE),
@@ -396,9 +396,8 @@ def _curves(args: argparse.Namespace) -> int:
     _write_csv(summary, os.path.join(args.out, "summary.csv"))
     print(f"{args.law} fitted to {len(curves.runs)} curves ({len(curves.table)} logged points), noise {args.noise}")
     _print(summary)
-    print("bands: " + ("law assumed to hold beyond the fitted steps" if result.misfit is None else
-                       f"planning mode: structural error beyond the fitted steps (scale {np.median(result.misfit):.3g}"
-                       " log-loss per sqrt e-fold)"))
+    print("bands: " + ("law assumed to hold beyond the fitted steps and on new schedules" if result.misfit is None
+                       else f"planning mode: structural error {curve_bands(result)}"))
     candidates = None
     if args.predict:
         candidates = {name: schedules.from_name(name, **shape) for name in args.predict}

@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple
 
@@ -41,7 +43,7 @@ import pandas as pd
 import xarray as xr
 from numpyro.distributions import constraints
 
-from .curves import BLOCK, LR_REF, CurveInputs, CurveLaw, LossCurves, curve_inputs, get_curve_law
+from .curves import BLOCK, LR_REF, CurveInputs, CurveLaw, LossCurves, curve_inputs, departure, get_curve_law
 from .data import DataError
 from .extrapolation import misfit_draws, refit_settings
 from .fit import sample_model
@@ -51,8 +53,8 @@ from .posterior import (LEVEL, Diagnostics, describe_draws, diagnose, misfit_of,
 from .sampling import SamplerSettings, sampler_settings
 from .store import atomic_write
 
-__all__ = ["CurveResult", "fit_curves", "simulate_curves", "curve_record", "curve_structural_error", "NOISES",
-           "CURVE_CUTS"]
+__all__ = ["CurveResult", "fit_curves", "simulate_curves", "curve_record", "schedule_record", "curve_structural_error",
+           "NOISES", "CURVE_CUTS", "SCHEDULE_MISFIT"]
 
 NOISES = ("ar1", "independent")
 CURVES_FORMAT = 1
@@ -65,6 +67,8 @@ CURVE_CUTS = (1 / 3, 1 / 2)
 """Default rolling-origin cuts of a curve fit's structural error (:func:`curve_structural_error`): fractions of
 the largest logged step at or below which the curves are refitted (a third leaves 1.1 e-folds of steps to
 predict, as far as a run three times the fitted horizon lies beyond it)."""
+SCHEDULE_MISFIT = "schedule_misfit_scale"
+"""Posterior variable of the scale of the structural error across schedules (:func:`curve_structural_error`)."""
 SLOPE_SCALE = 0.5
 """Scale of the Normal prior of each law parameter's slope in log N (curves of several model sizes): the
 parameter's log changes by ``slope`` per e-fold of N, so 0.5 allows a factor of about 4 between sizes 16x apart."""
@@ -273,9 +277,13 @@ class CurveResult:
         size_ref: for curves of several model sizes, the size ``N_ref`` (parameters) at which the law's
             parameters are stated (each also has a ``<name>_slope`` in log N); None for one size.
 
-    With a structural error (:func:`curve_structural_error`; posterior variable ``misfit_scale``), every
-    prediction deviates from the law by ``tau z sqrt(d)`` per draw, ``d`` the e-folds of step (and of N)
-    beyond the fitted points (:func:`bayescale.posterior.reach`): zero inside the data, growing beyond it.
+    With a structural error (:func:`curve_structural_error`; posterior variables ``misfit_scale`` and
+    :data:`SCHEDULE_MISFIT`), every prediction deviates from the law by ``tau z sqrt(d)`` per draw, ``d`` the
+    e-folds of step (and of N) beyond the fitted points (:func:`bayescale.posterior.reach`): zero inside the
+    data, growing beyond it; and a run, from the step where its schedule departs from every fitted run's up to
+    that run's last logged step (:func:`bayescale.curves.departure`: a new schedule, or a run in progress past
+    what any logged run took), by ``tau_s z_s`` more, ``z_s`` one standard normal per draw and schedule
+    (seeded by the schedule and the seed: two schedules compared misfit independently).
 
     ``save`` writes it to one netCDF file (posterior, curves and every schedule) and
     :func:`bayescale.load` reads it back, equal draw for draw.
@@ -317,6 +325,12 @@ class CurveResult:
         for a fit without one (:func:`curve_structural_error`)."""
         return misfit_of(self.idata)
 
+    @property
+    def schedule_misfit(self) -> np.ndarray | None:
+        """Draws of the scale ``tau_s`` (log-loss) of the law's misfit on a schedule it was not fitted to, flat,
+        or ``None`` for a fit without one (:func:`curve_structural_error`)."""
+        return misfit_of(self.idata, SCHEDULE_MISFIT)
+
     def top(self) -> dict[str, float]:
         """The largest log step (key ``"step"``) and, across sizes, log N (key ``"N"``) of the fitted points:
         where the structural error's distance starts."""
@@ -326,14 +340,25 @@ class CurveResult:
             top["N"] = float(np.log(table["N"].max()))
         return top
 
-    def _deviation(self, points: pd.DataFrame, seed: int) -> np.ndarray:
-        """Each draw's structural error at ``points`` ``(draws, points)``: ``tau z sqrt(d)``, zeros without one."""
-        tau = self.misfit
-        if tau is None:
-            return np.zeros((self.draws("sigma").size, len(points)))
-        top = self.top()
-        log_x = {c: np.log(points[c].to_numpy(dtype=float)) for c in top}
-        return shock_draws(tau, seed)[:, None] * np.sqrt(reach(log_x, top, np))[None, :]
+    def _deviation(self, schedules: Mapping[Any, np.ndarray], points: pd.DataFrame, seed: int) -> np.ndarray:
+        """Each draw's structural error at ``points`` ``(draws, points)``: ``tau z sqrt(d)`` beyond the fitted
+        steps and sizes, plus ``tau_s z_s`` where a run's schedule has departed from every fitted run's, each
+        up to its last logged step; zeros without a structural error."""
+        deviation = np.zeros((self.draws("sigma").size, len(points)))
+        tau, tau_s = self.misfit, self.schedule_misfit
+        if tau is not None:
+            top = self.top()
+            log_x = {c: np.log(points[c].to_numpy(dtype=float)) for c in top}
+            deviation += shock_draws(tau, seed)[:, None] * np.sqrt(reach(log_x, top, np))[None, :]
+        if tau_s is not None:
+            known = _logged_schedules(self.curves)
+            runs, steps = points["run"].to_numpy(), points["step"].to_numpy()
+            for run in pd.unique(runs):
+                lr = np.asarray(schedules[run], dtype=float)
+                novel = (runs == run) & (steps >= departure(lr, known))
+                if novel.any():
+                    deviation[:, novel] += shock_draws(tau_s, _schedule_seed(lr, seed))[:, None]
+        return deviation
 
     def summary(self, level: float = LEVEL) -> pd.DataFrame:
         """Mean, sd, median and interval at ``level`` of each parameter."""
@@ -442,7 +467,7 @@ class CurveResult:
     def log_mean_draws(self, schedules: Mapping[Any, np.ndarray], points: pd.DataFrame, seed: int = 0) -> np.ndarray:
         """Log of the law's mean curve per draw ``(draws, points)`` at ``points`` (columns ``run``, ``step``
         and, across sizes, ``N``), plus the structural error when the fit has one (seeded by ``seed``; zero at
-        and inside the fitted points)."""
+        the fitted points)."""
         x = curve_inputs(schedules, points, self.block)
         draws = {n: self.draws(n) for n in self.law.params}
         if self.size_ref is None:
@@ -452,7 +477,7 @@ class CurveResult:
         x, log_size = _padded(x, _log_size(points, self.size_ref))
         with jax.enable_x64(True):
             log_mean = _law_log_mean(self.law.mean, draws, slopes, log_size, x)
-        return np.asarray(log_mean)[:, :len(points)] + self._deviation(points, seed)
+        return np.asarray(log_mean)[:, :len(points)] + self._deviation(schedules, points, seed)
 
     def _residuals(self, state: np.ndarray, gap: np.ndarray, seed: int) -> np.ndarray:
         """Residual draws ``(draws, points)`` of logged losses: the path continues from a state drawn from
@@ -485,8 +510,9 @@ class CurveResult:
     def compare_schedules(self, schedules: Mapping[str, Sequence[float] | np.ndarray], *, N: float | None = None,
                           level: float = LEVEL, seed: int = 0) -> pd.DataFrame:
         """The final loss (nats, at each schedule's last step) under candidate schedules, with intervals,
-        and the probability that each is the lowest (same draws for all: the comparison is paired);
-        ``N``: the runs' model size (parameters), for a fit across sizes."""
+        and the probability that each is the lowest (same posterior draws for all: the comparison is paired,
+        but for the law's misfit on each new schedule, drawn for each apart); ``N``: the runs' model size
+        (parameters), for a fit across sizes."""
         if len(schedules) < 1:
             raise ValueError("give at least one schedule")
         finals = {name: self.predict_draws([len(lr) - 1], schedule=lr, N=N, seed=seed)[:, 0]
@@ -522,9 +548,9 @@ def fit_curves(
         law: ``"multi_power"`` or ``"lr_annealing"`` (see :mod:`bayescale.curves`).
         noise: ``"ar1"`` (residuals correlated along each run; default) or ``"independent"``.
         block: steps per block of the multi-power law's sum.
-        structural: the planning mode: add the structural error learned from the fit's own rolling-origin
-            refits in steps (:func:`curve_structural_error`; two more fits of one chain on the first third
-            and half of the steps), so bands widen beyond the fitted steps and sizes.
+        structural: the planning mode: add the structural error learned from the fit's own refits
+            (:func:`curve_structural_error`; more fits of one chain: on the first third and half of the steps,
+            and one without each schedule), so bands widen beyond the fitted steps and sizes and on new schedules.
         settings: sampler settings; ``**options``: its fields as keywords.
 
     Returns:
@@ -562,6 +588,64 @@ def _sample_curves(curves: LossCurves, law: CurveLaw, noise: str, block: int, se
     return CurveResult(idata, curves, law, noise, block, settings, size_ref)
 
 
+def _schedule_seed(lr: np.ndarray, seed: int) -> int:
+    """The seed of the law's misfit on schedule ``lr``: the same schedule and seed, the same draws."""
+    digest = hashlib.sha256(np.ascontiguousarray(lr, dtype=np.float64).tobytes() + str(seed).encode()).digest()
+    return int.from_bytes(digest[:4], "little") >> 1
+
+
+def _logged_schedules(curves: LossCurves) -> list[np.ndarray]:
+    """Each run's schedule up to its last logged step: how far the law was seen to hold on it."""
+    last = curves.table.groupby("run", sort=False)["step"].max()
+    return [curves.schedules[run][:step + 1] for run, step in last.items()]
+
+
+def _refit_padding(result: CurveResult) -> tuple[int, int] | None:
+    """The (points, sparse entries) a rolling refit of ``result`` is padded to: the fit's own for a law that does
+    not read the sparse sum (the refit then runs the sampler compiled for the fit); None for one that does
+    (multi-power: each refit at its own size, since the sum's entries grow with points times steps, and a
+    refit on a third of the steps holds about a ninth of them)."""
+    if result.law.sparse:
+        return None
+    table = result.curves.table
+    return len(table), curve_inputs(result.curves.schedules, table, result.block).point.shape[0]
+
+
+def _refit(result: CurveResult, table: pd.DataFrame) -> CurveResult:
+    """``result``'s law refitted to the points ``table`` (a part of its curves): one chain of
+    :func:`~bayescale.extrapolation.refit_settings`, the fit's seed, no diagnostics (a small refit that mixes
+    less well still scores its extrapolation)."""
+    runs = list(dict.fromkeys(table["run"]))
+    part = LossCurves(table.reset_index(drop=True), {r: result.curves.schedules[r] for r in runs})
+    return _sample_curves(part, result.law, result.noise, result.block, refit_settings(result.settings),
+                          _refit_padding(result))
+
+
+def _as_new_run(refit: CurveResult, points: pd.DataFrame, lr: np.ndarray, seed: int) -> pd.DataFrame:
+    """One run's logged ``points`` predicted by ``refit`` as a new run of schedule ``lr``: per point the
+    ``error`` of the predictive mean of its log-loss, the variances there of a new run's noise (``noise``: the
+    predictive's variance less its mean curve's) and of the mean curve (``curve``), and its ``distance`` in
+    e-folds beyond the refit's points."""
+    steps = points["step"].to_numpy()
+    N = float(points["N"].iloc[0]) if refit.size_ref is not None else None
+    draws = np.log(refit.predict_draws(steps, schedule=lr, N=N, seed=seed))
+    new = points[[c for c in ("step", "N") if c in points]].assign(run="new")
+    curve = refit.log_mean_draws({"new": lr}, new)
+    top = refit.top()
+    return pd.DataFrame({
+        "run": points["run"].to_numpy(), "step": steps,
+        "error": np.log(points["loss"].to_numpy(dtype=float)) - draws.mean(axis=0),
+        "noise": np.maximum(draws.var(axis=0) - curve.var(axis=0), 0.0),
+        "curve": curve.var(axis=0),
+        "distance": reach({c: np.log(new[c].to_numpy(dtype=float)) for c in top}, top, np),
+    })
+
+
+def _sizes(result: CurveResult, table: pd.DataFrame) -> int:
+    """The number of model sizes among ``table``'s points (1 for a fit of one size)."""
+    return table["N"].nunique() if result.size_ref is not None else 1
+
+
 def curve_record(result: CurveResult, cuts: Sequence[float] = CURVE_CUTS) -> pd.DataFrame:
     """A curve fit's own extrapolation record in steps, rolling origin.
 
@@ -585,70 +669,99 @@ def curve_record(result: CurveResult, cuts: Sequence[float] = CURVE_CUTS) -> pd.
         raise ValueError(f"cuts must be fractions in (0, 1), got {list(cuts)}")
     table = result.curves.table
     last = table["step"].max()
-    sizes = table["N"].nunique() if result.size_ref is not None else 1
-    usable = []
-    for q in cuts:
-        below = table[table["step"] <= q * last]
-        held = table[table["step"] > q * last]
-        if len(below) and len(held) and (below["N"].nunique() if result.size_ref is not None else 1) == sizes:
-            usable.append((q, below, held))
+    usable = [(q, table[table["step"] <= q * last], table[table["step"] > q * last]) for q in cuts]
+    usable = [(q, below, held) for q, below, held in usable
+              if len(below) and len(held) and _sizes(result, below) == _sizes(result, table)]
     if not usable:
         raise DataError(f"no cut in {list(cuts)} leaves logged points on both sides (and every model size below it)"
                         " to refit the curves and predict their later points")
-    settings = refit_settings(result.settings)
-    # A law that does not read the sparse sum: every refit padded to the fit's points and entries runs the
-    # sampler compiled for the fit. One that does (multi-power): each refit at its own size, since the sum's
-    # entries grow with points times steps (a refit on a third of the steps holds about a ninth of them).
-    pad_to = None if result.law.sparse else (
-        len(table), curve_inputs(result.curves.schedules, table, result.block).point.shape[0])
     rows = []
     for q, below, held in usable:
-        runs = list(dict.fromkeys(below["run"]))
-        part = LossCurves(below.reset_index(drop=True), {r: result.curves.schedules[r] for r in runs})
-        # one chain, no diagnostics: a small refit that mixes less well still scores its extrapolation
-        refit = _sample_curves(part, result.law, result.noise, result.block, settings, pad_to)
-        top = refit.top()
+        refit = _refit(result, below)
         for run, points in held.groupby("run", sort=False):
-            steps = points["step"].to_numpy()
-            lr = result.curves.schedules[run]
-            N = float(points["N"].iloc[0]) if result.size_ref is not None else None
-            draws = np.log(refit.predict_draws(steps, schedule=lr, N=N, seed=result.settings.seed))
-            new = points[[c for c in ("step", "N") if c in points]].assign(run="new")
-            curve = refit.log_mean_draws({"new": lr}, new)
-            log_x = {c: np.log(new[c].to_numpy(dtype=float)) for c in top}
-            rows.append(pd.DataFrame({
-                "cut": q, "run": run, "step": steps,
-                "error": np.log(points["loss"].to_numpy(dtype=float)) - draws.mean(axis=0),
-                "noise": np.maximum(draws.var(axis=0) - curve.var(axis=0), 0.0),
-                "curve": curve.var(axis=0),
-                "distance": reach(log_x, top, np),
-                "weight": 1.0 / (len(usable) * len(steps)),
-            }))
+            rows.append(_as_new_run(refit, points, result.curves.schedules[run], result.settings.seed).assign(
+                cut=q, weight=1.0 / (len(usable) * len(points))))
     return pd.concat(rows, ignore_index=True)
 
 
-def curve_structural_error(result: CurveResult, cuts: Sequence[float] = CURVE_CUTS,
-                           record: pd.DataFrame | None = None) -> CurveResult:
-    """The curve fit with a structural error learned from its own rolling-origin refits in steps.
+def schedule_record(result: CurveResult) -> pd.DataFrame:
+    """A curve fit's own extrapolation record across schedules: leave one schedule out.
+
+    For each distinct schedule of the fitted runs, the runs of the other schedules are refitted (as in
+    :func:`curve_record`) and each run of the left-out schedule is predicted as a new run at its logged points
+    from the step where its schedule departs from every refitted run's up to its last logged step
+    (:func:`bayescale.curves.departure`) and
+    within the refit's steps and sizes (beyond them the structural error in steps answers). One row per such
+    point, with the columns of :func:`curve_record` but ``cut``; ``distance`` 1 (a new schedule is one step of
+    the misfit across schedules) and ``weight``: each left-out schedule counts as one observation spread over
+    its points (its runs at several sizes share one misfit).
+
+    Empty when the runs hold fewer than two schedules, or no schedule departs from the others within their
+    steps; a schedule whose runs hold a model size no other run has is skipped.
+    """
+    table, schedules = result.curves.table, result.curves.schedules
+    groups: list[list[Any]] = []
+    for run in result.curves.runs:
+        same = [g for g in groups if departure(schedules[run], [schedules[g[0]]]) == schedules[run].size
+                == schedules[g[0]].size]
+        if same:
+            same[0].append(run)
+        else:
+            groups.append([run])
+    rows = []
+    for left in groups if len(groups) > 1 else []:
+        kept = table[~table["run"].isin(left)]
+        if _sizes(result, kept) < _sizes(result, table):
+            continue
+        refit = _refit(result, kept)
+        start = departure(schedules[left[0]], _logged_schedules(LossCurves(kept, schedules)))
+        held = table[table["run"].isin(left) & (table["step"] >= start)]
+        predicted = [_as_new_run(refit, points, schedules[run], result.settings.seed)
+                     for run, points in held.groupby("run", sort=False)]
+        inside = [p[p["distance"] == 0] for p in predicted]
+        count = sum(len(p) for p in inside)
+        rows += [p.assign(distance=1.0, weight=1.0 / count) for p in inside if count]
+    columns = ["run", "step", "error", "noise", "curve", "distance", "weight"]
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=columns)
+
+
+def curve_structural_error(result: CurveResult, cuts: Sequence[float] = CURVE_CUTS, *,
+                           record: pd.DataFrame | None = None,
+                           across: pd.DataFrame | None = None) -> CurveResult:
+    """The curve fit with a structural error learned from its own refits, in steps and across schedules.
 
     The law's misfit, not the noise, dominates the error of a curve predicted beyond the fitted steps (a
-    schedule three times the fitted horizon) or sizes: each prediction deviates from the law by
-    ``delta ~ Normal(0, tau^2 d)``, ``d`` the e-folds beyond the fitted points, with ``tau``'s grid posterior
-    learned as for the scaling laws (:func:`bayescale.extrapolation.misfit_posterior`) from
-    :func:`curve_record`.
+    schedule three times the fitted horizon) or sizes, and of a schedule of a new shape (a decay the fitted
+    runs never took). In steps, each prediction deviates from the law by ``delta ~ Normal(0, tau^2 d)``, ``d``
+    the e-folds beyond the fitted points, with ``tau``'s grid posterior learned as for the scaling laws
+    (:func:`bayescale.extrapolation.misfit_posterior`) from :func:`curve_record`. Across schedules, a run of a
+    new schedule deviates, from the step where its schedule departs from every fitted one, by ``Normal(0,
+    tau_s^2)`` more, ``tau_s`` learned the same way from :func:`schedule_record` (so does a run in progress,
+    from where its schedule departs from what every logged run took).
 
     Args:
         result: a curve fit.
         cuts: fractions of the largest logged step at which to cut (:data:`CURVE_CUTS`).
-        record: the record when already computed (:func:`curve_record`); ``cuts`` is then unused.
+        record: the record in steps when already computed (:func:`curve_record`; ``cuts`` is then unused);
+        across: the record across schedules when already computed (:func:`schedule_record`).
 
     Returns:
-        The fit with a posterior variable ``misfit_scale`` (one draw per posterior draw); it saves and loads
-        like any curve fit, and every prediction, comparison and envelope reads it.
+        The fit with posterior variables ``misfit_scale`` and :data:`SCHEDULE_MISFIT` (one draw per posterior
+        draw); it saves and loads like any curve fit, and every prediction, comparison and envelope reads them.
+        When the record across schedules is empty (the runs hold one schedule), warns that new schedules'
+        bands then assume the law holds across shapes, and adds only ``misfit_scale``.
     """
     record = curve_record(result, cuts) if record is None else record
+    across = schedule_record(result) if across is None else across
     post = result.idata.posterior
-    return with_misfit(result, misfit_draws(record, (post.sizes["chain"], post.sizes["draw"]), result.settings.seed))
+    shape, seed = (post.sizes["chain"], post.sizes["draw"]), result.settings.seed
+    planned = with_misfit(result, misfit_draws(record, shape, seed))
+    if across.empty:
+        warnings.warn("the fitted runs hold one schedule (or none departs from the others within their steps): the"
+                      " law's misfit on a new schedule cannot be learned, and bands of new schedules assume none",
+                      UserWarning, stacklevel=2)
+        return planned
+    return with_misfit(planned, misfit_draws(across, shape, (seed, 1)), SCHEDULE_MISFIT)
 
 
 def simulate_curves(law: str, params: Mapping[str, float], schedules: Mapping[Any, Sequence[float] | np.ndarray],

@@ -26,7 +26,7 @@ Units: steps are optimiser steps, learning rates as the optimiser uses them, los
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -54,6 +54,18 @@ Array = Any
 def warmup_of(lr: np.ndarray) -> int:
     """The warmup of a schedule: the first step at its maximum rate."""
     return int(np.argmax(lr))
+
+
+def departure(lr: np.ndarray, known: Iterable[np.ndarray]) -> int:
+    """The first step at which the schedule ``lr`` departs from every ``known`` schedule (differs from it, or
+    runs past its end; relative tolerance 1e-6): before it, a run of ``lr`` is a run of a known schedule, since
+    the loss at a step depends on the rates up to it. 0 when nothing is known."""
+    first = 0
+    for other in known:
+        n = min(lr.size, other.size)
+        differs = ~np.isclose(lr[:n], other[:n], rtol=1e-6, atol=0.0)
+        first = max(first, int(np.argmax(differs)) if differs.any() else n)
+    return first
 
 
 @dataclasses.dataclass(frozen=True)

@@ -333,9 +333,9 @@ def misfit_posterior(table: pd.DataFrame) -> np.ndarray:
     return weights / weights.sum()
 
 
-def misfit_draws(table: pd.DataFrame, shape: tuple[int, ...], seed: int) -> np.ndarray:
+def misfit_draws(table: pd.DataFrame, shape: tuple[int, ...], seed: int | Sequence[int]) -> np.ndarray:
     """Draws of ``tau`` of the given ``shape`` from its grid posterior given an extrapolation record
-    (:func:`misfit_posterior`), seeded by ``seed``."""
+    (:func:`misfit_posterior`), seeded by ``seed`` (an integer or a sequence of them, as NumPy seeds)."""
     cdf = np.cumsum(misfit_posterior(table))
     return np.interp(np.random.default_rng(seed).random(shape), cdf, MISFIT_GRID)
 

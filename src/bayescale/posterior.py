@@ -196,18 +196,20 @@ def structural_deviation(shock: Any, log_x: Mapping[str, Any], top: Mapping[str,
     return shock * jnp.sqrt(reach(log_x, top))
 
 
-def misfit_of(idata: az.InferenceData) -> np.ndarray | None:
-    """The structural error's scale ``tau`` per draw (chains concatenated), or ``None`` when ``idata`` has none."""
-    if MISFIT not in idata.posterior:
+def misfit_of(idata: az.InferenceData, name: str = MISFIT) -> np.ndarray | None:
+    """The structural error's scale ``tau`` per draw (chains concatenated), or ``None`` when ``idata`` has none
+    (``name``: its posterior variable)."""
+    if name not in idata.posterior:
         return None
-    return idata.posterior[MISFIT].values.reshape(-1)
+    return idata.posterior[name].values.reshape(-1)
 
 
-def with_misfit(result: Any, tau: np.ndarray) -> Any:
+def with_misfit(result: Any, tau: np.ndarray, name: str = MISFIT) -> Any:
     """``result`` (a result dataclass holding ``idata``: a law's fit, a curve fit) with ``tau`` ``(chains, draws)``
-    as its structural error's scale (posterior variable :data:`MISFIT`); ``idata`` is copied, not changed."""
+    as its structural error's scale (posterior variable ``name``, default :data:`MISFIT`); ``idata`` is copied,
+    not changed."""
     idata = result.idata.copy()
-    idata.posterior[MISFIT] = (("chain", "draw"), tau)
+    idata.posterior[name] = (("chain", "draw"), tau)
     return dataclasses.replace(result, idata=idata)
 
 

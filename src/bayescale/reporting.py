@@ -106,6 +106,19 @@ def mode(fit: Posterior) -> str:
     return "law assumed to hold beyond the data (no structural error)"
 
 
+def curve_bands(result: CurveResult) -> str:
+    """Which bands a curve fit gives, in words: its structural errors with their scales, or none."""
+    if result.misfit is None:
+        return "none: the law assumed to hold beyond the fitted steps and on new schedules"
+    sizes = " and sizes" if result.size_ref is not None else ""
+    steps = (f"random walk beyond the fitted steps{sizes}, scale {np.median(result.misfit):.3g} log-loss per sqrt"
+             " e-fold (rolling-origin refits in steps)")
+    if result.schedule_misfit is None:
+        return steps + "; none on new schedules (one schedule fitted)"
+    return (steps + f"; on a new schedule, from where it departs from the fitted ones, scale"
+            f" {np.median(result.schedule_misfit):.3g} log-loss (refits without each schedule)")
+
+
 def _versions() -> dict[str, str]:
     found = {"python": platform.python_version()}
     for name in _PACKAGES:
@@ -361,9 +374,7 @@ def curve_report(
         ("Law", f"{result.law.name}: {result.law.formula}"
                 + (f"; every parameter theta (N / {human(result.size_ref, 'parameters')})^slope" if sizes else "")),
         ("Residuals", "AR(1) along each run plus white noise" if result.noise == "ar1" else "independent"),
-        ("Structural error", "none: the law assumed to hold beyond the fitted steps" if result.misfit is None else
-         f"random walk beyond the fitted steps{' and sizes' if sizes else ''}, scale"
-         f" {np.median(result.misfit):.3g} log-loss per sqrt e-fold (rolling-origin refits in steps)"),
+        ("Structural error", curve_bands(result)),
         ("Sampler", f"NUTS, {sampler.num_chains} chains x {sampler.num_samples} draws ({sampler.num_warmup} warmup),"
                     f" seed {sampler.seed}"),
         ("Intervals", f"equal-tailed, {level:.0%}"),
@@ -373,6 +384,8 @@ def curve_report(
             "level": level, "law": result.law.name, "noise": result.noise, "runs": [str(r) for r in curves.runs],
             "sizes": sizes, "size_ref": result.size_ref, "sampler": sampler.to_dict(),
             "misfit_scale_median": None if result.misfit is None else _jsonable(float(np.median(result.misfit))),
+            "schedule_misfit_scale_median": (None if result.schedule_misfit is None
+                                             else _jsonable(float(np.median(result.schedule_misfit)))),
             "diagnostics": {"ok": diag.ok, "problems": list(diag.problems), "divergences": diag.divergences},
             "parameters": _records(summary, "parameter"),
             "schedules": _records(choice, "schedule") if choice is not None else None,
