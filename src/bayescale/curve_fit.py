@@ -737,7 +737,8 @@ def curve_structural_error(result: CurveResult, cuts: Sequence[float] = CURVE_CU
     (:func:`bayescale.extrapolation.misfit_posterior`) from :func:`curve_record`. Across schedules, a run of a
     new schedule deviates, from the step where its schedule departs from every fitted one, by ``Normal(0,
     tau_s^2)`` more, ``tau_s`` learned the same way from :func:`schedule_record` (so does a run in progress,
-    from where its schedule departs from what every logged run took).
+    from where its schedule departs from what every logged run took, and every point beyond the fitted steps,
+    where no logged run went: ``tau`` is learned with the mean of ``tau_s^2`` as part of each cut's error).
 
     Args:
         result: a curve fit.
@@ -755,13 +756,16 @@ def curve_structural_error(result: CurveResult, cuts: Sequence[float] = CURVE_CU
     across = schedule_record(result) if across is None else across
     post = result.idata.posterior
     shape, seed = (post.sizes["chain"], post.sizes["draw"]), result.settings.seed
-    planned = with_misfit(result, misfit_draws(record, shape, seed))
     if across.empty:
         warnings.warn("the fitted runs hold one schedule (or none departs from the others within their steps): the"
                       " law's misfit on a new schedule cannot be learned, and bands of new schedules assume none",
                       UserWarning, stacklevel=2)
-        return planned
-    return with_misfit(planned, misfit_draws(across, shape, (seed, 1)), SCHEDULE_MISFIT)
+        return with_misfit(result, misfit_draws(record, shape, seed))
+    tau_s = misfit_draws(across, shape, (seed, 1))
+    # A cut's later points lie past what any refitted run logged: their errors hold the misfit across schedules
+    # too (its mean square, known from the record across schedules), and tau only what is left beyond it.
+    in_steps = misfit_draws(record.assign(noise=record["noise"] + np.mean(tau_s**2)), shape, seed)
+    return with_misfit(with_misfit(result, in_steps), tau_s, SCHEDULE_MISFIT)
 
 
 def simulate_curves(law: str, params: Mapping[str, float], schedules: Mapping[Any, Sequence[float] | np.ndarray],
