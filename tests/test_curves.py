@@ -309,15 +309,16 @@ def test_the_structural_error_is_learned_in_steps_and_across_schedules_and_added
         simulated, tmp_path) -> None:  # noqa: ANN001
     """Rolling-origin refits on the first third and half of the steps: each run of each cut counts once (its
     points' weights sum to one over the number of cuts) at its distance beyond the refit's last step. Refits
-    without each schedule: a left-out schedule is scored from where it departs from the others (constant_12000
-    and the run in progress, constant until 19,200, never do inside the steps) and counts once. On curves from
-    the law itself both scales stay under the noise (median). A schedule that logged runs took up to a step is
-    predicted there as the plain fit, draw for draw; beyond the fitted steps it deviates by exactly ``tau z
-    sqrt(d)`` plus, from where it departs from what every logged run took (a run in progress too), one more
-    shift per draw, drawn apart for each schedule; the
-    band at 36k steps widens but by less than three times and still covers the true curve; both scales are
+    without each schedule: a left-out schedule is scored from where it departs from the others and counts once
+    (constant_12000 and the run in progress, constant until 19,200, never depart inside the steps, and are not
+    refitted). On curves from the law itself both scales stay under the noise (median). A schedule that logged
+    runs took up to a step is predicted there as the plain fit, draw for draw; beyond the fitted steps it
+    deviates by exactly ``tau z sqrt(d)`` plus, from where it departs from what every logged run took (a run in
+    progress too), one more shift per draw, drawn apart for each schedule; the band at 36k steps widens but by
+    less than three times and still covers the true curve; both scales are
     saved and loaded back."""
     curves, result = simulated
+    real_refit = bs.curve_fit._refit
     record = bs.curve_fit.curve_record(result)
     assert set(record["cut"]) == {1 / 3, 1 / 2}
     top = result.curves.table["step"].max()
@@ -326,7 +327,11 @@ def test_the_structural_error_is_learned_in_steps_and_across_schedules_and_added
         np.testing.assert_allclose(rows.groupby("run")["weight"].sum(), 0.5)
         last = result.curves.table.loc[result.curves.table["step"] <= q * top, "step"].max()
         np.testing.assert_allclose(rows["distance"], np.log(rows["step"] / last))
-    across = bs.curve_fit.schedule_record(result)
+    refits = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(bs.curve_fit, "_refit", lambda *a: refits.append(a) or real_refit(*a))
+        across = bs.curve_fit.schedule_record(result)
+    assert len(refits) == 2  # the two schedules that never depart inside the others' steps are not refitted
     assert set(across["run"]) == {"cosine_12000", "wsd_9600_12000"}
     assert (across.loc[across["run"] == "wsd_9600_12000", "step"] >= 9600).all()
     np.testing.assert_allclose(across.groupby("run")["weight"].sum(), 1.0)

@@ -690,14 +690,14 @@ def schedule_record(result: CurveResult) -> pd.DataFrame:
     For each distinct schedule of the fitted runs, the runs of the other schedules are refitted (as in
     :func:`curve_record`) and each run of the left-out schedule is predicted as a new run at its logged points
     from the step where its schedule departs from every refitted run's up to its last logged step
-    (:func:`bayescale.curves.departure`) and
-    within the refit's steps and sizes (beyond them the structural error in steps answers). One row per such
-    point, with the columns of :func:`curve_record` but ``cut``; ``distance`` 1 (a new schedule is one step of
-    the misfit across schedules) and ``weight``: each left-out schedule counts as one observation spread over
-    its points (its runs at several sizes share one misfit).
+    (:func:`bayescale.curves.departure`) to the refit's last step (beyond it the structural error in steps
+    answers). One row per such point, with the columns of :func:`curve_record` but ``cut``; ``distance`` 1 (a
+    new schedule is one step of the misfit across schedules) and ``weight``: each left-out schedule counts as
+    one observation spread over its points (its runs at several sizes share one misfit).
 
     Empty when the runs hold fewer than two schedules, or no schedule departs from the others within their
-    steps; a schedule whose runs hold a model size no other run has is skipped.
+    steps; a schedule that never does is not refitted, and one whose runs hold a model size no other run has
+    is skipped.
     """
     table, schedules = result.curves.table, result.curves.schedules
     groups: list[list[Any]] = []
@@ -713,14 +713,15 @@ def schedule_record(result: CurveResult) -> pd.DataFrame:
         kept = table[~table["run"].isin(left)]
         if _sizes(result, kept) < _sizes(result, table):
             continue
-        refit = _refit(result, kept)
         start = departure(schedules[left[0]], _logged_schedules(LossCurves(kept, schedules)))
-        held = table[table["run"].isin(left) & (table["step"] >= start)]
-        predicted = [_as_new_run(refit, points, schedules[run], result.settings.seed)
-                     for run, points in held.groupby("run", sort=False)]
-        inside = [p[p["distance"] == 0] for p in predicted]
-        count = sum(len(p) for p in inside)
-        rows += [p.assign(distance=1.0, weight=1.0 / count) for p in inside if count]
+        steps = table["step"]
+        held = table[table["run"].isin(left) & (steps >= start) & (steps <= kept["step"].max())]
+        if held.empty:  # it takes no step the others did not, inside their steps: nothing to refit for
+            continue
+        refit = _refit(result, kept)
+        rows += [_as_new_run(refit, points, schedules[run], result.settings.seed).assign(distance=1.0,
+                                                                                        weight=1.0 / len(held))
+                 for run, points in held.groupby("run", sort=False)]
     columns = ["run", "step", "error", "noise", "curve", "distance", "weight"]
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=columns)
 
