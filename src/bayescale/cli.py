@@ -331,8 +331,9 @@ def _parser() -> argparse.ArgumentParser:
 
     cur = sub.add_parser("curves", help="fit a curve law to logged loss curves; compare schedules' final losses")
     cur.add_argument("csv", help="CSV of logged points: one row per (run, step), with the loss and the run's schedule")
-    cur.add_argument("--law", default="multi_power", choices=["multi_power", "lr_annealing"],
-                     help="curve law (default multi_power: minutes per fit; lr_annealing: seconds)")
+    cur.add_argument("--law", default="lr_annealing", choices=["lr_annealing", "multi_power"],
+                     help="curve law (default lr_annealing: seconds per fit, bands that held on held-out schedules;"
+                          " multi_power: minutes per fit)")
     cur.add_argument("--noise", default="ar1", choices=list(NOISES),
                      help="residuals along a run: AR(1) plus white noise (default) or independent")
     cur.add_argument("--run-col", default="run", help="column naming each point's run (default 'run')")

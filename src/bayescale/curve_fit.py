@@ -528,7 +528,7 @@ class CurveResult:
 
 def fit_curves(
     curves: LossCurves,
-    law: str = "multi_power",
+    law: str = "lr_annealing",
     *,
     noise: str = "ar1",
     block: int = BLOCK,
@@ -545,7 +545,9 @@ def fit_curves(
 
     Args:
         curves: logged points and schedules (:class:`~bayescale.curves.LossCurves`).
-        law: ``"multi_power"`` or ``"lr_annealing"`` (see :mod:`bayescale.curves`).
+        law: ``"lr_annealing"`` (default: seconds per fit; its planning-mode bands held on the bundled curves'
+            held-out schedules) or ``"multi_power"`` (minutes per fit; its bands there covered 0.66-0.68, planning
+            mode included: benchmarks/RESULTS.md); see :mod:`bayescale.curves`.
         noise: ``"ar1"`` (residuals correlated along each run; default) or ``"independent"``.
         block: steps per block of the multi-power law's sum.
         structural: the planning mode: add the structural error learned from the fit's own refits
