@@ -315,8 +315,7 @@ def test_the_structural_error_is_learned_in_steps_and_across_schedules_and_added
     runs took up to a step is predicted there as the plain fit, draw for draw; beyond the fitted steps it
     deviates by exactly ``tau z sqrt(d)`` plus, from where it departs from what every logged run took (a run in
     progress too), one more shift per draw, drawn apart for each schedule; the band at 36k steps widens but by
-    less than three times and still covers the true curve; both scales are
-    saved and loaded back."""
+    less than three times and still covers the true curve; both scales are saved and loaded back."""
     curves, result = simulated
     real_refit = bs.curve_fit._refit
     record = bs.curve_fit.curve_record(result)

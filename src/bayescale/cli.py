@@ -397,8 +397,7 @@ def _curves(args: argparse.Namespace) -> int:
     _write_csv(summary, os.path.join(args.out, "summary.csv"))
     print(f"{args.law} fitted to {len(curves.runs)} curves ({len(curves.table)} logged points), noise {args.noise}")
     _print(summary)
-    print("bands: " + ("law assumed to hold beyond the fitted steps and on new schedules" if result.misfit is None
-                       else f"planning mode: structural error {curve_bands(result)}"))
+    print(f"bands: {'planning mode, ' if result.misfit is not None else ''}structural error {curve_bands(result)}")
     candidates = None
     if args.predict:
         candidates = {name: schedules.from_name(name, **shape) for name in args.predict}

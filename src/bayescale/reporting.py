@@ -109,7 +109,7 @@ def mode(fit: Posterior) -> str:
 def curve_bands(result: CurveResult) -> str:
     """Which bands a curve fit gives, in words: its structural errors with their scales, or none."""
     if result.misfit is None:
-        return "none: the law assumed to hold beyond the fitted steps and on new schedules"
+        return "none (the law assumed to hold beyond the fitted steps and on new schedules)"
     sizes = " and sizes" if result.size_ref is not None else ""
     steps = (f"random walk beyond the fitted steps{sizes}, scale {np.median(result.misfit):.3g} log-loss per sqrt"
              " e-fold (rolling-origin refits in steps)")
