@@ -771,6 +771,16 @@ def curve_structural_error(result: CurveResult, cuts: Sequence[float] = CURVE_CU
     return with_misfit(with_misfit(result, in_steps), tau_s, SCHEDULE_MISFIT)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _simulated_log_loss(mean: Any, params: Mapping[str, Any], slopes: Mapping[str, Any], log_size: jax.Array,
+                        x: CurveInputs, gap: jax.Array, ell: float, sigma: float, white: float,
+                        key: jax.Array) -> jax.Array:
+    """Simulated log-losses at the points of ``x``: the law's log mean plus an AR(1) path and white noise
+    (one compiled program per law and shape, not one per operation)."""
+    loc = jnp.log(mean(_at_size(params, slopes, log_size), x))
+    return OUResiduals(loc, sigma, _correlation(gap, ell), white).sample(key)
+
+
 def simulate_curves(law: str, params: Mapping[str, float], schedules: Mapping[Any, Sequence[float] | np.ndarray],
                     steps: Mapping[Any, Sequence[int] | np.ndarray], *, sigma: float = 0.005, ell: float = 2000.0,
                     white: float = 0.002, block: int = BLOCK, sizes: Mapping[Any, float] | None = None,
@@ -800,9 +810,7 @@ def simulate_curves(law: str, params: Mapping[str, float], schedules: Mapping[An
     x = curve_inputs(curves.schedules, curves.table, block)
     log_size = _log_size(curves.table, None if slopes is None else reference_size(list(sizes.values())))
     with jax.enable_x64(True):
-        p = _at_size({n: float(params[n]) for n in the_law.params}, {n: float(v) for n, v in (slopes or {}).items()},
-                     jnp.asarray(log_size))
-        loc = jnp.log(the_law.mean(p, x))
-        phi = _correlation(_gaps(curves.table), ell)
-        log_y = OUResiduals(loc, sigma, phi, jnp.asarray(white)).sample(jax.random.PRNGKey(seed))
+        log_y = _simulated_log_loss(the_law.mean, {n: float(params[n]) for n in the_law.params},
+                                    {n: float(v) for n, v in (slopes or {}).items()}, log_size, x,
+                                    _gaps(curves.table), ell, sigma, white, jax.random.PRNGKey(seed))
     return LossCurves(curves.table.assign(loss=np.exp(np.asarray(log_y))), curves.schedules)
