@@ -22,12 +22,16 @@ from typing import Any
 import pytest
 
 _counts: dict[str, float] = defaultdict(float)
+_programs: dict[str, float] = defaultdict(float)
+"""Backend seconds per program name in the current test (those over :data:`NAMED` are recorded by name)."""
+NAMED = 0.5
 
 
 def _listener(name: str, duration: float, **kwargs: Any) -> None:
     if name == "/jax/core/compile/backend_compile_duration":
         _counts["compile_s"] += duration
         _counts["compiled"] += 1
+        _programs[str(kwargs.get("fun_name", "?"))] += duration
     elif name == "/jax/compilation_cache/cache_retrieval_time_sec":
         _counts["read_back_s"] += duration
         _counts["read_back"] += 1
@@ -44,16 +48,19 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):  # noqa: ANN201
     path = os.environ.get("SUITE_PROFILE")
     _counts.clear()
+    _programs.clear()
     start = time.perf_counter()
     yield
     if path:
-        row = {"test": item.nodeid, "wall_s": time.perf_counter() - start, **_counts}
+        named = {k: round(v, 2) for k, v in sorted(_programs.items(), key=lambda kv: -kv[1]) if v > NAMED}
+        row = {"test": item.nodeid, "wall_s": time.perf_counter() - start, **_counts, "programs": named}
         with open(path, "a") as out:
             out.write(json.dumps(row) + "\n")
 
 
 def summary(path: str) -> None:
-    """Per test file: tests, wall seconds, backend compile seconds and programs compiled/read back."""
+    """Per test file: tests, wall seconds, backend compile seconds and programs compiled/read back; then the
+    programs that compiled longest, by name."""
     files: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for line in open(path):
         row = json.loads(line)
@@ -69,6 +76,13 @@ def summary(path: str) -> None:
             total[key] += value
     print(f"{'all':34s} {total['tests']:5.0f} {total['wall_s']:8.1f} {total['compile_s']:9.1f} {total['compiled']:8.0f}"
           f" {total['read_back']:9.0f}")
+    programs: dict[str, list[float]] = defaultdict(list)
+    for line in open(path):
+        for name, seconds in json.loads(line).get("programs", {}).items():
+            programs[name].append(seconds)
+    print(f"\nprograms compiling over {NAMED} s (backend seconds, summed over tests):")
+    for name, seconds in sorted(programs.items(), key=lambda kv: -sum(kv[1]))[:15]:
+        print(f"{name:50s} {len(seconds):4d} x {sum(seconds):7.1f} s")
 
 
 if __name__ == "__main__":

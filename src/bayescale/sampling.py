@@ -417,10 +417,10 @@ def sample_lanes(
                     on_lane(lane, draws)
                 return draws
 
-        # Compile on the first lane before fanning out, so threads share one program.
-        first = run(0)
+        # Compiled before fanning out (a no-op after compile_ahead), so that every lane runs at once on one program.
+        compile_ahead(potential, init_z, data, keys, config, strategy="loop", progress=progress)
         with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-            rest = list(pool.map(run, range(1, lanes)))
-        return Draws(*(np.stack(field) for field in zip(first, *rest)))
+            lanes_draws = list(pool.map(run, range(lanes)))
+        return Draws(*(np.stack(field) for field in zip(*lanes_draws)))
     finally:
         bar.close()
