@@ -11,6 +11,7 @@ NumPyro's ``init_to_uniform`` does.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -18,13 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 from numpyro.distributions.transforms import biject_to
-from numpyro.infer.initialization import init_to_uniform
-from numpyro.infer.util import initialize_model
 
 from .data import ScalingData, as_data
 from .laws import Law, get_law
 from .likelihoods import get_likelihood
-from .model import Layout, ModelData, Spec, check_data, make_spec, model_data, to_natural
+from .model import Layout, ModelData, Spec, check_data, make_spec, model_data, potential_of, to_natural
 from .sampling import SamplerSettings
 
 __all__ = ["fit_map", "MapResult", "initial_points", "StartBounds", "start_bounds", "prior_points"]
@@ -292,27 +291,40 @@ def _prior_quantiles(spec: Spec) -> jax.Array:
 def prior_points(model: Any, layout: Layout, data: Any, key: jax.Array, num_chains: int) -> np.ndarray:
     """Per-chain starting vectors ``(num_chains, k)`` of a NumPyro model, uniform in (-2, 2) unconstrained.
 
-    Each chain's point has a finite potential and gradient (NumPyro retries until so). One compiled
-    program per model, data shape and chain count (``model`` hashable by value, as for ``sample_model``).
+    Each chain's point has a finite potential and gradient: points are drawn :data:`_PRIOR_BLOCK` per chain at a
+    time and each chain takes its first valid one, up to :data:`_PRIOR_TRIES` per chain. One small compiled
+    program per model, data shape and chain count (the model's potential and gradient, vmapped over the
+    block; ``model`` hashable by value, as for ``sample_model``).
 
     Raises:
         RuntimeError: no valid starting point found for some chain (the model's density is not finite
-            anywhere NumPyro looked).
+            anywhere looked).
     """
-    z, valid = _prior_points(model, layout, data, key, num_chains)
-    if not np.asarray(valid).all():
-        raise RuntimeError(f"cannot find a valid starting point for {type(model).__name__}: its potential or "
-                           "gradient is not finite at 100 points drawn uniformly in (-2, 2) unconstrained")
-    return np.asarray(z)
+    potential = potential_of(model, layout)
+    size = sum(math.prod(shape) for _, shape in layout)
+    z = np.zeros((num_chains, size))
+    found = np.zeros(num_chains, dtype=bool)
+    for block in range(_PRIOR_TRIES // _PRIOR_BLOCK):
+        points, valid = map(np.asarray, _uniform_points(potential, data, key, block, num_chains, size))
+        take = valid.any(axis=0) & ~found
+        z[take] = points[valid.argmax(axis=0)[take], np.flatnonzero(take)]
+        found |= take
+        if found.all():
+            return z.astype(points.dtype)
+    raise RuntimeError(f"cannot find a valid starting point for {type(model).__name__}: its potential or gradient"
+                       f" is not finite at {_PRIOR_TRIES} points drawn uniformly in (-2, 2) unconstrained")
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 4))
-def _prior_points(model: Any, layout: Layout, data: Any, key: jax.Array, num_chains: int):  # noqa: ANN202
-    info = initialize_model(
-        jax.random.split(key, num_chains), model, model_args=(data,), init_strategy=init_to_uniform
-    )
-    values, energy, grad = info.param_info
-    finite = [jnp.isfinite(g).reshape(num_chains, -1).all(axis=1) for g in jax.tree_util.tree_leaves(grad)]
-    valid = jnp.isfinite(energy) & jnp.stack(finite).all(axis=0)
-    return jnp.concatenate([values[name].reshape(num_chains, -1) for name, _ in layout], axis=1), valid
+_PRIOR_TRIES = 100
+_PRIOR_BLOCK = 10
+"""Starting points tried per chain in all, and per compiled call."""
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4, 5))
+def _uniform_points(potential: Any, data: Any, key: jax.Array, block: int, num_chains: int, size: int):  # noqa: ANN202
+    """:data:`_PRIOR_BLOCK` points per chain uniform in (-2, 2), ``(block, chains, size)``, and whether the potential
+    and its gradient are finite at each."""
+    z = jax.random.uniform(jax.random.fold_in(key, block), (_PRIOR_BLOCK, num_chains, size), minval=-2.0, maxval=2.0)
+    energy, grad = jax.vmap(jax.vmap(jax.value_and_grad(potential), in_axes=(0, None)), in_axes=(0, None))(z, data)
+    return z, jnp.isfinite(energy) & jnp.isfinite(grad).all(axis=-1)
 
