@@ -88,14 +88,14 @@ def test_starts_of_stacked_datasets_equal_their_own() -> None:
 
 @dataclasses.dataclass(frozen=True)
 class _HalfLine:
-    """A model whose density is finite only where ``x`` (uniform in (-2, 2) unconstrained) is above ``edge``."""
+    """A model whose density is finite only where ``x`` (uniform in (-2, 2) unconstrained) is above ``edge``
+    (its data: ``(edge, y)``, so that every edge runs one compiled program)."""
 
-    edge: float
-
-    def __call__(self, data: jax.Array) -> None:
+    def __call__(self, data: tuple[jax.Array, jax.Array]) -> None:
+        edge, y = data
         x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
-        numpyro.factor("edge", jnp.where(x[0] > self.edge, 0.0, -jnp.inf))
-        numpyro.sample("y", dist.Normal(x.sum(), 1.0), obs=data)
+        numpyro.factor("edge", jnp.where(x[0] > edge, 0.0, -jnp.inf))
+        numpyro.sample("y", dist.Normal(x.sum(), 1.0), obs=y)
 
 
 def test_prior_points_are_valid_uniform_and_seeded() -> None:
@@ -103,13 +103,13 @@ def test_prior_points_are_valid_uniform_and_seeded() -> None:
     here, a twentieth at 1.8); the same key gives the same points; nowhere finite raises, naming the model."""
     from bayescale.model import layout_of
 
-    data = jnp.asarray(0.3)
+    model = _HalfLine()
+    layout = layout_of(model, (jnp.asarray(0.0), jnp.asarray(0.3)))
     for edge in (0.0, 1.8):
-        model = _HalfLine(edge)
-        layout = layout_of(model, data)
+        data = (jnp.asarray(edge), jnp.asarray(0.3))
         z = bs.start.prior_points(model, layout, data, jax.random.PRNGKey(1), 8)
         assert z.shape == (8, 2) and (np.abs(z) < 2).all() and (z[:, 0] > edge).all()
         assert len(np.unique(z[:, 0])) == 8
         np.testing.assert_array_equal(z, bs.start.prior_points(model, layout, data, jax.random.PRNGKey(1), 8))
     with pytest.raises(RuntimeError, match="_HalfLine: its potential or gradient is not finite at 100 points"):
-        bs.start.prior_points(_HalfLine(2.0), layout, data, jax.random.PRNGKey(1), 2)
+        bs.start.prior_points(model, layout, (jnp.asarray(2.0), jnp.asarray(0.3)), jax.random.PRNGKey(1), 8)
