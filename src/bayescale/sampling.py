@@ -319,11 +319,14 @@ def compile_ahead(
     *,
     strategy: str = "auto",
     progress: bool = False,
-) -> None:
-    """Compile the programs :func:`sample_lanes` will run for these shapes, without running them.
+) -> tuple[jax.stages.Compiled, jax.stages.Compiled | None]:
+    """Compile the programs :func:`sample_lanes` will run for these shapes, without running them (a program
+    compiled before is returned at once).
 
     Arguments are as for :func:`sample_lanes` (arrays or ``jax.ShapeDtypeStruct``).
-    Useful from a background thread while the caller prepares initial points.
+    Useful from a background thread while the caller prepares initial points. Returns the compiled
+    ``start(z0, data, key)`` and ``advance(state, data)`` (None when one segment runs them all): calling them
+    traces nothing (NumPyro's tracing is not thread-safe, so the lanes of a loop call these).
     """
     strategy = resolve_strategy(strategy)
     seg = _segment(config.num_warmup + config.num_samples, progress)
@@ -335,10 +338,11 @@ def compile_ahead(
         if sharding is not None:
             init_z, data, keys = jax.tree_util.tree_map(
                 lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), (init_z, data, keys))
-    start.lower(init_z, data, keys, seg).compile()
-    if seg < config.num_warmup + config.num_samples:
-        state, _ = jax.eval_shape(start, init_z, data, keys, seg)
-        advance.lower(state, data, seg).compile()
+    first = start.lower(init_z, data, keys, seg).compile()
+    if seg == config.num_warmup + config.num_samples:
+        return first, None
+    state, _ = jax.eval_shape(start, init_z, data, keys, seg)
+    return first, advance.lower(state, data, seg).compile()
 
 
 def sample_lanes(
@@ -397,19 +401,21 @@ def sample_lanes(
                 on_lane(lane, Draws(*(field[lane] for field in draws)))
             return draws
 
-        start_j, advance_j = _kernels(potential, config)[:2]
-        x64 = bool(jax.config.jax_enable_x64)  # config contexts are thread-local
         # Lanes are cut on the host: indexing device arrays compiles a program per slice and shape.
         init_z, data, keys = jax.tree_util.tree_map(np.asarray, (init_z, data, keys))
+        # Compiled once before fanning out (at once after compile_ahead): every lane runs at the same time.
+        start_c, advance_c = compile_ahead(potential, init_z, data, keys, config, strategy="loop", progress=progress)
+
+        x64 = bool(jax.config.jax_enable_x64)  # config contexts are thread-local
 
         def run(lane: int) -> Draws:
             with jax.enable_x64(x64):
                 lane_data = jax.tree_util.tree_map(lambda a: a[lane], data)
-                state, out = start_j(init_z[lane], lane_data, keys[lane], seg)
+                state, out = start_c(init_z[lane], lane_data, keys[lane])
                 chunks = [jax.device_get(out)]
                 bar.update(seg)
                 for _ in range(total // seg - 1):
-                    state, out = advance_j(state, lane_data, seg)
+                    state, out = advance_c(state, lane_data)
                     chunks.append(jax.device_get(out))
                     bar.update(seg)
                 draws = _collect(chunks, config.num_warmup, axis=0)
@@ -417,8 +423,6 @@ def sample_lanes(
                     on_lane(lane, draws)
                 return draws
 
-        # Compiled before fanning out (a no-op after compile_ahead), so that every lane runs at once on one program.
-        compile_ahead(potential, init_z, data, keys, config, strategy="loop", progress=progress)
         with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
             lanes_draws = list(pool.map(run, range(lanes)))
         return Draws(*(np.stack(field) for field in zip(*lanes_draws)))
