@@ -19,7 +19,7 @@ import numpy as np
 
 import bayescale as bs
 from bayescale.model import bucket_size, make_spec, model_data, potential_fn
-from bayescale.posterior import compile_fit_idata
+from bayescale.posterior import lower_fit_idata
 from bayescale.sampling import SamplerSettings, compile_ahead
 from bayescale.start import _gauss_newton, initial_points, start_bounds
 from fit_vs_bootstrap import simulate
@@ -73,7 +73,7 @@ def main() -> None:
         total += timed("NUTS init + sampling programs",
                        lambda: compile_ahead(potential, z_shape, lanes, keys, settings.nuts, strategy="loop"))
         total += timed("InferenceData program (predictive, log-lik)",
-                       lambda: compile_fit_idata(spec, md, chains * settings.num_samples, keys[1]))
+                       lambda: lower_fit_idata(spec, md, chains * settings.num_samples, keys[1]).compile())
         print(f"{'sum':45s} {total:6.2f} s")
         grad = jax.grad(potential)
         z = initial_points(spec, one, np.asarray(keys[:1]), chains)[0, 0]

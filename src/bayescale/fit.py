@@ -23,7 +23,7 @@ from .extrapolation import structural_error
 from .laws import Law, get_law
 from .likelihoods import Likelihood, get_likelihood
 from .model import bucket_size, check_data, layout_of, make_spec, model_data, potential_fn, potential_of
-from .posterior import FitResult, build_idata, compile_fit_idata, fit_idata
+from .posterior import FitResult, build_idata, fit_idata, lower_fit_idata
 from .sampling import SamplerSettings, compile_ahead, fit_keys, sample_lanes, sampler_settings
 from .start import initial_points, prior_points
 
@@ -88,9 +88,14 @@ def fit(
 
         def compile_rest() -> None:  # overlaps compilation with the point fit (2+ cores)
             with jax.enable_x64(x64):
-                compile_ahead(potential, z_shape, lanes, keys, nuts, strategy=settings.strategy,
-                              progress=settings.progress)
-                compile_fit_idata(spec, md, chains * nuts.num_samples, predictive_key)
+                # NumPyro's tracing is not thread-safe: the two programs are traced here, one after the other;
+                # XLA compiles the InferenceData program beside the sampler's.
+                idata = lower_fit_idata(spec, md, chains * nuts.num_samples, predictive_key)
+                with ThreadPoolExecutor(max_workers=1) as side:
+                    compiled = side.submit(idata.compile)
+                    compile_ahead(potential, z_shape, lanes, keys, nuts, strategy=settings.strategy,
+                                  progress=settings.progress)
+                    compiled.result()
 
         with ThreadPoolExecutor(max_workers=1) as pool:
             compiled = pool.submit(compile_rest)

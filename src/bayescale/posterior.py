@@ -51,7 +51,7 @@ __all__ = [
     "ConvergenceWarning",
     "build_idata",
     "fit_idata",
-    "compile_fit_idata",
+    "lower_fit_idata",
     "load",
     "spec_to_json",
     "spec_from_json",
@@ -434,12 +434,13 @@ def fit_idata(spec: Spec, data: ScalingData, md: ModelData, draws: Draws, key: j
                        constant=constant_data(data), exclude=("z",))
 
 
-def compile_fit_idata(spec: Spec, md: ModelData, num_draws: int, key: jax.Array) -> None:
-    """Compile the program :func:`fit_idata` runs for ``num_draws`` draws, without running it."""
+def lower_fit_idata(spec: Spec, md: ModelData, num_draws: int, key: jax.Array) -> jax.stages.Lowered:
+    """The program :func:`fit_idata` runs for ``num_draws`` draws, traced and lowered: its ``compile()``
+    (XLA only, no tracing) may run beside another thread's tracing."""
     model = build_model(spec)
     runs = int(np.sum(np.asarray(md.mask)))  # as fit_idata counts them: the real runs
     z = jax.ShapeDtypeStruct((draws_per_call(num_draws, runs), len(spec.latents)), md.log_y.dtype)
-    _pointwise.lower(model, model.layout(), z, md, key).compile()
+    return _pointwise.lower(model, model.layout(), z, md, key)
 
 
 _KINDS: dict[str, type[Posterior]] = {}
