@@ -86,21 +86,19 @@ def fit(
         potential = potential_fn(spec)
         z_shape = jax.ShapeDtypeStruct((chains, len(spec.latents)), md.log_y.dtype)
 
-        def compile_rest() -> None:  # overlaps compilation with the point fit (2+ cores)
+        def compile_sampler() -> None:
             with jax.enable_x64(x64):
-                # NumPyro's tracing is not thread-safe: the two programs are traced here, one after the other;
-                # XLA compiles the InferenceData program beside the sampler's.
-                idata = lower_fit_idata(spec, md, chains * nuts.num_samples, predictive_key)
-                with ThreadPoolExecutor(max_workers=1) as side:
-                    compiled = side.submit(idata.compile)
-                    compile_ahead(potential, z_shape, lanes, keys, nuts, strategy=settings.strategy,
-                                  progress=settings.progress)
-                    compiled.result()
+                compile_ahead(potential, z_shape, lanes, keys, nuts, strategy=settings.strategy,
+                              progress=settings.progress)
 
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            compiled = pool.submit(compile_rest)
+        # Both programs compile beside the point fit (2+ cores). NumPyro's tracing is not thread-safe: the
+        # InferenceData program is traced here, before the sampler's thread traces its own.
+        pointwise = lower_fit_idata(spec, md, chains * nuts.num_samples, predictive_key)
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            compiled = [pool.submit(pointwise.compile), pool.submit(compile_sampler)]
             inits = initial_points(spec, jax.tree_util.tree_map(lambda a: a[None], md), init_key[None], chains)[0]
-            compiled.result()
+            for done in compiled:
+                done.result()
         draws = sample_lanes(potential, inits, lanes, keys, nuts, strategy=settings.strategy,
                              progress=settings.progress, desc=f"fit {spec.law.name}")
         idata = fit_idata(spec, data, md, draws, predictive_key)

@@ -288,6 +288,11 @@ def _prior_quantiles(spec: Spec) -> jax.Array:
     return jnp.stack(out)
 
 
+_PRIOR_TRIES = 100
+_PRIOR_BLOCK = 10
+"""Starting points tried per chain in all, and per compiled call."""
+
+
 def prior_points(model: Any, layout: Layout, data: Any, key: jax.Array, num_chains: int) -> np.ndarray:
     """Per-chain starting vectors ``(num_chains, k)`` of a NumPyro model, uniform in (-2, 2) unconstrained.
 
@@ -313,11 +318,6 @@ def prior_points(model: Any, layout: Layout, data: Any, key: jax.Array, num_chai
             return z.astype(points.dtype)
     raise RuntimeError(f"cannot find a valid starting point for {type(model).__name__}: its potential or gradient"
                        f" is not finite at {_PRIOR_TRIES} points drawn uniformly in (-2, 2) unconstrained")
-
-
-_PRIOR_TRIES = 100
-_PRIOR_BLOCK = 10
-"""Starting points tried per chain in all, and per compiled call."""
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4, 5))
