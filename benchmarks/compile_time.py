@@ -73,7 +73,7 @@ def main() -> None:
         total += timed("NUTS init + sampling programs",
                        lambda: compile_ahead(potential, z_shape, lanes, keys, settings.nuts, strategy="loop"))
         total += timed("InferenceData program (predictive, log-lik)",
-                       lambda: lower_fit_idata(spec, md, chains * settings.num_samples, keys[1]).compile())
+                       lambda: lower_fit_idata(spec, md, keys[1]).compile())
         print(f"{'sum':45s} {total:6.2f} s")
         grad = jax.grad(potential)
         z = initial_points(spec, one, np.asarray(keys[:1]), chains)[0, 0]

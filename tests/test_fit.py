@@ -173,8 +173,9 @@ def test_a_first_fit_builds_its_stated_number_of_programs(chinchilla_data: bs.Sc
 
 
 def test_refit_of_an_edited_table_compiles_nothing(chinchilla_data: bs.ScalingData) -> None:
-    """Tables are padded to shape buckets: a table one run shorter, fitted with another seed,
-    reuses every compiled program (counted as XLA backend compilations)."""
+    """Tables are padded to shape buckets and the sampler's warmup and draw counts are data: a table one run
+    shorter, fitted with another seed and the other sampler size, reuses every compiled program (counted as
+    XLA backend compilations)."""
     compiles = []
 
     def listener(name: str, *args: object, **kwargs: object) -> None:
@@ -188,9 +189,12 @@ def test_refit_of_an_edited_table_compiles_nothing(chinchilla_data: bs.ScalingDa
             bs.fit(chinchilla_data.subset(np.arange(chinchilla_data.n) < 190), settings=TINY)
             assert compiles, "the listener saw no compilation"
             compiles.clear()
-            refit = bs.fit(chinchilla_data.subset(np.arange(chinchilla_data.n) < 189),
-                           settings=dataclasses.replace(TINY, seed=1))
+            other_size = dataclasses.replace(TINY, seed=1, num_warmup=SMALL["num_warmup"],
+                                             num_samples=SMALL["num_samples"])
+            refit = bs.fit(chinchilla_data.subset(np.arange(chinchilla_data.n) < 189), settings=other_size)
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
     assert compiles == [], f"{len(compiles)} programs compiled again"
-    assert refit.data.n == 189 and refit.idata.log_likelihood["log_loss"].shape[-1] == 189
+    assert refit.data.n == 189 and refit.idata.log_likelihood["log_loss"].shape == (2, SMALL["num_samples"], 189)
+
+

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import warnings
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ import bayescale as bs
 from bayescale.allocation import _optimum_draws
 from bayescale.model import make_spec, potential_fn
 from bayescale.sampling import SamplerSettings, sampler_settings
-from conftest import TINY
+from conftest import SMALL, TINY
 
 
 def test_settings_defaults_and_overrides() -> None:
@@ -107,3 +108,53 @@ def test_import_changes_no_global_state() -> None:
         "assert jax.config.jax_enable_x64 == x64, 'import bayescale changed jax_enable_x64'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _quartic(z: jnp.ndarray, data: dict) -> jnp.ndarray:
+    """A correlated, non-Gaussian potential (module level: equal potentials share compiled programs)."""
+    d = z - data["mu"]
+    return 0.5 * d @ data["precision"] @ d + 0.1 * jnp.sum(z**4)
+
+
+def test_draws_are_numpyros_and_every_size_runs_one_program() -> None:
+    """The warmup schedule is data of the compiled sampler: its draws are NumPyro's own kernel's (its schedule
+    a constant), iteration for iteration, at both of the suite's sizes (three and six adaptation windows); and
+    the second size lowers no new sampler program."""
+    from numpyro.infer.hmc import hmc
+
+    from bayescale.sampling import NUTSConfig, sample_lanes
+
+    data = {"mu": np.array([1.0, -2.0, 0.5]),
+            "precision": np.array([[2.0, 1.5, 0.0], [1.5, 2.0, 0.3], [0.0, 0.3, 1.0]])}
+    z0, key = np.array([0.1, 0.2, -0.3]), np.array([0, 3], np.uint32)
+    lowered = []
+
+    def listener(name: str, *args: object, fun_name: str = "", **kwargs: object) -> None:
+        if name == "/jax/core/compile/jaxpr_to_mlir_module_duration":
+            lowered.append(fun_name)
+
+    init_kernel, sample_kernel = hmc(potential_fn_gen=lambda d: lambda z: _quartic(z, d), algo="NUTS")
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        with jax.enable_x64(True):
+            for warmup, samples in ((TINY.num_warmup, TINY.num_samples), (SMALL["num_warmup"], SMALL["num_samples"])):
+                config = NUTSConfig(warmup, samples)
+                lowered.clear()
+                draws = sample_lanes(_quartic, z0[None], {k: v[None] for k, v in data.items()}, key[None], config,
+                                     strategy="loop")
+                if warmup == SMALL["num_warmup"]:
+                    assert not [name for name in lowered if "advance" in name], lowered
+
+                def reference(z0: jnp.ndarray, key: jnp.ndarray, warmup: int = warmup):  # noqa: ANN202
+                    state = init_kernel(z0, warmup, target_accept_prob=config.target_accept_prob,
+                                        max_tree_depth=config.max_tree_depth, dense_mass=True, model_args=(data,),
+                                        rng_key=key)
+                    step = lambda s, _: (s := sample_kernel(s, model_args=(data,)), (s.z, s.num_steps))  # noqa: E731
+                    return jax.lax.scan(step, state, None, length=warmup + samples)[1]
+
+                z, steps = jax.jit(reference)(z0, key)
+                np.testing.assert_array_equal(draws.num_steps[0], steps[warmup:])
+                # equal to rounding: the final step-size average differs in its last bit
+                np.testing.assert_allclose(draws.z[0], z[warmup:], rtol=1e-10, atol=1e-12)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)

@@ -32,8 +32,8 @@ __all__ = ["fit", "sample_model", "PROGRAMS_PER_FIT"]
 PROGRAMS_PER_FIT = 5
 """Programs a first fit builds (XLA-compiled, or read back from the persistent cache): its keys, the priors'
 start bounds, the point-fit start, NUTS (its init and iterations in one program) and the InferenceData program
-(its noise is drawn on the host). A later fit
-of the same law, likelihood, priors, padded size and sampler size builds none (tests count both)."""
+(its noise is drawn on the host). A later fit of the same law, likelihood, priors and padded size builds none,
+whatever its seed, warmup and draw counts (tests count both)."""
 
 
 def fit(
@@ -88,12 +88,11 @@ def fit(
 
         def compile_sampler() -> None:
             with jax.enable_x64(x64):
-                compile_ahead(potential, z_shape, lanes, keys, nuts, strategy=settings.strategy,
-                              progress=settings.progress)
+                compile_ahead(potential, z_shape, lanes, keys, nuts, strategy=settings.strategy)
 
         # Both programs compile beside the point fit (2+ cores). NumPyro's tracing is not thread-safe: the
         # InferenceData program is traced here, before the sampler's thread traces its own.
-        pointwise = lower_fit_idata(spec, md, chains * nuts.num_samples, predictive_key)
+        pointwise = lower_fit_idata(spec, md, predictive_key)
         with ThreadPoolExecutor(max_workers=2) as pool:
             compiled = [pool.submit(pointwise.compile), pool.submit(compile_sampler)]
             inits = initial_points(spec, jax.tree_util.tree_map(lambda a: a[None], md), init_key[None], chains)[0]

@@ -83,6 +83,9 @@ POINTWISE_DTYPE = np.float32
 with draws x runs, and float32 halves their memory and files, far inside the precision LOO needs."""
 POINTWISE_ELEMENTS = 2**22
 """Draws x runs computed per call of the pointwise program (about 1 GB of intermediates at most)."""
+DRAW_BLOCK = 1024
+"""Draws per call of the pointwise program (fewer when draws x runs would pass :data:`POINTWISE_ELEMENTS`):
+the last block is padded, so every draw count of a model and shape runs one compiled program."""
 
 MISFIT = "misfit_scale"
 """Posterior variable of the structural-error scale (see :mod:`bayescale.extrapolation`)."""
@@ -304,9 +307,10 @@ def _noise_of(fn: Any) -> tuple[Any, Any, Any] | None:
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _pointwise(model: Any, layout: Layout, z: jax.Array, data: Any, key: jax.Array):  # noqa: ANN202
+def _pointwise(model: Any, layout: Layout, z: jax.Array, data: Any, key: jax.Array, block: jax.Array):  # noqa: ANN202
     """Sample and deterministic sites, pointwise log-likelihood and the observations' noise, for flat
-    unconstrained draws ``z`` ``(S, k)``, in one program (one trace of the model per draw).
+    unconstrained draws ``z`` ``(S, k)`` (block ``block`` of a posterior's draws), in one program (one trace
+    of the model per draw).
 
     The noise comes back as ``(loc, scale, df)`` per draw and run, for the host to draw a new run's
     observations from (:func:`draw_noise`); an observation model of another family is sampled here.
@@ -319,32 +323,32 @@ def _pointwise(model: Any, layout: Layout, z: jax.Array, data: Any, key: jax.Arr
         noise = _noise_of(site["fn"])
         return sites, site["fn"].log_prob(site["value"]), noise if noise is not None else site["fn"].sample(k)
 
-    return jax.vmap(one)(z, jax.random.split(key, z.shape[0]))
+    return jax.vmap(one)(z, jax.random.split(jax.random.fold_in(key, block), z.shape[0]))
 
 
-def draws_per_call(num_draws: int, runs: int) -> int:
-    """Draws per call of the pointwise program: all of them, unless draws x runs exceeds
-    :data:`POINTWISE_ELEMENTS` (then as many as fit, so memory stays bounded on any table)."""
-    return num_draws if num_draws * runs <= POINTWISE_ELEMENTS else max(1, POINTWISE_ELEMENTS // runs)
+def draws_per_call(runs: int) -> int:
+    """Draws per call of the pointwise program: :data:`DRAW_BLOCK`, or fewer so that draws x runs stays
+    within :data:`POINTWISE_ELEMENTS` (memory bounded on any table)."""
+    return max(1, min(DRAW_BLOCK, POINTWISE_ELEMENTS // runs))
 
 
 def _pointwise_draws(model: Any, layout: Layout, z: np.ndarray, data: Any, key: jax.Array, runs: int):  # noqa: ANN202
-    """:func:`_pointwise` over all draws ``z``, in calls of one compiled shape: the sites, the posterior
-    predictive of the observations and the log-likelihood (per-run arrays as float32).
+    """:func:`_pointwise` over all draws ``z``, in calls of one compiled shape (:func:`draws_per_call`, the
+    last block padded): the sites, the posterior predictive of the observations and the log-likelihood
+    (per-run arrays as float32).
 
-    A table small enough for one call gets exactly the one-call answer; a larger one is cut into
-    blocks of draws (a noise family sampled in the program gets ``fold_in(key, block)`` per block).
-    Noise drawn on the host comes from one generator seeded by ``key``, in draw order.
+    Noise drawn on the host comes from one generator seeded by ``key``, in draw order, whatever the blocks;
+    a noise family sampled in the program gets ``fold_in(key, block)`` per block.
     """
     total = z.shape[0]
-    size = draws_per_call(total, runs)
+    size = draws_per_call(runs)
     blocks = []
     for index, start in enumerate(range(0, total, size)):
         block = z[start:start + size]
         keep = block.shape[0]
         if keep < size:  # the last block, padded to the compiled shape
             block = np.concatenate([block, np.repeat(block[-1:], size - keep, axis=0)])
-        out = _pointwise(model, layout, block, data, key if size == total else jax.random.fold_in(key, index))
+        out = _pointwise(model, layout, block, data, key, np.int32(index))
         blocks.append(jax.tree_util.tree_map(lambda a: np.asarray(a)[:keep], out))
     sites, loglik, noise = (jax.tree_util.tree_map(lambda *parts: np.concatenate(parts), *part)
                             for part in zip(*blocks))
@@ -434,13 +438,13 @@ def fit_idata(spec: Spec, data: ScalingData, md: ModelData, draws: Draws, key: j
                        constant=constant_data(data), exclude=("z",))
 
 
-def lower_fit_idata(spec: Spec, md: ModelData, num_draws: int, key: jax.Array) -> jax.stages.Lowered:
-    """The program :func:`fit_idata` runs for ``num_draws`` draws, traced and lowered: its ``compile()``
+def lower_fit_idata(spec: Spec, md: ModelData, key: jax.Array) -> jax.stages.Lowered:
+    """The program :func:`fit_idata` runs (for any number of draws), traced and lowered: its ``compile()``
     (XLA only, no tracing) may run beside another thread's tracing."""
     model = build_model(spec)
     runs = int(np.sum(np.asarray(md.mask)))  # as fit_idata counts them: the real runs
-    z = jax.ShapeDtypeStruct((draws_per_call(num_draws, runs), len(spec.latents)), md.log_y.dtype)
-    return _pointwise.lower(model, model.layout(), z, md, key)
+    z = jax.ShapeDtypeStruct((draws_per_call(runs), len(spec.latents)), md.log_y.dtype)
+    return _pointwise.lower(model, model.layout(), z, md, key, np.int32(0))
 
 
 _KINDS: dict[str, type[Posterior]] = {}

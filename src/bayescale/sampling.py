@@ -2,8 +2,10 @@
 
 One compiled NUTS kernel (NumPyro's ``hmc(potential_fn_gen=...)``) runs every
 lane; each lane has its own data, PRNG key, step size and mass-matrix
-adaptation. Iterations run inside ``jax.lax.scan``; the host only steps between
-scan segments to update a progress bar.
+adaptation. One call of the compiled sampler runs up to ``SEGMENT`` iterations
+in a loop; the host steps between calls (progress bar). The warmup and draw
+counts are data, not constants of the program: every sampler size of a model
+runs the same two compiled programs.
 
 Two execution strategies sit behind :func:`sample_lanes`:
 
@@ -22,16 +24,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from numpyro.infer.hmc import hmc
+from numpyro.infer.hmc import HMCState, hmc
+from numpyro.infer.hmc_util import HMCAdaptState, build_adaptation_schedule, dual_averaging, welford_covariance
 from tqdm.auto import tqdm
 
 __all__ = [
@@ -213,51 +216,123 @@ def default_strategy() -> str:
     return "loop" if jax.default_backend() == "cpu" else "vmap"
 
 
-def _segment(total: int, progress: bool) -> int:
-    """Scan length per host step: a divisor of ``total`` giving about 20 updates."""
-    if not progress:
-        return total
-    for size in range(max(1, math.ceil(total / 20)), total + 1):
-        if total % size == 0 and size >= total / 50:
-            return size
-    return total
+SEGMENT = 100
+"""Iterations per call of the compiled sampler: the host steps between calls (progress bar, finished chunks)."""
+
+_WINDOWS = 32
+"""Length of the padded adaptation schedule (NumPyro's windows double: 32 covers any warmup below 25 x 2^28)."""
+
+
+class _Schedule(NamedTuple):
+    """Warmup adaptation as data (NumPyro's schedule for ``num_warmup``), so one compiled sampler serves every
+    warmup and draw count.
+
+    Attributes:
+        num_warmup: adaptation iterations, ``()`` int32.
+        num_windows: number of adaptation windows, ``()`` int32.
+        ends: last iteration of each window, ``(32,)`` int32, padded with -1.
+    """
+
+    num_warmup: np.ndarray
+    num_windows: np.ndarray
+    ends: np.ndarray
+
+
+def _schedule(num_warmup: int) -> _Schedule:
+    """The adaptation :class:`_Schedule` of ``num_warmup`` iterations: NumPyro's windows
+    (``build_adaptation_schedule``: a fast step-size window, doubling mass-matrix windows, a final step-size window)."""
+    windows = build_adaptation_schedule(num_warmup)
+    ends = np.full(_WINDOWS, -1, np.int32)
+    ends[: len(windows)] = [window.end for window in windows]
+    return _Schedule(np.int32(num_warmup), np.int32(len(windows)), ends)
+
+
+def _calls(total: int) -> list[int]:
+    """Iterations of each call of the sampler for ``total`` iterations."""
+    return [min(SEGMENT, total - begin) for begin in range(0, total, SEGMENT)]
+
+
+class _Config(NamedTuple):
+    """The settings a compiled sampler depends on (not the sizes: those are data)."""
+
+    target_accept_prob: float
+    max_tree_depth: int
+    dense_mass: bool
+
+
+def _kernels(potential: Potential, config: NUTSConfig):  # noqa: ANN202
+    """``init`` and compiled ``advance`` for one lane and their vmapped versions (cached; shared by every warmup
+    and draw count)."""
+    return _programs(potential, _Config(config.target_accept_prob, config.max_tree_depth, config.dense_mass))
 
 
 @functools.lru_cache(maxsize=64)
-def _kernels(potential: Potential, config: NUTSConfig):  # noqa: ANN202
-    """Compiled ``start``/``advance`` for one lane and their vmapped versions (cached).
+def _programs(potential: Potential, config: _Config):  # noqa: ANN202
+    """``init(z0, data, key)`` builds a lane's NUTS state (traced for its shapes only); ``advance(state, data,
+    schedule, n)`` runs the next ``n <= SEGMENT`` iterations (outputs padded to ``SEGMENT`` rows), starting
+    with ``init`` when handed a :func:`_fresh` state: one compiled program per model, shape and precision.
 
-    ``start(z0, data, key, length)`` initialises NUTS and runs the first ``length`` iterations in one
-    program (a fit without a progress bar compiles only this one); ``advance(state, data, length)`` runs
-    the next segments.
+    NumPyro's kernel is built without warmup (its adaptation schedule would be a constant of the program);
+    the step size and mass matrix adapt here, as NumPyro's ``warmup_adapter`` does, reading the
+    :class:`_Schedule` as data: the draws are NumPyro's, iteration for iteration.
     """
     init_kernel, sample_kernel = hmc(potential_fn_gen=lambda data: lambda z: potential(z, data), algo="NUTS")
+    ss_init, ss_update = dual_averaging()
+    mm_init, mm_update, mm_final = welford_covariance(diagonal=not config.dense_mass)
 
-    def advance(state: Any, data: Any, length: int):  # noqa: ANN202
-        def body(s: Any, _: None):  # noqa: ANN202
-            s = sample_kernel(s, model_args=(data,))
-            return s, (s.z, s.diverging, s.num_steps, s.accept_prob, s.potential_energy, s.adapt_state.step_size)
+    def window_end(state: HMCAdaptState) -> HMCAdaptState:
+        inverse_mass_matrix, mass_matrix_sqrt, mass_matrix_sqrt_inv = mm_final(state.mm_state, regularize=True)
+        return state._replace(inverse_mass_matrix=inverse_mass_matrix, mass_matrix_sqrt=mass_matrix_sqrt,
+                              mass_matrix_sqrt_inv=mass_matrix_sqrt_inv,
+                              mm_state=mm_init(inverse_mass_matrix.shape[-1]),
+                              ss_state=ss_init(jnp.log(10) + jnp.log(state.step_size)))
 
-        return jax.lax.scan(body, state, None, length=length)
+    def adapt(t: jax.Array, accept_prob: jax.Array, z: jax.Array, state: HMCAdaptState, plan: _Schedule):
+        ss_state = ss_update(config.target_accept_prob - accept_prob, state.ss_state)
+        log_step_size, log_step_size_avg, *_ = ss_state
+        step_size = jnp.where(t == plan.num_warmup - 1, jnp.exp(log_step_size_avg), jnp.exp(log_step_size))
+        finfo = jnp.finfo(jnp.result_type(step_size))
+        middle = (0 < state.window_idx) & (state.window_idx < plan.num_windows - 1)
+        mm_state = jax.lax.cond(middle, lambda m: mm_update(z, m), lambda m: m, state.mm_state)
+        at_end = t == plan.ends[state.window_idx]
+        state = state._replace(step_size=jnp.clip(step_size, finfo.tiny, finfo.max), ss_state=ss_state,
+                               mm_state=mm_state, window_idx=jnp.where(at_end, state.window_idx + 1, state.window_idx),
+                               rng_key=jax.random.split(state.rng_key)[0])
+        return jax.lax.cond(at_end & middle, window_end, lambda s: s, state)
 
-    def start(z0: jax.Array, data: Any, key: jax.Array, length: int):  # noqa: ANN202
-        state = init_kernel(
-            z0,
-            config.num_warmup,
-            target_accept_prob=config.target_accept_prob,
-            max_tree_depth=config.max_tree_depth,
-            dense_mass=config.dense_mass,
-            model_args=(data,),
-            rng_key=key,
-        )
-        return advance(state, data, length)
+    def init(z0: jax.Array, data: Any, key: jax.Array) -> HMCState:
+        return init_kernel(z0, 0, target_accept_prob=config.target_accept_prob,
+                           max_tree_depth=config.max_tree_depth, dense_mass=config.dense_mass,
+                           model_args=(data,), rng_key=key)
 
-    return (
-        jax.jit(start, static_argnums=3),
-        jax.jit(advance, static_argnums=2),
-        jax.jit(jax.vmap(start, in_axes=(0, 0, 0, None)), static_argnums=3),
-        jax.jit(jax.vmap(advance, in_axes=(0, 0, None)), static_argnums=2),
-    )
+    def advance(state: HMCState, data: Any, plan: _Schedule, n: jax.Array):  # noqa: ANN202
+        state = jax.lax.cond(state.i < 0, lambda s: init(s.z, data, s.rng_key), lambda s: s, state)
+
+        def body(j: jax.Array, carry: tuple[HMCState, tuple]):  # noqa: ANN202
+            s, rows = carry
+            new = sample_kernel(s, model_args=(data,))
+            adapt_state = jax.lax.cond(s.i < plan.num_warmup,
+                                       lambda a: adapt(s.i, new.accept_prob, new.z, a, plan), lambda a: a,
+                                       s.adapt_state)
+            new = new._replace(adapt_state=adapt_state)
+            row = (new.z, new.diverging, new.num_steps, new.accept_prob, new.potential_energy, adapt_state.step_size)
+            return new, tuple(r.at[j].set(v) for r, v in zip(rows, row))
+
+        rows = tuple(jnp.zeros((SEGMENT, *jnp.shape(v)), jnp.result_type(v)) for v in (
+            state.z, state.diverging, state.num_steps, state.accept_prob, state.potential_energy,
+            state.adapt_state.step_size))
+        return jax.lax.fori_loop(0, n, body, (state, rows))
+
+    # init is jitted for its cached trace (eval_shape); it is never compiled: advance runs it.
+    return (jax.jit(init), jax.jit(advance), jax.jit(jax.vmap(init)),
+            jax.jit(jax.vmap(advance, in_axes=(0, 0, None, None))))
+
+
+def _fresh(shapes: HMCState, z0: Any, keys: Any) -> HMCState:
+    """A state ``advance`` starts with ``init``: ``z0`` and the keys in ``init``'s structure ``shapes``, the
+    iteration -1, every other field zero."""
+    state = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+    return state._replace(i=np.full(state.i.shape, -1, state.i.dtype), z=z0, rng_key=keys)
 
 
 def _collect(chunks: list[tuple[np.ndarray, ...]], num_warmup: int, axis: int) -> Draws:
@@ -269,6 +344,12 @@ def _collect(chunks: list[tuple[np.ndarray, ...]], num_warmup: int, axis: int) -
     )
 
 
+def _rows(out: tuple[jax.Array, ...], n: int, axis: int) -> tuple[np.ndarray, ...]:
+    """The first ``n`` iterations of one call's padded outputs, on the host."""
+    cut = (slice(None),) * axis + (slice(0, n),)
+    return tuple(np.asarray(part)[cut] for part in jax.device_get(out))
+
+
 def _lane_mesh(lanes: int) -> Mesh | None:
     devices = jax.devices()
     if len(devices) < 2 or lanes % len(devices):
@@ -277,29 +358,24 @@ def _lane_mesh(lanes: int) -> Mesh | None:
 
 
 @functools.lru_cache(maxsize=16)
-def _sharded(start_v: Callable, advance_v: Callable, mesh: Mesh):  # noqa: ANN202
-    """``start``/``advance`` of vectorised lanes split over ``mesh``'s devices with ``shard_map``: each device
+def _sharded(advance_v: Callable, mesh: Mesh):  # noqa: ANN202
+    """``advance`` of vectorised lanes split over ``mesh``'s devices with ``shard_map``: each device
     runs its own lanes' while-loops, so devices neither step together nor exchange anything until the end
-    (partitioned automatically, every tree-doubling of NUTS would wait for the slowest lane on any device)."""
-    lanes = PartitionSpec("lanes")
-
-    def split(fn: Callable, length: int, *args: Any):  # noqa: ANN202
-        local = jax.shard_map(lambda *a: fn(*a, length), mesh=mesh, in_specs=(lanes,) * len(args), out_specs=lanes,
-                              check_vma=False)
-        return local(*args)
-
-    return (jax.jit(lambda z0, data, key, length: split(start_v, length, z0, data, key), static_argnums=3),
-            jax.jit(lambda state, data, length: split(advance_v, length, state, data), static_argnums=2))
+    (partitioned automatically, every tree-doubling of NUTS would wait for the slowest lane on any device).
+    The schedule and the iteration count are replicated."""
+    lanes, every = PartitionSpec("lanes"), PartitionSpec()
+    return jax.jit(jax.shard_map(advance_v, mesh=mesh, in_specs=(lanes, lanes, every, every), out_specs=lanes,
+                                 check_vma=False))
 
 
 def _vmap_kernels(potential: Potential, config: NUTSConfig, lanes: int):  # noqa: ANN202
-    """The vectorised ``start``/``advance`` for ``lanes`` lanes, and the sharding to put the lanes' inputs
+    """The vectorised ``init``/``advance`` for ``lanes`` lanes, and the sharding to put the lanes' inputs
     in (None on one device, or when the lanes do not divide evenly over the devices)."""
-    _, _, start_v, advance_v = _kernels(potential, config)
+    _, _, init_v, advance_v = _kernels(potential, config)
     mesh = _lane_mesh(lanes)
     if mesh is None:
-        return start_v, advance_v, None
-    return (*_sharded(start_v, advance_v, mesh), NamedSharding(mesh, PartitionSpec("lanes")))
+        return init_v, advance_v, None
+    return init_v, _sharded(advance_v, mesh), NamedSharding(mesh, PartitionSpec("lanes"))
 
 
 def resolve_strategy(strategy: str) -> str:
@@ -318,31 +394,26 @@ def compile_ahead(
     config: NUTSConfig = NUTSConfig(),
     *,
     strategy: str = "auto",
-    progress: bool = False,
-) -> tuple[jax.stages.Compiled, jax.stages.Compiled | None]:
-    """Compile the programs :func:`sample_lanes` will run for these shapes, without running them (a program
-    compiled before is returned at once).
+) -> tuple[HMCState, jax.stages.Compiled]:
+    """Compile the program :func:`sample_lanes` will run for these shapes, without running it (a program
+    compiled before is returned at once). The program does not depend on ``config``'s warmup and draw counts.
 
     Arguments are as for :func:`sample_lanes` (arrays or ``jax.ShapeDtypeStruct``).
-    Useful from a background thread while the caller prepares initial points. Returns the compiled
-    ``start(z0, data, key)`` and ``advance(state, data)`` (None when one segment runs them all): calling them
-    traces nothing (NumPyro's tracing is not thread-safe, so the lanes of a loop call these).
+    Useful from a background thread while the caller prepares initial points. Returns the shapes of a lane's
+    state and the compiled ``advance(state, data, schedule, n)``: calling it traces nothing (NumPyro's tracing
+    is not thread-safe, so the lanes of a loop call it).
     """
     strategy = resolve_strategy(strategy)
-    seg = _segment(config.num_warmup + config.num_samples, progress)
     if strategy == "loop":
         init_z, data, keys = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), (init_z, data, keys))
-        start, advance = _kernels(potential, config)[:2]
+        init, advance = _kernels(potential, config)[:2]
     else:
-        start, advance, sharding = _vmap_kernels(potential, config, int(init_z.shape[0]))
+        init, advance, sharding = _vmap_kernels(potential, config, int(init_z.shape[0]))
         if sharding is not None:
             init_z, data, keys = jax.tree_util.tree_map(
                 lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), (init_z, data, keys))
-    first = start.lower(init_z, data, keys, seg).compile()
-    if seg == config.num_warmup + config.num_samples:
-        return first, None
-    state, _ = jax.eval_shape(start, init_z, data, keys, seg)
-    return first, advance.lower(state, data, seg).compile()
+    shapes = jax.eval_shape(init, init_z, data, keys)
+    return shapes, advance.lower(shapes, data, _schedule(0), np.int32(0)).compile()
 
 
 def sample_lanes(
@@ -366,7 +437,8 @@ def sample_lanes(
         init_z: initial coordinates, ``(lanes, k)``.
         data: a pytree whose leaves have leading axis ``lanes``.
         keys: PRNG keys, ``(lanes, 2)`` (raw ``uint32`` keys).
-        config: sampler settings.
+        config: sampler settings (the warmup and draw counts are data of the compiled programs: changing
+            them compiles nothing).
         strategy: ``"auto"``, ``"vmap"`` or ``"loop"`` (see module docs).
         workers: threads for ``"loop"``; default: number of CPU cores.
         progress: show a tqdm progress bar.
@@ -381,21 +453,20 @@ def sample_lanes(
     """
     strategy = resolve_strategy(strategy)
     lanes = int(init_z.shape[0])
-    total = config.num_warmup + config.num_samples
-    seg = _segment(total, progress)
-    bar = tqdm(total=total * lanes, desc=desc, disable=not progress, unit="it", leave=False)
+    calls = _calls(config.num_warmup + config.num_samples)
+    plan = _schedule(config.num_warmup)
+    bar = tqdm(total=sum(calls) * lanes, desc=desc, disable=not progress, unit="it", leave=False)
     try:
         if strategy == "vmap":
-            start_v, advance_v, sharding = _vmap_kernels(potential, config, lanes)
+            sharding = _vmap_kernels(potential, config, lanes)[2]
             if sharding is not None:
                 init_z, data, keys = jax.device_put((init_z, data, keys), sharding)
-            state, out = start_v(init_z, data, keys, seg)
-            chunks = [jax.device_get(out)]
-            bar.update(seg * lanes)
-            for _ in range(total // seg - 1):
-                state, out = advance_v(state, data, seg)
-                chunks.append(jax.device_get(out))
-                bar.update(seg * lanes)
+            shapes, advance_c = compile_ahead(potential, init_z, data, keys, config, strategy="vmap")
+            state, chunks = _fresh(shapes, init_z, keys), []
+            for n in calls:
+                state, out = advance_c(state, data, plan, np.int32(n))
+                chunks.append(_rows(out, n, axis=1))
+                bar.update(n * lanes)
             draws = _collect(chunks, config.num_warmup, axis=1)
             for lane in range(lanes if on_lane is not None else 0):
                 on_lane(lane, Draws(*(field[lane] for field in draws)))
@@ -404,20 +475,18 @@ def sample_lanes(
         # Lanes are cut on the host: indexing device arrays compiles a program per slice and shape.
         init_z, data, keys = jax.tree_util.tree_map(np.asarray, (init_z, data, keys))
         # Compiled once before fanning out (at once after compile_ahead): every lane runs at the same time.
-        start_c, advance_c = compile_ahead(potential, init_z, data, keys, config, strategy="loop", progress=progress)
+        shapes, advance_c = compile_ahead(potential, init_z, data, keys, config, strategy="loop")
 
         x64 = bool(jax.config.jax_enable_x64)  # config contexts are thread-local
 
         def run(lane: int) -> Draws:
             with jax.enable_x64(x64):
                 lane_data = jax.tree_util.tree_map(lambda a: a[lane], data)
-                state, out = start_c(init_z[lane], lane_data, keys[lane])
-                chunks = [jax.device_get(out)]
-                bar.update(seg)
-                for _ in range(total // seg - 1):
-                    state, out = advance_c(state, lane_data)
-                    chunks.append(jax.device_get(out))
-                    bar.update(seg)
+                state, chunks = _fresh(shapes, init_z[lane], keys[lane]), []
+                for n in calls:
+                    state, out = advance_c(state, lane_data, plan, np.int32(n))
+                    chunks.append(_rows(out, n, axis=0))
+                    bar.update(n)
                 draws = _collect(chunks, config.num_warmup, axis=0)
                 if on_lane is not None:
                     on_lane(lane, draws)
